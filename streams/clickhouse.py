@@ -1,0 +1,540 @@
+"""ClickHouse access: connect, migrate, insert priced rows, run queries.
+
+One code path serves both the embedded engine and a server. chDB is ClickHouse itself,
+run in-process, and ``clickhouse-connect`` drives it through the same ``Client`` API it
+uses for a server over HTTP(S): same SQL, same types, same bound parameters, same
+insert deduplication. Only :func:`connect` looks at the DSN; everything after it is
+written once. The demo and the tests therefore exercise the exact statements that run
+in production, not a stand-in.
+
+What differs, and is handled here or documented for callers:
+
+* chDB: one process owns one data directory (a second process gets "Cannot lock
+  file"), so a worker that embeds ClickHouse is the only one writing to it; no async
+  client (call from a thread executor); a relative path in the DSN is resolved
+  against the working directory here, because the engine compares paths literally.
+* Both: ``DateTime``/``DateTime64`` values come back *naive*, and they are UTC.
+* Read-only access is enforced by the engine (``readonly=1`` on every query of a
+  client made with ``connect(..., readonly=True)``); :func:`is_read_only_sql` is a
+  second, conservative gate for SQL typed by people.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from streams.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "clickhouse"
+USAGE_TABLE = "usage"
+SINK_OFFSETS_TABLE = "sink_offsets"
+MIGRATIONS_TABLE = "schema_migrations"
+
+# The PricedUsage fields (schemas/priced_batch.avsc), in schema order: the columns the
+# sink writes. ingested_at is filled by the table's DEFAULT.
+USAGE_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "occurred_at",
+    "provider",
+    "model",
+    "service_tier",
+    "team",
+    "attributed_by",
+    "feature",
+    "environment",
+    "user_id",
+    "project",
+    "agent_id",
+    "session_id",
+    "trace_id",
+    "api_key_id",
+    "service",
+    "tags",
+    "request_fingerprint",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "other_units",
+    "cost_input",
+    "cost_output",
+    "cost_cache_read",
+    "cost_cache_write",
+    "cost_other",
+    "cost_total",
+    "currency",
+    "priced",
+    "unpriced_reason",
+    "price_version",
+    "source_partition",
+    "source_offset",
+)
+
+# Ids per look-up query: bounds the size of one query's bound parameters.
+_EVENT_ID_CHUNK = 10_000
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class MigrationError(RuntimeError):
+    """The migrations on disk and the ones recorded in the database disagree."""
+
+
+# --- Connecting ----------------------------------------------------------------------
+
+
+def connect(settings: Settings, *, readonly: bool = False) -> Client:
+    """A client for the configured ClickHouse, with the configured database selected.
+
+    ``chdb:`` DSNs open the embedded engine (creating its directory); anything else is a
+    server DSN handed to clickhouse-connect with the credentials and TLS options from
+    ``settings``. With ``readonly=True`` every query runs with ``readonly=1``, so the
+    engine itself refuses writes, DDL and setting changes; the database is then expected
+    to exist (readonly clients never create anything).
+    """
+    database = _checked_identifier(settings.clickhouse_database)
+    client_settings: dict[str, Any] = {"readonly": 1} if readonly else {}
+    if settings.is_embedded_clickhouse:
+        client = _connect_embedded(settings.clickhouse_dsn, client_settings)
+    else:
+        client = _connect_server(settings, client_settings)
+    try:
+        _select_database(client, database, create=not readonly)
+    except Exception:
+        client.close()
+        raise
+    return client
+
+
+def chdb_path(dsn: str, cwd: Path | None = None) -> str:
+    """The engine location named by a ``chdb:`` DSN, as chDB wants it.
+
+    ``chdb:///abs/dir`` is absolute; ``chdb://rel/dir`` is relative to ``cwd`` (default:
+    the working directory) and resolved here because chDB compares paths literally;
+    ``chdb://memory`` (or ``:memory:``) is the in-memory engine.
+    """
+    if not dsn.startswith("chdb:"):
+        raise ValueError(f"not a chdb DSN: {dsn!r}")
+    location = dsn.removeprefix("chdb:").removeprefix("//").partition("?")[0]
+    if location in ("", "memory", ":memory:"):
+        return ":memory:"
+    path = Path(location).expanduser()
+    if not path.is_absolute():
+        path = (cwd or Path.cwd()) / path
+    return str(path.resolve())
+
+
+def _connect_embedded(dsn: str, client_settings: dict[str, Any]) -> Client:
+    path = chdb_path(dsn)
+    if path != ":memory:":
+        Path(path).mkdir(parents=True, exist_ok=True)
+    logger.info("ClickHouse: embedded chDB engine at %s", path)
+    return clickhouse_connect.get_client(interface="chdb", path=path, settings=client_settings)
+
+
+def _connect_server(settings: Settings, client_settings: dict[str, Any]) -> Client:
+    options: dict[str, Any] = {
+        "dsn": settings.clickhouse_dsn,
+        "verify": settings.clickhouse_verify_tls,
+        "settings": client_settings,
+        # Bound parameters travel in the request body, not the URL: an event-id look-up
+        # carries thousands of ids, more than a server accepts in a URL.
+        "form_encode_query_params": True,
+        # No server session: nothing here uses session state (the database goes with each
+        # request), and a session admits one query at a time, which would make a client
+        # shared by the sink's executor threads and the query endpoint fail under load.
+        "autogenerate_session_id": False,
+    }
+    if settings.clickhouse_username:
+        options["username"] = settings.clickhouse_username
+    if settings.clickhouse_password is not None:
+        options["password"] = settings.clickhouse_password.get_secret_value()
+    if settings.clickhouse_ca_cert:
+        options["ca_cert"] = str(settings.clickhouse_ca_cert)
+    logger.info("ClickHouse: server at %s", redact_dsn(settings.clickhouse_dsn))
+    return clickhouse_connect.get_client(**options)
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with any password replaced, fit for logs and error messages."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def _select_database(client: Client, database: str, *, create: bool) -> None:
+    if create:
+        client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    elif not _database_exists(client, database):
+        raise MigrationError(f"ClickHouse database {database!r} does not exist; run the migrations first")
+    client.database = database
+
+
+def _database_exists(client: Client, database: str) -> bool:
+    result = client.query("SELECT count() FROM system.databases WHERE name = {name:String}", parameters={"name": database})
+    return bool(result.result_rows[0][0])
+
+
+def _checked_identifier(name: str) -> str:
+    """``name`` if it is safe to place in SQL unquoted (database names are config, not input)."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"invalid ClickHouse identifier {name!r}: use letters, digits and underscores")
+    return name
+
+
+# --- Migrations ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered SQL file in ``clickhouse/``."""
+
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        # Of the file as written (before ``{database}`` is substituted), so the same file
+        # has the same checksum in every database.
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    def statements(self, database: str) -> list[str]:
+        return [s.replace("{database}", database) for s in split_statements(self.sql)]
+
+
+def migrate(client: Client, database: str, *, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply the migrations in ``directory`` not yet applied to ``database``, in order.
+
+    Each file is applied at most once and recorded in ``schema_migrations`` with its
+    checksum; a recorded file whose contents changed is refused (write a new migration
+    instead). ClickHouse has no transactional DDL, so a file that fails half way is not
+    recorded and runs again next time: write statements that can be repeated
+    (``CREATE ... IF NOT EXISTS``). Returns the file names applied by this call.
+    """
+    database = _checked_identifier(database)
+    migrations = load_migrations(directory)
+    client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    _create_migrations_table(client, database)
+    applied = _applied_checksums(client, database)
+    _refuse_changed(migrations, applied)
+    done: list[str] = []
+    for migration in migrations:
+        if migration.version in applied:
+            continue
+        _apply(client, database, migration)
+        done.append(migration.name)
+    return done
+
+
+def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """The ``NNNN_name.sql`` files of ``directory``, ordered by number."""
+    migrations: list[Migration] = []
+    for path in directory.glob("*.sql"):
+        number, sep, _ = path.stem.partition("_")
+        if not (number.isdigit() and sep):
+            raise MigrationError(f"migration file {path.name!r} is not named NNNN_description.sql")
+        migrations.append(Migration(int(number), path.name, path.read_text(encoding="utf-8")))
+    migrations.sort(key=lambda m: m.version)
+    versions = [m.version for m in migrations]
+    duplicates = sorted({v for v in versions if versions.count(v) > 1})
+    if duplicates:
+        raise MigrationError(f"more than one migration file numbered {duplicates}")
+    return migrations
+
+
+def split_statements(sql: str) -> list[str]:
+    """The statements of a migration file.
+
+    The file format is deliberately simple: a statement ends with ``;`` at the end of a
+    line, and lines starting with ``--`` are comments.
+    """
+    statements: list[str] = []
+    current: list[str] = []
+    for line in sql.splitlines():
+        if line.strip().startswith("--"):
+            continue
+        stripped = line.rstrip()
+        if stripped.endswith(";"):
+            current.append(stripped[:-1])
+            statements.append("\n".join(current).strip())
+            current = []
+        else:
+            current.append(line)
+    statements.append("\n".join(current).strip())
+    return [s for s in statements if s]
+
+
+def _create_migrations_table(client: Client, database: str) -> None:
+    # ReplacingMergeTree by version: two workers migrating at once may both record a
+    # file; the duplicate collapses instead of piling up.
+    client.command(
+        f"""CREATE TABLE IF NOT EXISTS {database}.{MIGRATIONS_TABLE}
+        (
+            version    UInt32,
+            name       String,
+            checksum   String,
+            applied_at DateTime64(3, 'UTC') DEFAULT now64(3)
+        )
+        ENGINE = ReplacingMergeTree
+        ORDER BY version"""
+    )
+
+
+def _applied_checksums(client: Client, database: str) -> dict[int, tuple[str, str]]:
+    """Recorded migrations: version -> (name, checksum)."""
+    result = client.query(f"SELECT version, name, checksum FROM {database}.{MIGRATIONS_TABLE} FINAL")
+    return {int(version): (name, checksum) for version, name, checksum in result.result_rows}
+
+
+def _refuse_changed(migrations: Sequence[Migration], applied: Mapping[int, tuple[str, str]]) -> None:
+    on_disk = {m.version: m for m in migrations}
+    changed = [m.name for m in migrations if m.version in applied and applied[m.version][1] != m.checksum]
+    if changed:
+        raise MigrationError(
+            f"applied migrations were edited afterwards: {', '.join(changed)}. "
+            "Restore them and put the change in a new numbered file."
+        )
+    for version, (name, _) in sorted(applied.items()):
+        if version not in on_disk:
+            logger.warning("migration %s is recorded as applied but no longer exists on disk", name)
+
+
+def _apply(client: Client, database: str, migration: Migration) -> None:
+    logger.info("ClickHouse: applying migration %s to %s", migration.name, database)
+    for statement in migration.statements(database):
+        client.command(statement)
+    client.insert(
+        f"{database}.{MIGRATIONS_TABLE}",
+        [[migration.version, migration.name, migration.checksum]],
+        column_names=["version", "name", "checksum"],
+    )
+
+
+# --- Queries -------------------------------------------------------------------------
+
+
+def query_rows(client: Client, sql: str, parameters: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+    """Column names and rows of ``sql``, with ``parameters`` bound by the engine.
+
+    Refer to parameters as ``{name:Type}`` in the SQL; values are never formatted into
+    the text. DateTime values come back naive, in UTC.
+    """
+    result = client.query(sql, parameters=parameters)
+    return list(result.column_names), [tuple(row) for row in result.result_rows]
+
+
+# Statement kinds that only read.
+_READ_ONLY_KINDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN"})
+# Words that have no business in a read-only query: writes and DDL anywhere in the text
+# (for example inside EXPLAIN or after WITH), and INTO, which covers SELECT ... INTO
+# OUTFILE (chDB writes that file even with readonly=1).
+_FORBIDDEN_WORDS = frozenset(
+    {
+        "INSERT", "INTO", "ALTER", "CREATE", "DROP", "TRUNCATE", "RENAME", "ATTACH", "DETACH",
+        "OPTIMIZE", "KILL", "GRANT", "REVOKE", "DELETE", "UPDATE", "EXCHANGE", "UNDROP",
+        "BACKUP", "RESTORE", "USE", "SET", "OUTFILE", "INFILE",
+    }
+)  # fmt: skip
+# Functions that reach outside the database (files, network, processes). chDB serves
+# file('/any/path') even with readonly=1, so this list is not redundant.
+_FORBIDDEN_FUNCTIONS = frozenset(
+    {
+        "file", "filecluster", "url", "urlcluster", "s3", "s3cluster", "gcs", "oss", "cosn",
+        "hdfs", "hdfscluster", "azureblobstorage", "azureblobstoragecluster", "remote",
+        "remotesecure", "cluster", "clusterallreplicas", "mysql", "postgresql", "mongodb",
+        "redis", "sqlite", "jdbc", "odbc", "executable", "input", "iceberg", "deltalake",
+        "hudi", "arrowflight", "ytsaurus",
+    }
+)  # fmt: skip
+_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\S")
+
+
+def is_read_only_sql(sql: str) -> bool:
+    """Whether ``sql`` is one statement that can only read, judged conservatively.
+
+    Used by the read-only query endpoint *in addition to* a ``readonly=1`` client: it
+    accepts one SELECT / WITH / SHOW / DESCRIBE / EXPLAIN statement and refuses anything
+    else, including text it does not understand (unterminated strings or comments), a
+    second statement, write keywords anywhere, INTO OUTFILE and functions that read
+    files or the network. A refusal of odd but harmless SQL is the intended trade.
+    """
+    code = _code_only(sql)
+    if code is None:
+        return False
+    code = code.strip().rstrip(";").rstrip()
+    if not code or ";" in code or "$" in code:
+        return False  # empty, several statements, or a $heredoc$ literal this scanner does not read
+    tokens = _TOKEN.findall(code)
+    if tokens[0].upper() not in _READ_ONLY_KINDS:
+        return False
+    for index, token in enumerate(tokens):
+        if token.upper() in _FORBIDDEN_WORDS:
+            return False
+        if token.upper() == "SYSTEM" and _next(tokens, index) != ".":
+            return False  # SYSTEM statements; system.tables is fine
+        if token.lower() in _FORBIDDEN_FUNCTIONS and _next(tokens, index) == "(":
+            return False
+    return True
+
+
+def _next(tokens: Sequence[str], index: int) -> str | None:
+    return tokens[index + 1] if index + 1 < len(tokens) else None
+
+
+def _code_only(sql: str) -> str | None:
+    """``sql`` with comments removed and literals / quoted names blanked out.
+
+    Keeps the structure (keywords, punctuation) so the checks above never look inside a
+    string. Returns None for text that does not end cleanly (an open quote or comment).
+    """
+    out: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:
+        char = sql[i]
+        if sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end
+        elif sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            if end < 0:
+                return None
+            out.append(" ")
+            i = end + 2
+        elif char in "'\"`":
+            end = _closing_quote(sql, i)
+            if end < 0:
+                return None
+            out.append(" ''" if char == "'" else " x ")
+            i = end + 1
+        else:
+            out.append(char)
+            i += 1
+    return "".join(out)
+
+
+def _closing_quote(sql: str, start: int) -> int:
+    """Index of the quote closing the literal opened at ``start``, or -1.
+
+    Handles both escapes ClickHouse accepts: a backslash, and a doubled quote.
+    """
+    quote, i, n = sql[start], start + 1, len(sql)
+    while i < n:
+        if sql[i] == "\\":
+            i += 2
+        elif sql[i] == quote:
+            if i + 1 < n and sql[i + 1] == quote:
+                i += 2
+            else:
+                return i
+        else:
+            i += 1
+    return -1
+
+
+# --- The sink's writes ---------------------------------------------------------------
+
+
+def insert_rows(client: Client, rows: list[dict[str, Any]], *, dedup_token: str) -> int:
+    """Insert priced-usage rows (PricedUsage dicts) into ``usage``; returns the row count.
+
+    Column-oriented, because building one list per column is far cheaper than one tuple
+    per row for thousands of rows. ``dedup_token`` makes the insert idempotent: a retry of
+    the same batch with the same token writes nothing (the table keeps a deduplication
+    window), so derive it from what the batch is, e.g. its source topic, partition and
+    offset range. Costs must be Decimal; a naive ``occurred_at`` is taken as UTC.
+
+    The token sent to ClickHouse is ``dedup_token`` plus a digest of the rows' event ids.
+    ClickHouse drops a block whose token it has seen *whatever the block holds*, and an
+    insert spanning several months commits one block per partition, so it can half
+    succeed. A retry that then leaves out the rows already written (as the sink does,
+    via :func:`existing_event_ids`) must not reuse the first attempt's token, or its
+    remaining rows would be dropped as duplicates. The digest makes it so: the same rows
+    get the same token, different rows a different one.
+    """
+    if not rows:
+        return 0
+    columns = [[row[name] for row in rows] for name in USAGE_COLUMNS]
+    occurred_at = USAGE_COLUMNS.index("occurred_at")
+    columns[occurred_at] = [_as_utc(value) for value in columns[occurred_at]]
+    event_ids = columns[USAGE_COLUMNS.index("event_id")]
+    client.insert(
+        USAGE_TABLE,
+        columns,
+        column_names=list(USAGE_COLUMNS),
+        column_oriented=True,
+        settings={"insert_deduplication_token": content_token(dedup_token, event_ids)},
+    )
+    return len(rows)
+
+
+def content_token(dedup_token: str, event_ids: Sequence[str]) -> str:
+    """The insert deduplication token for these rows: the caller's token and a digest of the ids."""
+    digest = hashlib.blake2b("\0".join(event_ids).encode(), digest_size=16).hexdigest()
+    return f"{dedup_token}:{digest}"
+
+
+def existing_event_ids(client: Client, event_ids: list[str], since: datetime) -> set[str]:
+    """The ids among ``event_ids`` already in ``usage`` with ``occurred_at >= since``.
+
+    The sink drops these from a batch before inserting, so a re-delivered event is
+    written once. ``since`` bounds the search to recent partitions (take the oldest
+    occurred_at of the batch, minus any allowed lateness).
+    """
+    found: set[str] = set()
+    unique = list(dict.fromkeys(event_ids))
+    for start in range(0, len(unique), _EVENT_ID_CHUNK):
+        result = client.query(
+            "SELECT DISTINCT event_id FROM usage "
+            "WHERE occurred_at >= {since:DateTime64(3, 'UTC')} AND event_id IN {ids:Array(String)}",
+            parameters={"since": _as_utc(since), "ids": unique[start : start + _EVENT_ID_CHUNK]},
+        )
+        found.update(row[0] for row in result.result_rows)
+    return found
+
+
+def record_sink_offsets(
+    client: Client, topic: str, partition: int, first_offset: int, last_offset: int, *, row_count: int, dedup_token: str
+) -> None:
+    """Record that the batch of ``topic``/``partition`` offsets ``first..last`` is in ``usage``.
+
+    Call it after :func:`insert_rows` succeeded for that batch. The row's version is
+    ``last_offset``, so the highest committed range wins whatever order writes land in.
+    """
+    client.insert(
+        SINK_OFFSETS_TABLE,
+        [[topic, partition, first_offset, last_offset, row_count, dedup_token, last_offset]],
+        column_names=["topic", "partition", "first_offset", "last_offset", "row_count", "dedup_token", "version"],
+    )
+
+
+def committed_sink_offsets(client: Client, topic: str) -> dict[int, int]:
+    """Per partition of ``topic``, the last source offset the sink has inserted."""
+    result = client.query(
+        "SELECT partition, max(last_offset) FROM sink_offsets WHERE topic = {topic:String} GROUP BY partition",
+        parameters={"topic": topic},
+    )
+    return {int(partition): int(offset) for partition, offset in result.result_rows}
+
+
+def _as_utc(value: datetime) -> datetime:
+    """An aware UTC datetime (naive values are UTC by the project's convention)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)

