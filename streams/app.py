@@ -2,6 +2,8 @@
 
     usage topic ──enrich──> priced topic (rows, keyed by team) ──sink──> ClickHouse
                       └───> deltas topic (per scope and period) ──count_spend──> spend table
+                                                   budgets ──────┘   ├──> cap-state topic
+                                                                     └──> alerts topic
                       └───> dead-letter topic (reason + original bytes)
 
 Every agent takes a poll's worth of messages at a time (``take_events``) and pays per
@@ -14,9 +16,11 @@ the batch rather than losing it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from collections import Counter
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -24,19 +28,24 @@ import faust
 from faust.web import Request, Response, View
 from mode.supervisors import CrashingSupervisor
 
-from streams import clickhouse
+from streams import clickhouse, priced
 from streams.attribution import Router
-from streams.codec import DEAD_LETTER, PRICED_BATCH, default_codec
-from streams.enrich import DeadLetter, Enricher, SourceMessage
+from streams.budgets import Budget, BudgetIndex
+from streams.codec import ALERT, CAP_STATE, DEAD_LETTER, default_codec
+from streams.compacted import CompactedView
+from streams.enrich import DeadLetter, EnrichedBatch, Enricher, SourceMessage, chunks_by_size, rows_by_team
 from streams.pricebook import PriceBook
 from streams.pricing import Pricer
 from streams.settings import Settings
 from streams.sink import ClickHouseSink, PricedMessage
 from streams.serialize import jsonable
+from streams.caps import Announced, check
 from streams.spend import (
-    aggregate, by_partition, decode_deltas, encode_deltas, is_expired, partition_of, period_start, split_key,
+    DeltasMessage, aggregate, by_partition, encode_deltas, period_keys, scope_partition,
+    spend_key, split_key,
 )
-from streams.topics import SPEND_TABLE
+from streams.spend_state import SpendState
+from streams.topics import ANNOUNCED_TABLE, SPEND_TABLE
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +57,10 @@ enricher = Enricher(
     Router.from_file(settings.routing_rules) if settings.routing_rules else Router(),
     settings.limits(),
 )
-sink = ClickHouseSink(lambda: clickhouse.connect(settings), codec)
+sink = ClickHouseSink(lambda: clickhouse.connect(settings))
 stats: Counter[str] = Counter()
+# Wall-clock marks of the flow (epoch seconds), for progress displays and benchmarks.
+marks: dict[str, float] = {}
 
 
 def _broker_credentials(s: Settings) -> Any:
@@ -89,7 +100,10 @@ deltas_topic = app.topic(settings.deltas_topic, **raw)
 
 # --- Tables ------------------------------------------------------------------------------
 # spend["team=search@day:2026-11-22"] = [exact decimal string, calls]
-spend = app.Table(SPEND_TABLE, default=None, partitions=settings.partitions, key_type=str, value_type=list)
+spend = app.Table(SPEND_TABLE, default=None, partitions=settings.partitions, key_type=str)
+# announced["search-monthly"] = [period, thresholds announced, forecast announced]
+announced = app.Table(ANNOUNCED_TABLE, default=None, partitions=settings.partitions, key_type=str)
+budgets = BudgetIndex()
 
 
 # --- Agents ------------------------------------------------------------------------------
@@ -97,29 +111,36 @@ spend = app.Table(SPEND_TABLE, default=None, partitions=settings.partitions, key
 # committed offsets) rather than leaving the rest of the flow running without it.
 @app.agent(usage_topic, supervisor_strategy=CrashingSupervisor)
 async def enrich(stream: faust.StreamT) -> None:
-    """Decode, validate, price and attribute; publish rows, spend deltas and dead letters."""
+    """Decode, validate, price and attribute; publish rows, spend deltas and dead letters.
+
+    A poll's messages are enriched in chunks of bounded size (an SDK envelope carries
+    hundreds of events), and acknowledged once every chunk's output is on Kafka.
+    """
     async for events in stream.take_events(settings.enrich_batch_max, settings.enrich_batch_within):
-        batch = enricher.enrich(
-            SourceMessage(e.message.partition, e.message.offset, e.message.value) for e in events
-        )
-        sent = [await _send_dead_letter(dead) for dead in batch.dead_letters]
-        rows_by_team: dict[str, list[dict[str, Any]]] = {}
-        for row in batch.rows:
-            rows_by_team.setdefault(row["team"], []).append(row)
-        for team, rows in rows_by_team.items():
-            sent.append(await app.producer.send(
-                settings.priced_topic, team.encode(), codec.encode(PRICED_BATCH, {"rows": rows}), None, None, None
-            ))
-        grouped = by_partition(aggregate(batch.rows, settings.tz), settings.partitions)
-        for partition, deltas in grouped.items():
-            sent.append(await app.producer.send(
-                settings.deltas_topic, None, encode_deltas(deltas), partition, None, None
-            ))
-        await asyncio.gather(*sent)
-        stats.update(
-            messages=len(events), events=len(batch.rows) + len(batch.dead_letters),
-            priced=len(batch.rows) - batch.unpriced, unpriced=batch.unpriced, dead_letters=len(batch.dead_letters),
-        )
+        marks.setdefault("first_message_at", time.time())
+        for chunk in chunks_by_size(events, settings.enrich_chunk_bytes):
+            batch = enricher.enrich(
+                SourceMessage(e.message.partition, e.message.offset, e.message.value) for e in chunk
+            )
+            await _publish(batch)
+            stats.update(
+                events=len(batch.rows) + len(batch.dead_letters), priced=len(batch.rows) - batch.unpriced,
+                unpriced=batch.unpriced, dead_letters=len(batch.dead_letters),
+            )
+        stats.update(messages=len(events))
+
+
+async def _publish(batch: EnrichedBatch) -> None:
+    """Send a chunk's dead letters, priced rows (per team) and spend deltas (per partition)."""
+    sent = [await _send_dead_letter(dead) for dead in batch.dead_letters]
+    for team, rows in rows_by_team(batch.rows, settings.priced_message_rows):
+        sent.append(await app.producer.send(settings.priced_topic, team.encode(), priced.encode(rows), None, None, None))
+    if batch.rows:
+        at = max(row["occurred_at"] for row in batch.rows)
+        for partition, deltas in by_partition(aggregate(batch.rows, settings.tz), settings.partitions).items():
+            value = encode_deltas(DeltasMessage(at, deltas))
+            sent.append(await app.producer.send(settings.deltas_topic, None, value, partition, None, None))
+    await asyncio.gather(*sent)
 
 
 async def _send_dead_letter(dead: DeadLetter) -> Any:
@@ -137,27 +158,58 @@ async def _send_dead_letter(dead: DeadLetter) -> Any:
 
 @app.agent(deltas_topic, supervisor_strategy=CrashingSupervisor)
 async def count_spend(stream: faust.StreamT) -> None:
-    """Add each batch's per-(scope, period) deltas to the spend table, once per key."""
-    newest_day: dict[int, date] = {}
-    async for event in stream.events():
-        latest = None
-        for key, delta in decode_deltas(event.value):
-            cost, calls = spend.get(key) or ("0", 0)
-            spend[key] = [str(delta.cost + Decimal(cost)), calls + delta.calls]
-            _, period = split_key(key)
-            if period.startswith("day:"):
-                latest = max(latest or period_start(period), period_start(period))
-        partition = event.message.partition
-        if latest and latest > newest_day.get(partition, date.min):
-            newest_day[partition] = latest
-            _prune(partition, latest)
+    """Add deltas to the spend table, check budgets, publish cap states and alerts."""
+    state = SpendState(settings, spend, announced, budgets, _publish_caps, app.producer.flush)
+    async for events in stream.take_events(settings.spend_batch_max, settings.spend_batch_within):
+        # Faust sends a table change to the changelog partition of the stream's current
+        # event; the state makes each event current in turn (a private Stream method).
+        await state.apply(events, stream._set_current_event)
 
 
-def _prune(partition: int, newest_day: date) -> None:
-    """Forget periods that closed long ago (by event time, not by the wall clock)."""
-    for key in [k for k in spend.keys() if partition_of(k, settings.partitions) == partition]:
-        if is_expired(split_key(key)[1], newest_day, settings.spend_retention_periods):
-            del spend[key]
+async def _publish_caps(states: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> None:
+    sent = [
+        await app.producer.send(settings.cap_state_topic, s["budget_id"].encode(), codec.encode(CAP_STATE, s), None, None, None)
+        for s in states
+    ] + [
+        await app.producer.send(settings.alerts_topic, a["scope"].encode(), codec.encode(ALERT, a), None, None, None)
+        for a in alerts
+    ]
+    await asyncio.gather(*sent)
+    stats.update(alerts=len(alerts))
+
+
+@app.timer(settings.cap_tick_interval)
+async def tick() -> None:
+    """Ask each of our deltas partitions to re-check its budgets at the current time."""
+    for tp in app.consumer.assignment():
+        if tp.topic == settings.deltas_topic:
+            await _send_tick(tp.partition)
+
+
+async def _send_tick(partition: int) -> None:
+    value = encode_deltas(DeltasMessage(datetime.now(timezone.utc), {}, tick=True))
+    await app.producer.send(settings.deltas_topic, None, value, partition, None, None)
+
+
+def _on_budget_change(budget_id: str, budget: Budget | None) -> None:
+    """A budget was set or removed: index it and re-check its scope's partition now."""
+    changed = budget or budgets.get(budget_id)
+    budgets.remove(budget_id)
+    if budget is not None:
+        budgets.put(budget)
+    if changed is not None:
+        asyncio.ensure_future(_send_tick(scope_partition(changed.scope, settings.partitions)))
+
+
+@app.task
+async def follow_budgets() -> None:
+    """Keep the budgets topic in memory for the life of the worker."""
+    view = CompactedView(settings, settings.budgets_topic, _decode_budget, _on_budget_change)
+    await view.start()
+
+
+def _decode_budget(value: bytes) -> Budget:
+    return Budget.from_record(codec.decode(value)[1])
 
 
 @app.agent(priced_topic, supervisor_strategy=CrashingSupervisor)
@@ -168,6 +220,7 @@ async def sink_to_clickhouse(stream: faust.StreamT) -> None:
             [PricedMessage(e.message.partition, e.message.offset, e.message.value) for e in events]
         )
         stats.update(rows_inserted=result.inserted, duplicates_dropped=result.duplicates)
+        marks["last_insert_at"] = time.time()
 
 
 # --- HTTP, bound to localhost by default ---------------------------------------------------
@@ -179,7 +232,7 @@ async def ready(web: View, request: Request) -> Response:
 
 @app.page("/stats")
 async def get_stats(web: View, request: Request) -> Response:
-    return web.json(dict(stats))
+    return web.json({**stats, **marks})
 
 
 @app.page("/spend")
@@ -187,11 +240,37 @@ async def get_spend(web: View, request: Request) -> Response:
     """Live spend of this worker's partitions: ``{scope: {period: {spent, calls}}}``."""
     wanted = request.query.get("scope")
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for key, (cost, calls) in spend.items():
-        scope, period = split_key(key)
+    for key, value in spend.items():
+        if key.startswith("@"):
+            continue
+        (cost, calls), (scope, period) = value, split_key(key)
         if wanted is None or scope == wanted:
             out.setdefault(scope, {})[period] = {"spent": cost, "calls": calls}
     return web.json(out)
+
+
+@app.page("/caps")
+async def get_caps(web: View, request: Request) -> Response:
+    """Cap state of every budget this worker checks (its partitions)."""
+    return web.json(jsonable(_cap_states()))
+
+
+@app.page("/caps/{scope}")
+async def get_caps_of_scope(web: View, request: Request, scope: str) -> Response:
+    return web.json(jsonable([s for s in _cap_states() if s["scope"] == scope]))
+
+
+def _cap_states() -> list[dict[str, Any]]:
+    """Current cap states, computed from the tables (what the cap-state topic last got)."""
+    now = datetime.now(timezone.utc)
+    out = []
+    for budget in budgets:
+        period = next(p for p in period_keys(now, settings.tz) if p.startswith(budget.period + ":"))
+        spent, _ = spend.get(spend_key(budget.scope, period)) or ("0", 0)
+        result = check(budget, period, Decimal(spent), now, settings.tz, Announced.from_json(announced.get(budget.budget_id)))
+        if result is not None:
+            out.append(result.state)
+    return out
 
 
 @app.page("/sql")
@@ -201,7 +280,8 @@ async def sql(web: View, request: Request) -> Response:
     if not clickhouse.is_read_only_sql(text):
         return web.json({"error": "only one read-only statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN)"}, status=400)
     try:
-        columns, rows = await sink.query(_read_only_query, text)
+        parameters = json.loads(request.query.get("params") or "{}")
+        columns, rows = await sink.query(_read_only_query, text, parameters)
     except Exception as exc:
         return web.json({"error": str(exc)}, status=400)
     return web.json({"columns": columns, "rows": jsonable(rows)})
@@ -210,9 +290,9 @@ async def sql(web: View, request: Request) -> Response:
 _read_only_client: Any = None
 
 
-def _read_only_query(text: str) -> tuple[list[str], list[tuple]]:
+def _read_only_query(text: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple]]:
     global _read_only_client
     if _read_only_client is None:
         _read_only_client = clickhouse.connect(settings, readonly=True)
-    return clickhouse.query_rows(_read_only_client, text)
+    return clickhouse.query_rows(_read_only_client, text, parameters)
 

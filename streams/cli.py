@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
+from pathlib import Path
 from typing import Any
 
 import click
@@ -36,7 +34,7 @@ def worker() -> None:
     client = clickhouse.connect(settings)
     clickhouse.migrate(client, settings.clickhouse_database)
     client.close()
-    tuning.apply()
+    tuning.apply(settings.consumer_fetch_max_wait_ms)
 
     import faust
 
@@ -126,9 +124,10 @@ def sql(query: str, fmt: str) -> None:
     through the worker's localhost endpoint; with no worker running, the CLI opens the
     directory itself, read-only.
     """
-    settings = Settings()
+    from streams.query import QueryError, read_only_query
+
     try:
-        columns, rows = _query(settings, query)
+        columns, rows = read_only_query(Settings(), query)
     except QueryError as exc:
         raise click.ClickException(str(exc)) from exc
     if fmt == "json":
@@ -137,38 +136,134 @@ def sql(query: str, fmt: str) -> None:
         click.echo(format_table(columns, rows))
 
 
-class QueryError(Exception):
-    """A query the ledger refused or could not run."""
+@cli.group()
+def budgets() -> None:
+    """Budgets: set, remove and list them (the compacted budgets topic)."""
 
 
-def _query(settings: Settings, query: str) -> tuple[list[str], list[list[Any]]]:
-    from streams import clickhouse
-    from streams.serialize import jsonable
+@budgets.command("set")
+@click.argument("budget_id")
+@click.option("--scope", required=True, help="e.g. team=search or team=search,feature=answers")
+@click.option("--amount", required=True, help="Exact amount, e.g. 5000 or 99.50")
+@click.option("--period", required=True, type=click.Choice(["day", "week", "month"]))
+@click.option("--currency", default="USD", show_default=True)
+@click.option("--threshold", "thresholds", multiple=True, help="Fraction of the amount, repeatable (default 0.8 and 1.0).")
+@click.option("--action", "hard_action", type=click.Choice(["block", "alert"]), default="block", show_default=True)
+def budgets_set(budget_id: str, thresholds: tuple[str, ...], **fields: Any) -> None:
+    """Create or change a budget; it applies to the current period at once."""
+    from streams.budgets import Budget, publish
 
-    if not clickhouse.is_read_only_sql(query):
-        raise QueryError("only one read-only statement is allowed (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN)")
-    if settings.is_embedded_clickhouse:
-        try:
-            return query_worker(settings, query)
-        except urllib.error.URLError:
-            pass  # no worker running: open the directory ourselves
-    client = clickhouse.connect(settings, readonly=True)
+    if thresholds:
+        fields["thresholds"] = thresholds
+    budget = _or_usage_error(lambda: Budget(budget_id=budget_id, **fields))
+    asyncio.run(publish(Settings(), [budget]))
+    click.echo(f"set {budget.budget_id}: {budget.scope} {budget.amount} {budget.currency} per {budget.period}")
+
+
+@budgets.command("load")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def budgets_load(path: Path) -> None:
+    """Set every budget of a TOML file (see the budgets module for the format)."""
+    from streams.budgets import load_file, publish
+
+    loaded = _or_usage_error(lambda: load_file(path))
+    asyncio.run(publish(Settings(), loaded))
+    click.echo(f"set {len(loaded)} budget(s)")
+
+
+@budgets.command("rm")
+@click.argument("budget_id")
+def budgets_rm(budget_id: str) -> None:
+    """Remove a budget."""
+    from streams.budgets import remove
+
+    asyncio.run(remove(Settings(), budget_id))
+    click.echo(f"removed {budget_id}")
+
+
+@budgets.command("list")
+def budgets_list() -> None:
+    """Every budget in force."""
+    from streams.budgets import current
+
+    rows = [
+        [b.budget_id, b.scope, str(b.amount), b.currency, b.period, ",".join(map(str, b.thresholds)), b.hard_action]
+        for b in asyncio.run(current(Settings()))
+    ]
+    click.echo(format_table(["id", "scope", "amount", "currency", "period", "thresholds", "hard action"], rows))
+
+
+def _or_usage_error(make: Any) -> Any:
+    from pydantic import ValidationError
+
     try:
-        columns, rows = clickhouse.query_rows(client, query)
-    except Exception as exc:
-        raise QueryError(str(exc)) from exc
-    return columns, jsonable(rows)
+        return make()
+    except (ValidationError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
-def query_worker(settings: Settings, query: str) -> tuple[list[str], list[list[Any]]]:
-    """Run a read-only query through a running worker's ``/sql`` endpoint."""
-    url = f"{settings.web_url}/sql?{urllib.parse.urlencode({'q': query})}"
+@cli.group()
+def alerts() -> None:
+    """Alerts on the alert topic."""
+
+
+@alerts.command("tail")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest alert, not the next one.")
+@click.option("--count", type=int, default=0, help="Stop after this many alerts (0: run until Ctrl-C).")
+def alerts_tail(from_beginning: bool, count: int) -> None:
+    """Print alerts as they arrive, one readable line each."""
+    from streams.alerts import follow, format_alert
+
+    async def run() -> None:
+        async for alert in follow(Settings(), from_beginning=from_beginning, count=count):
+            click.echo(format_alert(alert))
+
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp:
-            body = json.load(resp)
-    except urllib.error.HTTPError as exc:
-        raise QueryError(json.load(exc).get("error", str(exc))) from exc
-    return body["columns"], body["rows"]
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.group()
+def dlq() -> None:
+    """Dead letters: what could not be processed, and why."""
+
+
+@dlq.command("list")
+@click.option("--reason", "reason_code", help="Only this reason code (e.g. invalid_usage).")
+def dlq_list(reason_code: str | None) -> None:
+    """List dead letters with their reasons."""
+    from streams.dead_letters import list_dead_letters
+
+    rows = [
+        [d.record["failed_at"].isoformat(timespec="seconds"), f"{d.partition}/{d.offset}",
+         d.record["reason_code"], d.record["event_id"] or "", d.record["reason"]]
+        for d in asyncio.run(list_dead_letters(Settings()))
+        if reason_code in (None, d.record["reason_code"])
+    ]
+    click.echo(format_table(["failed at", "partition/offset", "reason code", "event id", "reason"], rows))
+
+
+@dlq.command("resubmit")
+@click.option("--reason", "reason_code", help="Only dead letters with this reason code.")
+@click.option("--event-id", "event_ids", multiple=True, help="Only these events (repeatable).")
+@click.option("--all", "everything", is_flag=True, help="Every dead letter not re-submitted yet.")
+def dlq_resubmit(reason_code: str | None, event_ids: tuple[str, ...], everything: bool) -> None:
+    """Publish dead letters' original bytes to the usage topic again, after a fix.
+
+    Each dead letter is re-submitted at most once (a consumer group remembers the
+    position); one that fails again comes back as a new dead letter.
+    """
+    from streams.dead_letters import resubmit
+
+    if not (reason_code or event_ids or everything):
+        raise click.UsageError("say which: --reason CODE, --event-id ID or --all")
+
+    def wanted(record: dict[str, Any]) -> bool:
+        return (reason_code in (None, record["reason_code"])) and (not event_ids or record["event_id"] in event_ids)
+
+    count = asyncio.run(resubmit(Settings(), wanted))
+    click.echo(f"re-submitted {count} dead letter(s) to the usage topic")
 
 
 def format_table(columns: list[str], rows: list[list[Any]]) -> str:

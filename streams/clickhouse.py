@@ -32,8 +32,10 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
+import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
+from streams import priced
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -43,46 +45,9 @@ USAGE_TABLE = "usage"
 SINK_OFFSETS_TABLE = "sink_offsets"
 MIGRATIONS_TABLE = "schema_migrations"
 
-# The PricedUsage fields (schemas/priced_batch.avsc), in schema order: the columns the
-# sink writes. ingested_at is filled by the table's DEFAULT.
-USAGE_COLUMNS: tuple[str, ...] = (
-    "event_id",
-    "occurred_at",
-    "provider",
-    "model",
-    "service_tier",
-    "team",
-    "attributed_by",
-    "feature",
-    "environment",
-    "user_id",
-    "project",
-    "agent_id",
-    "session_id",
-    "trace_id",
-    "api_key_id",
-    "service",
-    "tags",
-    "request_fingerprint",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "other_units",
-    "cost_input",
-    "cost_output",
-    "cost_cache_read",
-    "cost_cache_write",
-    "cost_other",
-    "cost_total",
-    "currency",
-    "priced",
-    "unpriced_reason",
-    "price_version",
-    "source_partition",
-    "source_offset",
-)
+# The columns the sink writes: the priced-topic schema. ingested_at is filled by the
+# table's DEFAULT.
+USAGE_COLUMNS: tuple[str, ...] = priced.COLUMNS
 
 # Ids per look-up query: bounds the size of one query's bound parameters.
 _EVENT_ID_CHUNK = 10_000
@@ -451,14 +416,13 @@ def _closing_quote(sql: str, start: int) -> int:
 # --- The sink's writes ---------------------------------------------------------------
 
 
-def insert_rows(client: Client, rows: list[dict[str, Any]], *, dedup_token: str) -> int:
-    """Insert priced-usage rows (PricedUsage dicts) into ``usage``; returns the row count.
+def insert_priced(client: Client, table: pa.Table, *, dedup_token: str) -> int:
+    """Insert priced rows (an Arrow table of :data:`streams.priced.SCHEMA`) into ``usage``.
 
-    Column-oriented, because building one list per column is far cheaper than one tuple
-    per row for thousands of rows. ``dedup_token`` makes the insert idempotent: a retry of
-    the same batch with the same token writes nothing (the table keeps a deduplication
-    window), so derive it from what the batch is, e.g. its source topic, partition and
-    offset range. Costs must be Decimal; a naive ``occurred_at`` is taken as UTC.
+    Arrow goes to ClickHouse as is (``FORMAT Arrow``): no per-row Python work.
+    ``dedup_token`` makes the insert idempotent: a retry of the same batch with the same
+    token writes nothing (the table keeps a deduplication window), so derive it from what
+    the batch is, e.g. its source topic, partition and offset range.
 
     The token sent to ClickHouse is ``dedup_token`` plus a digest of the rows' event ids.
     ClickHouse drops a block whose token it has seen *whatever the block holds*, and an
@@ -468,20 +432,11 @@ def insert_rows(client: Client, rows: list[dict[str, Any]], *, dedup_token: str)
     remaining rows would be dropped as duplicates. The digest makes it so: the same rows
     get the same token, different rows a different one.
     """
-    if not rows:
+    if table.num_rows == 0:
         return 0
-    columns = [[row[name] for row in rows] for name in USAGE_COLUMNS]
-    occurred_at = USAGE_COLUMNS.index("occurred_at")
-    columns[occurred_at] = [_as_utc(value) for value in columns[occurred_at]]
-    event_ids = columns[USAGE_COLUMNS.index("event_id")]
-    client.insert(
-        USAGE_TABLE,
-        columns,
-        column_names=list(USAGE_COLUMNS),
-        column_oriented=True,
-        settings={"insert_deduplication_token": content_token(dedup_token, event_ids)},
-    )
-    return len(rows)
+    token = content_token(dedup_token, table.column("event_id").to_pylist())
+    client.insert_arrow(USAGE_TABLE, table, settings={"insert_deduplication_token": token})
+    return table.num_rows
 
 
 def content_token(dedup_token: str, event_ids: Sequence[str]) -> str:
@@ -514,7 +469,7 @@ def record_sink_offsets(
 ) -> None:
     """Record that the batch of ``topic``/``partition`` offsets ``first..last`` is in ``usage``.
 
-    Call it after :func:`insert_rows` succeeded for that batch. The row's version is
+    Call it after :func:`insert_priced` succeeded for that batch. The row's version is
     ``last_offset``, so the highest committed range wins whatever order writes land in.
     """
     client.insert(
@@ -538,3 +493,4 @@ def _as_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+

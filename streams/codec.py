@@ -29,7 +29,6 @@ SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 # Full names of the records the project reads and writes.
 USAGE_EVENT = "io.spendstream.v1.UsageEvent"
 USAGE_BATCH = "io.spendstream.v1.UsageBatch"
-PRICED_BATCH = "io.spendstream.v1.PricedBatch"
 DEAD_LETTER = "io.spendstream.v1.DeadLetter"
 ALERT = "io.spendstream.v1.Alert"
 CAP_STATE = "io.spendstream.v1.CapState"

@@ -23,9 +23,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from streams.cli import format_table, query_worker
+from streams.cli import format_table
 from streams.localstack import EmbeddedBroker, WorkerProcess, free_port
 from streams.producer import UsageProducer
+from streams.query import query_worker
 from streams.settings import Settings
 from streams.synthetic import generate
 

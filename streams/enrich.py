@@ -12,10 +12,10 @@ reason; nothing is dropped.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from streams.attribution import Router
 from streams.codec import USAGE_BATCH, USAGE_EVENT, Codec, DecodeError
@@ -71,6 +71,7 @@ class Enricher:
         self.router = router
         self.limits = limits
         self.clock = clock
+        self._providers_seen: set[str] = set()
 
     def enrich(self, messages: Iterable[SourceMessage]) -> EnrichedBatch:
         batch = EnrichedBatch()
@@ -86,7 +87,10 @@ class Enricher:
             for event in events:
                 try:
                     validate(event, now, self.limits)
+                    self._known_provider(event["provider"])
                 except InvalidEvent as exc:
+                    # An event of a batch envelope is dead-lettered alone, re-encoded, so it
+                    # can be fixed and re-submitted by itself.
                     original = self.codec.encode(USAGE_EVENT, event) if enveloped else message.value
                     batch.dead_letters.append(
                         DeadLetter(exc.code, exc.reason, message.partition, message.offset,
@@ -98,6 +102,16 @@ class Enricher:
                     batch.unpriced += 1
                 batch.rows.append(row)
         return batch
+
+    def _known_provider(self, provider: str) -> None:
+        """An unknown model is priced as unpriced; an unknown provider is most likely a typo."""
+        if provider not in self._providers_seen:
+            if not self.pricer.knows_provider(provider):
+                raise InvalidEvent(
+                    "unknown_provider",
+                    f"provider {provider[:60]!r} is neither in the price catalog nor in the price book",
+                )
+            self._providers_seen.add(provider)
 
     def _events_of(self, message: SourceMessage) -> tuple[list[dict[str, Any]], bool]:
         """The events a message carries, and whether it was a batch envelope."""
@@ -163,3 +177,31 @@ class Enricher:
             "source_partition": message.partition,
             "source_offset": message.offset,
         }
+
+
+T = TypeVar("T")
+
+
+def chunks_by_size(events: Sequence[T], max_bytes: int) -> Iterator[Sequence[T]]:
+    """Split Faust events into runs whose message values add up to about ``max_bytes``.
+
+    Bounds the memory of decoded dicts when a poll brings thousands of batch envelopes.
+    """
+    start, size = 0, 0
+    for i, event in enumerate(events):
+        size += len(event.message.value or b"")  # type: ignore[attr-defined]
+        if size >= max_bytes:
+            yield events[start : i + 1]
+            start, size = i + 1, 0
+    if start < len(events):
+        yield events[start:]
+
+
+def rows_by_team(rows: list[dict[str, Any]], max_rows: int) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """Group rows by team, in runs of at most ``max_rows`` (one priced-topic message each)."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        grouped.setdefault(row["team"], []).append(row)
+    for team, team_rows in grouped.items():
+        for start in range(0, len(team_rows), max_rows):
+            yield team, team_rows[start : start + max_rows]

@@ -483,6 +483,13 @@ class Pricer:
     def price_book(self) -> PriceBook | None:
         return self._book
 
+    def knows_provider(self, provider: str) -> bool:
+        """Whether the catalog or the price book names this provider (a typo names none)."""
+        name = provider.strip().lower()
+        if self._book is not None and any(m.provider == name for m in self._book.models):
+            return True
+        return any(p.id == name for p in self._snapshot.providers)
+
     def memo_info(self) -> Any:
         """Hits and misses of the rate-card memo (``functools`` cache info)."""
         return self._card.cache_info()
@@ -597,7 +604,10 @@ class Pricer:
             return f"no price for model {model!r} at provider {provider!r} in {self._catalog_version} (no price book)"
         reason = f"no price for model {model!r} at provider {provider!r} in {self._catalog_version} or the price book"
         if any(o.covers(provider, model) and o.effective_at(at) for o in book.overrides):
-            reason += " (a price book override covers it, but overrides only adjust catalog prices: declare it under [[models]])"
+            reason += (
+                " (a price book override covers it, but overrides only adjust catalog prices:"
+                " declare it under [[models]])"
+            )
         elif book.mentions(provider, model):
             reason += f" (price book entries cover it, but none is effective at {at:%Y-%m-%dT%H:%MZ})"
         return reason

@@ -61,12 +61,18 @@ class Settings(BaseSettings):
     web_port: int = 6066
     table_store: str = "memory://"
     broker_session_timeout: float = 10.0
+    consumer_fetch_max_wait_ms: int = Field(100, ge=1, le=1500, description="Longest a fetch waits for data.")
     timezone: str = "UTC"
 
     enrich_batch_max: int = Field(2000, ge=1, description="Kafka messages per enrich batch.")
     enrich_batch_within: float = Field(0.2, gt=0, description="Seconds to wait to fill a batch.")
-    sink_batch_max: int = Field(500, ge=1, description="Priced-batch messages per ClickHouse insert.")
+    enrich_chunk_bytes: int = Field(2_000_000, ge=1, description="Usage bytes enriched at once (memory bound).")
+    priced_message_rows: int = Field(2000, ge=1, description="Priced rows per priced-topic message.")
+    sink_batch_max: int = Field(50, ge=1, description="Priced-topic messages per ClickHouse insert.")
     sink_batch_within: float = Field(1.0, gt=0)
+    spend_batch_max: int = Field(500, ge=1, description="Deltas messages per spend-table batch.")
+    spend_batch_within: float = Field(0.1, gt=0)
+    cap_tick_interval: float = Field(30.0, gt=0, description="Seconds between budget re-checks without traffic.")
     spend_retention_periods: int = Field(3, ge=1, description="Closed periods kept in spend tables.")
 
     # --- What an event may say (anything else goes to the dead-letter topic) ------------

@@ -4,7 +4,7 @@ Kafka delivers at least once: after a crash between a ClickHouse insert and the 
 commit, the same priced messages come again; a producer may also publish one event twice.
 The sink makes both harmless. For each poll's worth of priced-topic messages:
 
-1. Decode the ``PricedBatch`` messages into rows.
+1. Read the messages' Arrow record batches (:mod:`streams.priced`) into one table.
 2. Dedupe within the batch: keep the first row of each ``event_id``.
 3. Drop the rows whose ``event_id`` is already in ClickHouse within the dedup horizon
    (a re-delivery, or the same event produced twice).
@@ -34,8 +34,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from streams import clickhouse
-from streams.codec import PRICED_BATCH, Codec
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from streams import clickhouse, priced
 
 log = logging.getLogger(__name__)
 
@@ -59,53 +61,41 @@ class ClickHouseSink:
     def __init__(
         self,
         client_factory: Any,
-        codec: Codec,
         *,
         dedup_horizon: timedelta = timedelta(days=7),
         max_backoff: float = 30.0,
     ) -> None:
         self._client_factory = client_factory
         self._client: Any = None
-        self.codec = codec
         self.dedup_horizon = dedup_horizon
         self.max_backoff = max_backoff
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-sink")
 
     async def write(self, messages: Sequence[PricedMessage]) -> SinkResult:
         """Run steps 1-4 for one batch, retrying until ClickHouse takes it."""
-        rows = self._decode(messages)                                   # 1
-        unique = _dedupe_in_batch(rows)                                 # 2
+        rows = pa.concat_tables([priced.decode(m.value) for m in messages])  # 1
+        unique = _dedupe_in_batch(rows)                                         # 2
         token = _dedup_token(messages)
         delay = 0.5
         while True:
             try:
-                inserted = await self._run(self._insert_new, unique, token)  # 3 and 4
-                return SinkResult(inserted, len(rows) - inserted)
+                inserted = await self._run(self._insert_new, unique, token)     # 3 and 4
+                return SinkResult(inserted, rows.num_rows - inserted)
             except Exception as exc:  # any failure of ClickHouse: back off and retry
                 log.warning("ClickHouse insert failed (%s); retrying in %.1fs", exc, delay)
                 self._client = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
 
-    def _decode(self, messages: Sequence[PricedMessage]) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        for message in messages:
-            name, record = self.codec.decode(message.value)
-            if name != PRICED_BATCH:
-                raise ValueError(f"priced topic carries {name}, expected {PRICED_BATCH}")
-            rows.extend(record["rows"])
-        return rows
-
-    def _insert_new(self, rows: list[dict[str, Any]], token: str) -> int:
+    def _insert_new(self, rows: pa.Table, token: str) -> int:
         client = self._connected()
-        if not rows:
+        if rows.num_rows == 0:
             return 0
-        since = min(row["occurred_at"] for row in rows) - self.dedup_horizon
-        present = clickhouse.existing_event_ids(client, [row["event_id"] for row in rows], since)
-        new = [row for row in rows if row["event_id"] not in present]
-        if new:
-            clickhouse.insert_rows(client, new, dedup_token=token)
-        return len(new)
+        event_ids = rows.column("event_id")
+        since = pc.min(rows.column("occurred_at")).as_py() - self.dedup_horizon
+        present = clickhouse.existing_event_ids(client, event_ids.to_pylist(), since)
+        new = rows.filter(pc.invert(pc.is_in(event_ids, value_set=pa.array(list(present), pa.string()))))
+        return clickhouse.insert_priced(client, new, dedup_token=token)
 
     def _connected(self) -> Any:
         if self._client is None:
@@ -115,6 +105,10 @@ class ClickHouseSink:
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
+    async def with_client(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(client, *args, **kwargs)`` with the sink's ClickHouse client, on its thread."""
+        return await self._run(lambda: fn(self._connected(), *args, **kwargs))
+
     async def query(self, fn: Any, *args: Any) -> Any:
         """Run another ClickHouse call on the sink's thread (the engine is not shared across threads)."""
         return await self._run(fn, *args)
@@ -123,14 +117,14 @@ class ClickHouseSink:
         self._thread.shutdown(wait=True)
 
 
-def _dedupe_in_batch(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _dedupe_in_batch(rows: pa.Table) -> pa.Table:
     seen: set[str] = set()
-    unique = []
-    for row in rows:
-        if row["event_id"] not in seen:
-            seen.add(row["event_id"])
-            unique.append(row)
-    return unique
+    first = []
+    for index, event_id in enumerate(rows.column("event_id").to_pylist()):
+        if event_id not in seen:
+            seen.add(event_id)
+            first.append(index)
+    return rows if len(first) == rows.num_rows else rows.take(first)
 
 
 def _dedup_token(messages: Sequence[PricedMessage]) -> str:

@@ -1,7 +1,9 @@
 """Windowed spend: which (scope, calendar period) a priced row counts towards, and by how much.
 
-A *scope* is who the money is attributed to (``team=search``); a *period* is a calendar
-window in the configured time zone (``day:2026-11-22``, ``month:2026-11``). Calendar
+A *scope* is who the money is attributed to (``team=search``, ``team=search,feature=answers``,
+``user=u-17``); a *period* is a calendar window in the configured time zone
+(``day:2026-11-22``, ``week:2026-11-16`` for the ISO week starting that Monday,
+``month:2026-11``). Calendar
 periods, not fixed-size Faust windows, because budgets are set per calendar day or month,
 and because Faust's window expiry runs on the wall clock, which silently drops windows of
 replayed events. Old periods are pruned by event time instead (:func:`is_expired`).
@@ -15,14 +17,31 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-PERIOD_KINDS = ("day", "month")
+PERIOD_KINDS = ("day", "week", "month")
+
+# Scope kinds and the priced-row field each reads; a scope is one or more of them.
+SCOPE_FIELDS = {
+    "team": "team",
+    "feature": "feature",
+    "environment": "environment",
+    "api_key": "api_key_id",
+    "user": "user_id",
+    "agent": "agent_id",
+    "session": "session_id",
+}
+# Scopes whose spend the spend table always keeps; the others (one per user, agent, ...)
+# are kept once a budget names them.
+ALWAYS_TRACKED: frozenset[tuple[str, ...]] = frozenset({("team",), ("team", "feature"), ("environment",)})
+DEFAULT_SCOPES: tuple[tuple[str, ...], ...] = (
+    ("team",), ("team", "feature"), ("environment",), ("api_key",), ("user",), ("agent",), ("session",),
+)
 
 
 @dataclass(slots=True)
@@ -33,15 +52,57 @@ class Delta:
     calls: int
 
 
+@dataclass(frozen=True)
+class DeltasMessage:
+    """One deltas-topic message: a batch's deltas for one partition, as of event time ``at``.
+
+    A *tick* carries no deltas: it asks the spend agent to re-check the partition's budgets
+    at ``at`` (periods roll over, and budget changes apply, without traffic).
+    """
+
+    at: datetime
+    deltas: dict[str, Delta]
+    tick: bool = False
+
+
 def period_keys(occurred_at: datetime, tz: ZoneInfo) -> tuple[str, ...]:
     """The calendar periods an instant belongs to, in ``tz``."""
     local = occurred_at.astimezone(tz)
-    return (f"day:{local:%Y-%m-%d}", f"month:{local:%Y-%m}")
+    monday = local.date() - timedelta(days=local.weekday())
+    return (f"day:{local:%Y-%m-%d}", f"week:{monday.isoformat()}", f"month:{local:%Y-%m}")
 
 
-def scopes_of(row: dict[str, Any]) -> tuple[str, ...]:
-    """The scopes a priced row's spend counts towards."""
-    return (f"team={row['team']}",)
+def period_bounds(period: str, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """Start (inclusive) and end (exclusive) of a period, as aware datetimes in ``tz``."""
+    start = period_start(period)
+    if period.startswith("day:"):
+        end = start + timedelta(days=1)
+    elif period.startswith("week:"):
+        end = start + timedelta(days=7)
+    else:
+        end = date(start.year + start.month // 12, start.month % 12 + 1, 1)
+    return (datetime.combine(start, time(), tz), datetime.combine(end, time(), tz))
+
+
+def scope_of(values: dict[str, str], kinds: tuple[str, ...]) -> str | None:
+    """``team=search,feature=answers`` from attribution values, or None if one is missing."""
+    parts = []
+    for kind in kinds:
+        value = values.get(SCOPE_FIELDS[kind])
+        if not value:
+            return None
+        parts.append(f"{kind}={value}")
+    return ",".join(parts)
+
+
+def scope_kinds(scope: str) -> tuple[str, ...]:
+    """``team=search,feature=answers`` → ``("team", "feature")``."""
+    return tuple(part.partition("=")[0] for part in scope.split(","))
+
+
+def scopes_of(row: dict[str, Any], scope_kinds: tuple[tuple[str, ...], ...] = DEFAULT_SCOPES) -> list[str]:
+    """The scopes a priced row's spend counts towards (kinds the row has values for)."""
+    return [scope for kinds in scope_kinds if (scope := scope_of(row, kinds))]
 
 
 def spend_key(scope: str, period: str) -> str:
@@ -53,7 +114,9 @@ def split_key(key: str) -> tuple[str, str]:
     return scope, period
 
 
-def aggregate(rows: Iterable[dict[str, Any]], tz: ZoneInfo) -> dict[str, Delta]:
+def aggregate(
+    rows: Iterable[dict[str, Any]], tz: ZoneInfo, scope_kinds: tuple[tuple[str, ...], ...] = DEFAULT_SCOPES
+) -> dict[str, Delta]:
     """Fold priced rows into one delta per spend key."""
     deltas: dict[str, Delta] = {}
     periods_memo: dict[tuple[int, int, int, int], tuple[str, ...]] = {}
@@ -65,7 +128,7 @@ def aggregate(rows: Iterable[dict[str, Any]], tz: ZoneInfo) -> dict[str, Delta]:
         if periods is None:
             periods = periods_memo[hour] = period_keys(at, tz)
         cost = row["cost_total"]
-        for scope in scopes_of(row):
+        for scope in scopes_of(row, scope_kinds):
             for period in periods:
                 key = f"{scope}@{period}"
                 delta = deltas.get(key)
@@ -77,10 +140,13 @@ def aggregate(rows: Iterable[dict[str, Any]], tz: ZoneInfo) -> dict[str, Delta]:
     return deltas
 
 
+def scope_partition(scope: str, partitions: int) -> int:
+    return zlib.crc32(scope.encode()) % partitions
+
+
 def partition_of(key: str, partitions: int) -> int:
     """Partition of a spend key: by scope, so every period of a scope lives together."""
-    scope, _ = split_key(key)
-    return zlib.crc32(scope.encode()) % partitions
+    return scope_partition(split_key(key)[0], partitions)
 
 
 def by_partition(deltas: dict[str, Delta], partitions: int) -> dict[int, dict[str, Delta]]:
@@ -90,19 +156,21 @@ def by_partition(deltas: dict[str, Delta], partitions: int) -> dict[int, dict[st
     return grouped
 
 
-def encode_deltas(deltas: dict[str, Delta]) -> bytes:
+def encode_deltas(message: DeltasMessage) -> bytes:
     """JSON with decimal strings: exact, and readable with any Kafka tool."""
-    return json.dumps({key: [str(d.cost), d.calls] for key, d in deltas.items()}).encode()
+    deltas = {key: [str(d.cost), d.calls] for key, d in message.deltas.items()}
+    return json.dumps({"at": message.at.isoformat(), "tick": message.tick, "deltas": deltas}).encode()
 
 
-def decode_deltas(value: bytes) -> Iterator[tuple[str, Delta]]:
-    for key, (cost, calls) in json.loads(value).items():
-        yield key, Delta(Decimal(cost), int(calls))
+def decode_deltas(value: bytes) -> DeltasMessage:
+    data = json.loads(value)
+    deltas = {key: Delta(Decimal(cost), int(calls)) for key, (cost, calls) in data["deltas"].items()}
+    return DeltasMessage(datetime.fromisoformat(data["at"]), deltas, data["tick"])
 
 
 def period_start(period: str) -> date:
     kind, _, start = period.partition(":")
-    if kind == "day":
+    if kind in ("day", "week"):
         return date.fromisoformat(start)
     if kind == "month":
         return date.fromisoformat(f"{start}-01")
@@ -114,5 +182,7 @@ def is_expired(period: str, newest_day: date, keep_closed: int) -> bool:
     start = period_start(period)
     if period.startswith("day:"):
         return (newest_day - start).days > keep_closed
+    if period.startswith("week:"):
+        return (newest_day - start).days // 7 > keep_closed
     months = (newest_day.year - start.year) * 12 + newest_day.month - start.month
     return months > keep_closed

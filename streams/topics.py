@@ -17,6 +17,7 @@ from streams.settings import Settings
 
 # Faust names a table's changelog "<app id>-<table name>-changelog".
 SPEND_TABLE = "spend"
+ANNOUNCED_TABLE = "announced"
 
 COMPACTED = {"cleanup.policy": "compact"}
 
@@ -41,6 +42,7 @@ def all_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.priced_topic, n),
         TopicSpec(settings.deltas_topic, n),
         TopicSpec(changelog_topic(settings, SPEND_TABLE), n, COMPACTED),
+        TopicSpec(changelog_topic(settings, ANNOUNCED_TABLE), n, COMPACTED),
         TopicSpec(settings.alerts_topic, n),
         TopicSpec(settings.cap_state_topic, n, COMPACTED),
         TopicSpec(settings.budgets_topic, 1, COMPACTED),

@@ -1,16 +1,23 @@
-"""Process-level tuning for the worker's hot loop.
+"""Process-level tuning for the worker.
 
 Faust pays a fixed cost per Kafka message; two cheap settings shave it: uvloop as the
 event loop, and a higher threshold for the cyclic garbage collector, which otherwise
 runs every few hundred allocations while a batch of dicts is alive.
+
+And one latency fix: Faust builds its consumer with ``fetch_max_wait_ms=1500``, not
+configurable. Kafka answers a fetch as soon as data arrives, but some Kafka-compatible
+brokers (tansu, the embedded one) hold every fetch for the full wait, which adds up to
+1.5 s per hop between agents. :func:`apply` sets the wait to
+``SPENDSTREAM_CONSUMER_FETCH_MAX_WAIT_MS`` on the consumer Faust creates.
 """
 
 from __future__ import annotations
 
 import gc
+from typing import Any
 
 
-def apply() -> None:
+def apply(fetch_max_wait_ms: int) -> None:
     try:
         import uvloop
     except ImportError:  # uvloop is optional (no wheels on some platforms)
@@ -18,3 +25,17 @@ def apply() -> None:
     else:
         uvloop.install()
     gc.set_threshold(100_000, 50, 100)
+    _cap_fetch_wait(fetch_max_wait_ms)
+
+
+def _cap_fetch_wait(fetch_max_wait_ms: int) -> None:
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    create = AIOKafkaConsumerThread._create_worker_consumer
+
+    def create_with_short_wait(self: Any, transport: Any) -> Any:
+        consumer = create(self, transport)
+        consumer._fetch_max_wait_ms = fetch_max_wait_ms  # read when the consumer starts
+        return consumer
+
+    AIOKafkaConsumerThread._create_worker_consumer = create_with_short_wait  # type: ignore[method-assign]

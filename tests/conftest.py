@@ -14,10 +14,12 @@ import os
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from clickhouse_connect.driver.client import Client
 
 from streams.localstack import EmbeddedBroker, WorkerProcess, free_port
 from streams.settings import Settings
@@ -78,3 +80,128 @@ def _print_log(path: Path) -> None:
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=30) as resp:
         return json.load(resp)
+
+
+# --- ClickHouse in this process --------------------------------------------------------
+# chDB allows one data directory per process and pytest runs every test file in one
+# process, so all in-process ClickHouse tests share the session directory below; each test
+# gets a database of its own inside it, dropped afterwards.
+
+CLICKHOUSE_SERVER_URL_ENV = "SPENDSTREAM_TEST_CLICKHOUSE_URL"
+
+
+@pytest.fixture(scope="session")
+def embedded_clickhouse(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The ClickHouse DSN for this test process: a real server if given, else one chDB dir."""
+    server = os.environ.get(CLICKHOUSE_SERVER_URL_ENV)
+    if server:
+        return server
+    pytest.importorskip("chdb")
+    return f"chdb://{tmp_path_factory.mktemp('chdb')}"
+
+
+@pytest.fixture
+def settings(embedded_clickhouse: str) -> Settings:
+    """Settings naming a fresh database of its own for each test."""
+    return Settings(clickhouse_dsn=embedded_clickhouse, clickhouse_database=f"test_{uuid.uuid4().hex}")
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[Client]:
+    from streams.clickhouse import connect
+
+    client = connect(settings)
+    try:
+        yield client
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
+        client.close()
+
+
+@pytest.fixture
+def migrated(client: Client, settings: Settings) -> Client:
+    from streams.clickhouse import migrate
+
+    migrate(client, settings.clickhouse_database)
+    return client
+
+
+# --- A ledger of synthetic priced usage ------------------------------------------------
+# Three weeks of synthetic traffic (Monday 2025-10-20 to Sunday 2025-11-09, UTC), priced and
+# attributed by the real Enricher with the example price book and routing rules. In the
+# last week one workflow (support/case-summary) moves to a pricier model with longer
+# prompts, so its cost per call rises. Reports are checked against sums computed in Python
+# from these rows, never by the SQL under test.
+
+LEDGER_START = datetime(2025, 10, 20, tzinfo=UTC)
+LEDGER_WEEK = date(2025, 11, 3)  # the report week; 2025-10-27 is the prior one
+LEDGER_EVENTS = 6000
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+
+def priced_usage(count: int, *, seed: int, start: datetime, days: int) -> list[dict[str, Any]]:
+    """``count`` priced rows spread evenly over ``days`` days from ``start``."""
+    from streams.attribution import Router
+    from streams.codec import USAGE_EVENT, Codec
+    from streams.enrich import Enricher, SourceMessage
+    from streams.pricebook import PriceBook
+    from streams.pricing import Pricer
+    from streams.synthetic import generate
+
+    end = start + timedelta(days=days)
+    codec = Codec()
+    events = list(generate(count, seed=seed, start=start, spacing=(end - start) / count))
+    last_week = start + timedelta(days=days - 7)
+    for event in events:
+        if event["occurred_at"] >= last_week and event["attribution"]["feature"] == "case-summary":
+            event["model"], event["provider"] = "claude-sonnet-4-5", "anthropic"
+            event["usage"]["input_tokens"] *= 3
+    enricher = Enricher(
+        codec,
+        Pricer(PriceBook.load(CONFIG_DIR / "price_book.example.toml")),
+        Router.from_file(CONFIG_DIR / "routing_rules.example.toml"),
+        clock=lambda: end,
+    )
+    batch = enricher.enrich(SourceMessage(0, n, codec.encode(USAGE_EVENT, e)) for n, e in enumerate(events))
+    assert not batch.dead_letters
+    return batch.rows
+
+
+@pytest.fixture(scope="session")
+def ledger_rows() -> list[dict[str, Any]]:
+    """The three weeks of priced rows (read-only: copy before changing one)."""
+    return priced_usage(LEDGER_EVENTS, seed=11, start=LEDGER_START, days=21)
+
+
+@pytest.fixture(scope="session")
+def ledger_table(ledger_rows: list[dict[str, Any]]) -> Any:
+    """``ledger_rows`` as the Arrow table the sink inserts (built once)."""
+    from streams import priced
+
+    return priced.to_table(ledger_rows)
+
+
+@pytest.fixture
+def ledger(migrated: Client, ledger_table: Any) -> Client:
+    """A migrated database holding ``ledger_rows``."""
+    from streams.clickhouse import insert_priced
+
+    insert_priced(migrated, ledger_table, dedup_token="ledger")
+    return migrated
+
+
+@pytest.fixture
+def read_only(settings: Settings, migrated: Client) -> Iterator[Any]:
+    """A report ``query`` callable on a read-only client, refusing SQL the CLI path would refuse."""
+    from streams.clickhouse import connect, is_read_only_sql, query_rows
+
+    reader = connect(settings, readonly=True)
+
+    def query(sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple]]:
+        assert is_read_only_sql(sql), sql
+        return query_rows(reader, sql, parameters)
+
+    try:
+        yield query
+    finally:
+        reader.close()

@@ -1,22 +1,21 @@
 """streams.clickhouse against a real ClickHouse engine.
 
 By default the engine is chDB in-process. chDB allows one data directory per process,
-so the whole test process shares one directory (the session fixture below) and each
-test gets its own database inside it, dropped afterwards. Set
+so the whole test process shares one directory (the session fixture
+``embedded_clickhouse`` in conftest.py) and each test gets its own database inside it,
+dropped afterwards. Set
 ``SPENDSTREAM_TEST_CLICKHOUSE_URL`` (e.g. ``http://default:secret@localhost:8123``) to run
 the same tests against a ClickHouse server instead.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -33,7 +32,7 @@ from streams.clickhouse import (
     committed_sink_offsets,
     connect,
     existing_event_ids,
-    insert_rows,
+    insert_priced,
     is_read_only_sql,
     load_migrations,
     migrate,
@@ -42,46 +41,14 @@ from streams.clickhouse import (
     redact_dsn,
     split_statements,
 )
+from streams import priced
 from streams.settings import Settings
 
 SERVER_URL_ENV = "SPENDSTREAM_TEST_CLICKHOUSE_URL"
-SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 PICO = Decimal("0.000000000001")
 
 
-# --- Fixtures ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def embedded_clickhouse(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The ClickHouse DSN for this test process: a real server if given, else one chDB dir."""
-    server = os.environ.get(SERVER_URL_ENV)
-    if server:
-        return server
-    pytest.importorskip("chdb")
-    return f"chdb://{tmp_path_factory.mktemp('chdb')}"
-
-
-@pytest.fixture
-def settings(embedded_clickhouse: str) -> Settings:
-    """Settings naming a fresh database of its own for each test."""
-    return Settings(clickhouse_dsn=embedded_clickhouse, clickhouse_database=f"test_{uuid.uuid4().hex}")
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[Client]:
-    client = connect(settings)
-    try:
-        yield client
-    finally:
-        client.command(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
-        client.close()
-
-
-@pytest.fixture
-def migrated(client: Client, settings: Settings) -> Client:
-    migrate(client, settings.clickhouse_database)
-    return client
+# --- Helpers -------------------------------------------------------------------
 
 
 def priced_row(event_id: str, **overrides: object) -> dict[str, object]:
@@ -170,12 +137,6 @@ def test_migrate_applies_only_new_files(client: Client, settings: Settings, tmp_
     assert query_rows(client, "SELECT count() FROM spend_by_team")[1] == [(0,)]
 
 
-def test_usage_table_has_every_priced_usage_field() -> None:
-    schema = json.loads((SCHEMAS_DIR / "priced_batch.avsc").read_text())
-    priced_usage = schema["fields"][0]["type"]["items"]
-    assert tuple(field["name"] for field in priced_usage["fields"]) == USAGE_COLUMNS
-
-
 def test_usage_table_types(migrated: Client) -> None:
     _, rows = query_rows(migrated, "SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = 'usage'")
     types = dict(rows)
@@ -193,6 +154,10 @@ def test_split_statements() -> None:
 
 
 # --- Inserting priced rows -----------------------------------------------------------
+
+
+def insert_rows(client: Client, rows: list[dict], *, dedup_token: str) -> int:
+    return insert_priced(client, priced.to_table(rows), dedup_token=dedup_token)
 
 
 def test_insert_keeps_costs_exact(migrated: Client) -> None:

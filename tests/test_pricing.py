@@ -87,7 +87,8 @@ def test_uncached_input_excludes_cache_reads() -> None:
 
 def test_cache_writes_have_their_own_price() -> None:
     cost = price(
-        Pricer(), "anthropic", "claude-haiku-4-5", input_tokens=10_000, output_tokens=1000, cache_read=2000, cache_write=3000
+        Pricer(), "anthropic", "claude-haiku-4-5",
+        input_tokens=10_000, output_tokens=1000, cache_read=2000, cache_write=3000,
     )
     assert cost.input == 5000 * Decimal(1) / M
     assert cost.cache_read == 2000 * Decimal("0.1") / M
@@ -185,8 +186,9 @@ def test_audio_tokens_are_other_and_leave_text_input() -> None:
     with pytest.raises(ValueError, match="cache_audio_read_tokens"):
         genai_total("google", "gemini-2.5-flash", "standard", AFTER_VARIANTS, **usage, input_audio_tokens=4000)
     vague = price(
-        pricer, "google", "gemini-2.5-flash", input_tokens=10_000, cache_read=1000, other_units={"input_audio_tokens": 4000}
-    )
+        pricer, "google", "gemini-2.5-flash",
+        input_tokens=10_000, cache_read=1000, other_units={"input_audio_tokens": 4000},
+    )  # fmt: skip
     assert not vague.priced and "cache_audio_read_tokens" in vague.unpriced_reason
 
 
@@ -236,7 +238,8 @@ def test_exact_whatever_the_decimal_context_and_the_counts() -> None:
     expected = price(pricer, "openai", "gpt-4o", input_tokens=123_456_789, output_tokens=987_654_321, cache_read=7)
     with localcontext() as ctx:
         ctx.prec = 6
-        assert price(pricer, "openai", "gpt-4o", input_tokens=123_456_789, output_tokens=987_654_321, cache_read=7) == expected
+        again = price(pricer, "openai", "gpt-4o", input_tokens=123_456_789, output_tokens=987_654_321, cache_read=7)
+        assert again == expected
     huge = 10**18 + 1
     cost = price(pricer, "openai", "gpt-4o", input_tokens=huge, output_tokens=huge)
     assert cost.input == huge * Decimal("2.5") / M and cost.output == huge * Decimal(10) / M
@@ -289,7 +292,8 @@ def test_custom_model_price_changes_on_its_effective_date() -> None:
 
 def test_custom_model_without_cache_price_bills_cache_reads_as_input() -> None:
     pricer = Pricer(book(SELF_HOSTED))
-    old = price(pricer, "self-hosted", "acme-llama-70b", at=datetime(2026, 10, 1, tzinfo=UTC), input_tokens=1000, cache_read=600)
+    october = datetime(2026, 10, 1, tzinfo=UTC)
+    old = price(pricer, "self-hosted", "acme-llama-70b", at=october, input_tokens=1000, cache_read=600)
     assert old.input == 1000 * Decimal("0.60") / M and old.cache_read == 0
     new = price(pricer, "self-hosted", "acme-llama-70b", input_tokens=1000, cache_read=600)
     assert new.input == 400 * Decimal("0.45") / M and new.cache_read == 600 * Decimal("0.045") / M
@@ -314,7 +318,8 @@ def test_custom_model_before_any_entry_is_unpriced_with_a_reason() -> None:
         effective_from = 2026-11-01
         """
     )
-    cost = price(Pricer(pricebook), "self-hosted", "acme-llama-70b", at=datetime(2026, 10, 1, tzinfo=UTC), input_tokens=5)
+    october = datetime(2026, 10, 1, tzinfo=UTC)
+    cost = price(Pricer(pricebook), "self-hosted", "acme-llama-70b", at=october, input_tokens=5)
     assert not cost.priced
     assert "or the price book" in cost.unpriced_reason
     assert "none is effective at 2026-10-01T00:00Z" in cost.unpriced_reason
@@ -528,7 +533,8 @@ def test_version_hash_is_the_content_hash(tmp_path: Path) -> None:
          "overrides[0]: unknown price key 'input_mtoks' (did you mean 'input_mtok'?)"),
         ('name = "b"\n[[models]]\nprovider = "x"\nmodel = "m"\ninput_mtok = "1"\n',
          "models[0]: a custom model needs output_mtok"),
-        ('name = "b"\n[[models]]\nprovider = "x"\nmodel = "m"\nmodel_prefix = "m"\ninput_mtok = "1"\noutput_mtok = "1"\n',
+        ('name = "b"\n[[models]]\nprovider = "x"\nmodel = "m"\nmodel_prefix = "m"\n'
+         'input_mtok = "1"\noutput_mtok = "1"\n',
          "models[0]: give either model or model_prefix, not both"),
         ('name = "b"\n[[overrides]]\nprovider = "openai"\ninput_mtok = "1"\n',
          "overrides[0]: give model (exact name) or model_prefix"),
@@ -674,7 +680,10 @@ def test_request_and_duration_units_match_genai_prices(
 ) -> None:
     provider, model, tier = target
     other_units = {} if seconds is None else {audio_key: seconds}
-    cost = price(SHARED_PRICER, provider, model, tier=tier, at=at, input_tokens=tokens, output_tokens=tokens, other_units=other_units)
+    cost = price(
+        SHARED_PRICER, provider, model, tier=tier, at=at,
+        input_tokens=tokens, output_tokens=tokens, other_units=other_units,
+    )  # fmt: skip
     try:
         expected = genai_total(provider, model, tier, at, input_tokens=tokens, output_tokens=tokens, **other_units)
     except ValueError:  # e.g. input_audio_seconds without the audio_seconds total it is part of
@@ -693,7 +702,9 @@ def test_fast_path_equals_general_path(
 ) -> None:
     provider, model, tier = target
     i, o, cr, cw = usage
-    fast = price(SHARED_PRICER, provider, model, tier=tier, at=at, input_tokens=i, output_tokens=o, cache_read=cr, cache_write=cw)
+    fast = price(
+        SHARED_PRICER, provider, model, tier=tier, at=at, input_tokens=i, output_tokens=o, cache_read=cr, cache_write=cw
+    )
     # An unpriced extra unit forces the general (leaf decomposition) path without changing the cost.
     general = price(
         SHARED_PRICER, provider, model, tier=tier, at=at, input_tokens=i, output_tokens=o, cache_read=cr,

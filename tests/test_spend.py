@@ -7,7 +7,8 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from streams.spend import (
-    Delta, aggregate, by_partition, decode_deltas, encode_deltas, is_expired, partition_of, period_keys,
+    Delta, DeltasMessage, aggregate, by_partition, decode_deltas, encode_deltas, is_expired, partition_of, period_bounds,
+    period_keys, scopes_of,
 )
 
 UTC = ZoneInfo("UTC")
@@ -19,23 +20,42 @@ def row(team: str, cost: str, at: datetime) -> dict:
 
 def test_periods_follow_the_calendar_of_the_configured_zone() -> None:
     late = datetime(2026, 11, 30, 23, 30, tzinfo=timezone.utc)
-    assert period_keys(late, UTC) == ("day:2026-11-30", "month:2026-11")
-    assert period_keys(late, ZoneInfo("Europe/Berlin")) == ("day:2026-12-01", "month:2026-12")
+    assert period_keys(late, UTC) == ("day:2026-11-30", "week:2026-11-30", "month:2026-11")
+    assert period_keys(late, ZoneInfo("Europe/Berlin")) == ("day:2026-12-01", "week:2026-11-30", "month:2026-12")
+
+
+def test_period_bounds() -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    start, end = period_bounds("month:2026-12", berlin)
+    assert (start.isoformat(), end.isoformat()) == ("2026-12-01T00:00:00+01:00", "2027-01-01T00:00:00+01:00")
+    start, end = period_bounds("week:2026-11-16", UTC)
+    assert (end - start).days == 7
+
+
+def test_scopes_of_a_row() -> None:
+    row = {"team": "search", "feature": "answers", "environment": "production", "api_key_id": "",
+           "user_id": "u-1", "agent_id": "", "session_id": "s-9"}
+    assert scopes_of(row) == ["team=search", "team=search,feature=answers", "environment=production",
+                              "user=u-1", "session=s-9"]
+    assert scopes_of(row, (("team",),)) == ["team=search"]
 
 
 def test_aggregate_is_exact_and_one_delta_per_key() -> None:
     at = datetime(2026, 11, 22, 10, tzinfo=timezone.utc)
     rows = [row("a", "0.000000000001", at)] * 1000 + [row("b", "0.1", at), row("b", "0.2", at)]
-    deltas = aggregate(rows, UTC)
+    deltas = aggregate(rows, UTC, (("team",),))
     assert deltas["team=a@day:2026-11-22"].cost == Decimal("0.000000001")
     assert deltas["team=a@month:2026-11"].calls == 1000
     assert deltas["team=b@day:2026-11-22"].cost == Decimal("0.3")  # not 0.30000000000000004
-    assert len(deltas) == 4
+    assert len(deltas) == 6  # 2 teams x day, week, month
 
 
 def test_deltas_round_trip_exactly() -> None:
-    deltas = {"team=a@day:2026-11-22": Delta(Decimal("1.000000000123"), 7)}
-    assert dict(decode_deltas(encode_deltas(deltas))) == deltas
+    at = datetime(2026, 11, 22, 10, 1, 2, tzinfo=timezone.utc)
+    message = DeltasMessage(at, {"team=a@day:2026-11-22": Delta(Decimal("1.000000000123"), 7)})
+    assert decode_deltas(encode_deltas(message)) == message
+    tick = DeltasMessage(at, {}, tick=True)
+    assert decode_deltas(encode_deltas(tick)) == tick
 
 
 def test_every_period_of_a_scope_shares_a_partition() -> None:
@@ -52,3 +72,6 @@ def test_expiry_is_by_event_time_and_keeps_closed_periods() -> None:
     assert is_expired("day:2026-11-18", today, 3)
     assert not is_expired("month:2026-08", today, 3)
     assert is_expired("month:2026-07", today, 3)
+    assert not is_expired("week:2026-11-02", today, 3)
+    assert not is_expired("week:2026-10-26", today, 3)
+    assert is_expired("week:2026-10-19", today, 3)

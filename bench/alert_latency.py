@@ -1,0 +1,123 @@
+"""Alert latency under sustained load: from producing the event that crosses a budget
+threshold to the alert being on the alert topic.
+
+1. Start the embedded broker and a worker; set one small budget per probe scope.
+2. Keep a steady background load of synthetic traffic through the producer SDK.
+3. Every half second, publish one event that alone crosses a probe scope's hard cap,
+   and time its alert's arrival on the alert topic (a consumer running all along).
+4. Print p50, p99 and max over all probes, with the background rate achieved.
+
+    .venv/bin/python bench/alert_latency.py --probes 60 --rate 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from streams.budgets import Budget, publish  # noqa: E402
+from streams.codec import default_codec  # noqa: E402
+from streams.localstack import EmbeddedBroker, WorkerProcess, free_port  # noqa: E402
+from streams.producer import UsageProducer, usage_event  # noqa: E402
+from streams.settings import Settings  # noqa: E402
+from streams.synthetic import generate  # noqa: E402
+from streams.topics import create_topics  # noqa: E402
+
+
+async def measure(settings: Settings, probes: int, rate: float) -> tuple[list[float], float]:
+    await publish(settings, [
+        Budget(budget_id=f"probe-{i}", scope=f"team=probe-{i}", amount="0.001", period="month")
+        for i in range(probes)
+    ])
+    await asyncio.sleep(2)  # the worker reads the budgets topic
+    arrived: dict[str, float] = {}
+    consumer = AIOKafkaConsumer(settings.alerts_topic, auto_offset_reset="latest", **settings.kafka_client_options())
+    await consumer.start()
+
+    async def watch() -> None:
+        codec = default_codec()
+        async for record in consumer:
+            alert = codec.decode(record.value)[1]
+            if alert["kind"] == "budget_hard" and alert["state"] == "firing":
+                arrived.setdefault(alert["scope"], time.perf_counter())
+
+    sent: dict[str, float] = {}
+    background_sent = 0
+
+    async def background(producer: UsageProducer) -> None:
+        nonlocal background_sent
+        started = time.perf_counter()
+        for event in generate(10_000_000, seed=5):
+            await producer.send(event)
+            background_sent += 1
+            ahead = background_sent / rate - (time.perf_counter() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+
+    watcher = asyncio.create_task(watch())
+    async with UsageProducer(settings) as load, UsageProducer(settings, batched=False) as probe:
+        loader = asyncio.create_task(background(load))
+        started = time.perf_counter()
+        await asyncio.sleep(3)  # reach a steady state first
+        for i in range(probes):
+            event = usage_event(provider="openai", model="gpt-4o", input_tokens=2000, output_tokens=500,
+                                team=f"probe-{i}")
+            await probe.send(event)
+            await probe.flush()
+            sent[f"team=probe-{i}"] = time.perf_counter()
+            await asyncio.sleep(0.5)
+        deadline = time.perf_counter() + 30
+        while len(arrived) < probes and time.perf_counter() < deadline:
+            await asyncio.sleep(0.1)
+        elapsed = time.perf_counter() - started
+        loader.cancel()
+    watcher.cancel()
+    await consumer.stop()
+    missing = set(sent) - set(arrived)
+    if missing:
+        raise RuntimeError(f"{len(missing)} probe alerts never arrived: {sorted(missing)}")
+    return [arrived[s] - sent[s] for s in sent], background_sent / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--probes", type=int, default=60)
+    parser.add_argument("--rate", type=float, default=2000, help="background events/s")
+    args = parser.parse_args()
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+        env = {
+            "SPENDSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap,
+            "SPENDSTREAM_CLICKHOUSE_DSN": f"chdb://{tmp}/chdb",
+            "SPENDSTREAM_APP_ID": f"latency-{uuid.uuid4().hex[:8]}",
+            "SPENDSTREAM_WORKER_DATA_DIR": f"{tmp}/worker",
+            "SPENDSTREAM_WEB_PORT": str(free_port()),
+            "SPENDSTREAM_BROKER_SESSION_TIMEOUT": "6",
+        }
+        settings = Settings(kafka_bootstrap=broker.bootstrap, app_id=env["SPENDSTREAM_APP_ID"])
+        asyncio.run(create_topics(settings))
+        worker = WorkerProcess(env, log=Path(tmp) / "worker.log").start()
+        try:
+            latencies, achieved = asyncio.run(measure(settings, args.probes, args.rate))
+        except Exception:
+            print((Path(tmp) / "worker.log").read_text(errors="replace")[-5000:], file=sys.stderr)
+            raise
+        finally:
+            worker.stop()
+    ms = sorted(1000 * x for x in latencies)
+    p99 = ms[min(len(ms) - 1, int(round(0.99 * (len(ms) - 1))))]
+    print(f"alert latency over {len(ms)} threshold crossings at {achieved:,.0f} background events/s: "
+          f"p50 {statistics.median(ms):.0f} ms, p99 {p99:.0f} ms, max {ms[-1]:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""The priced topic's format: priced rows as Arrow IPC, one record batch per message.
+
+Priced rows go from the enrich agent to the ClickHouse sink through Kafka. Avro would cost
+a full encode and decode of some forty fields per row on the way (~55 µs a row measured
+here); Arrow is columnar: building the batch costs a few microseconds a row, reading it
+back is zero-copy, and ClickHouse ingests Arrow natively (``INSERT ... FORMAT Arrow``),
+so the sink never turns rows into Python objects. Costs are ``decimal128(38, 12)``: the
+same exact type as the ``usage`` table's ``Decimal(38, 12)``.
+
+Any Arrow library reads these messages; the schema below is the contract.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+MONEY = pa.decimal128(38, 12)
+_TEXT = pa.string()
+_COUNT = pa.int64()
+
+SCHEMA = pa.schema(
+    [
+        ("event_id", _TEXT),
+        ("occurred_at", pa.timestamp("ms", tz="UTC")),
+        ("provider", _TEXT),
+        ("model", _TEXT),
+        ("service_tier", _TEXT),
+        ("team", _TEXT),
+        ("attributed_by", _TEXT),
+        ("feature", _TEXT),
+        ("environment", _TEXT),
+        ("user_id", _TEXT),
+        ("project", _TEXT),
+        ("agent_id", _TEXT),
+        ("session_id", _TEXT),
+        ("trace_id", _TEXT),
+        ("api_key_id", _TEXT),
+        ("service", _TEXT),
+        ("tags", pa.map_(_TEXT, _TEXT)),
+        ("request_fingerprint", _TEXT),
+        ("input_tokens", _COUNT),
+        ("output_tokens", _COUNT),
+        ("cache_read_tokens", _COUNT),
+        ("cache_write_tokens", _COUNT),
+        ("reasoning_tokens", _COUNT),
+        ("other_units", pa.map_(_TEXT, _COUNT)),
+        ("cost_input", MONEY),
+        ("cost_output", MONEY),
+        ("cost_cache_read", MONEY),
+        ("cost_cache_write", MONEY),
+        ("cost_other", MONEY),
+        ("cost_total", MONEY),
+        ("currency", _TEXT),
+        ("priced", pa.bool_()),
+        ("unpriced_reason", _TEXT),
+        ("price_version", _TEXT),
+        ("source_partition", pa.int32()),
+        ("source_offset", _COUNT),
+    ]
+)
+COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
+
+
+def to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Priced row dicts (as :mod:`streams.enrich` makes them) as an Arrow table."""
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def encode(rows: list[dict[str, Any]]) -> bytes:
+    """One priced-topic message value: an Arrow IPC stream holding one record batch."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, SCHEMA) as writer:
+        writer.write_table(to_table(rows))
+    return sink.getvalue().to_pybytes()
+
+
+def decode(value: bytes) -> pa.Table:
+    """Read a priced-topic message value; raises ``ValueError`` if it is not this schema."""
+    table = pa.ipc.open_stream(value).read_all()
+    if not table.schema.equals(SCHEMA):
+        raise ValueError(f"priced message has schema {table.schema}, expected {SCHEMA}")
+    return table
