@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench bench-reports browser venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +18,19 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/spendstream demo
 
-test: $(STAMP)
+# The headless browser tests/test_report_html.py renders the HTML report in (Debian's
+# chromium; needs root for apt-get, and the test says why it skipped without it).
+browser:
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || true
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+bench-reports: $(STAMP)
+	$(BIN)/python bench/report_bench.py
 
 clean:
 	rm -rf $(VENV) .spendstream

@@ -199,6 +199,8 @@ def _on_budget_change(budget_id: str, budget: Budget | None) -> None:
         budgets.put(budget)
     if changed is not None:
         asyncio.ensure_future(_send_tick(scope_partition(changed.scope, settings.partitions)))
+        record = {**changed.to_record(), "updated_at": datetime.now(timezone.utc)} if budget is None else changed.to_record()
+        asyncio.ensure_future(sink.with_client(clickhouse.record_budget, record, deleted=budget is None))
 
 
 @app.task

@@ -284,5 +284,14 @@ def demo(events: int, rate: float) -> None:
     sys.exit(run_demo(events=events, rate=rate))
 
 
+def _register_ledger_commands() -> None:
+    """Reports, licences, the value ledger and exports (streams/ledger_cli.py)."""
+    from streams.ledger_cli import commands
+
+    for command in commands:
+        cli.add_command(command)
+
+
 def main() -> None:
+    _register_ledger_commands()
     cli()

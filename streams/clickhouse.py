@@ -494,3 +494,12 @@ def _as_utc(value: datetime) -> datetime:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
 
+
+def record_budget(client: Client, budget: dict[str, Any], *, deleted: bool = False) -> None:
+    """Keep a budget (a Budget record) in ``budgets`` for budget-against-actual reports.
+
+    Every worker records every change it sees; ReplacingMergeTree keeps one row per id.
+    """
+    columns = ["budget_id", "scope", "amount", "currency", "period", "thresholds", "hard_action", "updated_at", "deleted"]
+    row = [budget[c] for c in columns[:-1]] + [1 if deleted else 0]
+    client.insert("budgets", [row], column_names=columns)

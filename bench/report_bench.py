@@ -1,0 +1,195 @@
+"""The weekly report through the rollups against the same report from the raw table.
+
+1. Fills ``usage`` in an embedded ClickHouse (chDB, in a temporary directory) with
+   ``--rows`` synthetic priced rows (10 million by default) over eight weeks, generated
+   inside ClickHouse by ``INSERT ... SELECT FROM numbers()``: teams, features and
+   environments in realistic proportions, the synthetic models with their typical token
+   counts (log-normal), prompt caching, unattributed and unpriced calls, and exact
+   Decimal(38, 12) costs from per-token rates. The materialized views fill the rollups as
+   the rows arrive, as in production.
+2. Times ``streams.reports.weekly_report`` for the last full week (median of ``--runs``),
+   once over the rollups and once over the raw table: a second database holds the same
+   report views (``clickhouse/0004_reports.sql``, unchanged) over a plain view that
+   aggregates ``usage`` by day with the rollup's own SELECT. The two reports must be equal.
+3. Prints the row count, both times and their ratio.
+
+    .venv/bin/python bench/report_bench.py --rows 10000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from streams.clickhouse import connect, load_migrations, migrate, query_rows  # noqa: E402
+from streams.reports import Query, WeeklyReport, weekly_report  # noqa: E402
+from streams.settings import Settings  # noqa: E402
+from streams.synthetic import MODELS, TEAMS  # noqa: E402
+
+WEEK = date(2025, 11, 3)  # the report week: the last of the eight generated weeks
+START = WEEK - timedelta(weeks=7)
+CHUNK = 2_000_000  # rows per INSERT, so progress shows and memory stays bounded
+
+# Per-token list prices (USD) for the synthetic models; mystery-model-x has none.
+RATES: dict[str, tuple[str, str, str]] = {  # input, output, cache read
+    "gpt-4o": ("0.0000025", "0.00001", "0.00000125"),
+    "gpt-4o-mini": ("0.00000015", "0.0000006", "0.000000075"),
+    "claude-sonnet-4-5": ("0.000003", "0.000015", "0.0000003"),
+    "claude-haiku-4-5": ("0.000001", "0.000005", "0.0000001"),
+    "gemini-2.5-flash": ("0.0000003", "0.0000025", "0.000000075"),
+    "gemini-2.5-pro": ("0.00000125", "0.00001", "0.00000031"),
+    "acme-llama-70b": ("0.0000006", "0.0000008", "0.00000006"),
+}
+TEAM_WEIGHTS = {"search": 5, "support": 4, "growth": 4, "data-science": 3, "platform": 3, "unattributed": 1}
+FEATURES = {**TEAMS, "unattributed": ("legacy-batch", "reconciler")}
+
+
+def _array(values: list[Any]) -> str:
+    return "[" + ", ".join(repr(v) if isinstance(v, str) else str(v) for v in values) + "]"
+
+
+def _decimals(values: list[str]) -> str:
+    return "[" + ", ".join(f"toDecimal128('{v}', 12)" for v in values) + "]"
+
+
+def generate_sql(database: str, first: int, count: int, total: int) -> str:
+    """One INSERT of ``count`` rows (numbers ``first`` onwards) of ``total`` spread over 8 weeks."""
+    teams = list(TEAM_WEIGHTS)
+    team_slots = [i + 1 for i, team in enumerate(teams) for _ in range(TEAM_WEIGHTS[team])]
+    model_slots = [i + 1 for i, m in enumerate(MODELS) for _ in range(m[2])]
+    features = _array([list(FEATURES[team]) for team in teams])
+    rates = [RATES.get(m[1], ("0", "0", "0")) for m in MODELS]
+    span_ms = 56 * 24 * 3600 * 1000
+    return f"""
+INSERT INTO {database}.usage
+    (event_id, occurred_at, provider, model, service_tier, team, attributed_by, feature, environment, user_id,
+     input_tokens, output_tokens, cache_read_tokens, cost_input, cost_output, cost_cache_read, cost_total,
+     currency, priced, unpriced_reason, price_version, source_partition, source_offset)
+SELECT
+    event_id, occurred_at, provider, model, 'standard', team, if(team = 'unattributed', 'unattributed', 'tag'),
+    feature, environment, user_id, input_tokens, output_tokens, cache_read_tokens,
+    cost_input, cost_output, cost_cache_read, cost_input + cost_output + cost_cache_read,
+    'USD', priced, if(priced, '', 'no price for model'), 'bench', 0, n
+FROM
+(
+    SELECT
+        number AS n,
+        concat('bench-', toString(n)) AS event_id,
+        addMilliseconds(toDateTime64('{START} 00:00:00', 3, 'UTC'), intDiv(n * {span_ms}, {total})) AS occurred_at,
+        {_array(team_slots)}[1 + cityHash64(n, 1) % {len(team_slots)}] AS t,
+        {_array(teams)}[t] AS team,
+        {features}[t] AS features_of_team,
+        features_of_team[1 + cityHash64(n, 2) % length(features_of_team)] AS feature,
+        {_array(model_slots)}[1 + cityHash64(n, 3) % {len(model_slots)}] AS m,
+        {_array([mm[0] for mm in MODELS])}[m] AS provider,
+        {_array([mm[1] for mm in MODELS])}[m] AS model,
+        ['production', 'production', 'production', 'production', 'production', 'production', 'production',
+         'production', 'staging', 'development'][1 + cityHash64(n, 4) % 10] AS environment,
+        concat('user-', toString(cityHash64(n, 5) % 500)) AS user_id,
+        -- log-normal token counts around each model's typical size (Box-Muller on two hashes)
+        (cityHash64(n, 6) % 1000000 + 0.5) / 1000000 AS u1,
+        (cityHash64(n, 7) % 1000000) / 1000000 AS u2,
+        sqrt(-2 * log(u1)) * cos(2 * pi() * u2) AS z,
+        greatest(1, toUInt64({_array([mm[3] for mm in MODELS])}[m] * exp(0.6 * z))) AS input_tokens,
+        greatest(1, toUInt64({_array([mm[4] for mm in MODELS])}[m] * exp(0.5 * z))) AS output_tokens,
+        if(cityHash64(n, 8) % 100 < 35 AND provider != 'self-hosted', intDiv(input_tokens, 2), 0) AS cache_read_tokens,
+        model != 'mystery-model-x' AS priced,
+        toDecimal128(input_tokens - cache_read_tokens, 0) * {_decimals([r[0] for r in rates])}[m] AS cost_input,
+        toDecimal128(output_tokens, 0) * {_decimals([r[1] for r in rates])}[m] AS cost_output,
+        toDecimal128(cache_read_tokens, 0) * {_decimals([r[2] for r in rates])}[m] AS cost_cache_read
+    FROM numbers({first}, {count})
+)"""
+
+
+def fill(settings: Settings, rows: int) -> float:
+    """Insert the rows; return the seconds it took. Then let background merges finish, so
+    both reports are timed on a table at rest, as a report would usually find it."""
+    client = connect(settings)
+    migrate(client, settings.clickhouse_database)
+    started = time.perf_counter()
+    for first in range(0, rows, CHUNK):
+        client.command(generate_sql(settings.clickhouse_database, first, min(CHUNK, rows - first), rows))
+        print(f"  inserted {min(first + CHUNK, rows):,} rows ({time.perf_counter() - started:.0f} s)", flush=True)
+    seconds = time.perf_counter() - started
+    deadline = time.monotonic() + 120
+    merging = "SELECT count() FROM system.merges WHERE database = {db:String}"
+    while query_rows(client, merging, {"db": settings.clickhouse_database})[1][0][0] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    client.close()
+    return seconds
+
+
+def raw_report_database(settings: Settings, raw: str) -> None:
+    """``raw`` holds the report views over a view computing the daily rollup from ``usage``."""
+    client = connect(Settings(clickhouse_dsn=settings.clickhouse_dsn, clickhouse_database=raw))
+    _, [(select,)] = query_rows(
+        client,
+        "SELECT as_select FROM system.tables WHERE database = {db:String} AND name = 'usage_daily_mv'",
+        {"db": settings.clickhouse_database},
+    )
+    client.command(f"CREATE VIEW IF NOT EXISTS {raw}.usage_daily AS {select}")
+    [reports_sql] = [m for m in load_migrations() if m.name == "0004_reports.sql"]
+    for statement in reports_sql.statements(raw):
+        client.command(statement)
+    client.close()
+
+
+def timed(report: Callable[[], WeeklyReport], runs: int) -> tuple[float, WeeklyReport]:
+    """Median seconds of ``runs`` calls (after one warm-up), and the report."""
+    result = report()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        result = report()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+def query_on(settings: Settings, database: str) -> Query:
+    client = connect(Settings(clickhouse_dsn=settings.clickhouse_dsn, clickhouse_database=database), readonly=True)
+    return lambda sql, parameters: query_rows(client, sql, parameters)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="spendstream-report-bench-") as directory:
+        settings = Settings(clickhouse_dsn=f"chdb://{directory}", clickhouse_database="bench")
+        print(f"generating {args.rows:,} rows of usage over 8 weeks ({START} to {WEEK + timedelta(days=6)})")
+        fill_seconds = fill(settings, args.rows)
+        raw_report_database(settings, "bench_raw")
+
+        rollup_query, raw_query = query_on(settings, "bench"), query_on(settings, "bench_raw")
+        _, [(raw_rows, daily_rows)] = rollup_query(
+            "SELECT (SELECT count() FROM usage), (SELECT count() FROM usage_daily)", {}
+        )
+        rollup_s, from_rollups = timed(lambda: weekly_report(rollup_query, WEEK), args.runs)
+        raw_s, from_raw = timed(lambda: weekly_report(raw_query, WEEK), args.runs)
+        if from_rollups != from_raw:
+            raise SystemExit("the report from the rollups differs from the report from the raw rows")
+
+        rate = raw_rows / fill_seconds
+        print(f"\nraw usage rows:            {raw_rows:,} (inserted in {fill_seconds:.0f} s, {rate:,.0f} rows/s)")
+        print(f"daily rollup rows:         {daily_rows:,}")
+        print(
+            f"week {WEEK}: total {from_rollups.total_cost} USD over {sum(t.calls for t in from_rollups.teams):,} calls"
+        )
+        print(f"weekly report, rollups:    {rollup_s * 1000:8.1f} ms (median of {args.runs})")
+        print(f"weekly report, raw table:  {raw_s * 1000:8.1f} ms (median of {args.runs})")
+        print(f"ratio:                     {raw_s / rollup_s:8.1f}x faster through the rollups; identical reports")
+
+
+if __name__ == "__main__":
+    main()
