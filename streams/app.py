@@ -4,6 +4,7 @@
                       └───> deltas topic (per scope and period) ──count_spend──> spend table
                                                    budgets ──────┘   ├──> cap-state topic
                                                                      └──> alerts topic
+                      └───> anomaly topic (per-batch summaries) ──detect_anomalies──> alerts, cap state
                       └───> dead-letter topic (reason + original bytes)
 
 Every agent takes a poll's worth of messages at a time (``take_events``) and pays per
@@ -45,7 +46,10 @@ from streams.spend import (
     spend_key, split_key,
 )
 from streams.spend_state import SpendState
-from streams.topics import ANNOUNCED_TABLE, SPEND_TABLE
+from streams.anomaly import AnomalyConfig, AnomalyEngine
+from streams.anomaly_state import SWEEP_KEY, AnomalyState
+from streams.changelog import is_marker
+from streams.topics import ANNOUNCED_TABLE, DETECTORS_TABLE, SPEND_TABLE
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,7 @@ enricher = Enricher(
     Router.from_file(settings.routing_rules) if settings.routing_rules else Router(),
     settings.limits(),
 )
+anomaly = AnomalyEngine(AnomalyConfig.load(settings.anomaly_config) if settings.anomaly_config else None)
 sink = ClickHouseSink(lambda: clickhouse.connect(settings))
 stats: Counter[str] = Counter()
 # Wall-clock marks of the flow (epoch seconds), for progress displays and benchmarks.
@@ -97,12 +102,15 @@ raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_s
 usage_topic = app.topic(settings.usage_topic, **raw)
 priced_topic = app.topic(settings.priced_topic, **raw)
 deltas_topic = app.topic(settings.deltas_topic, **raw)
+anomaly_topic = app.topic(settings.anomaly_topic, **raw)
 
 # --- Tables ------------------------------------------------------------------------------
 # spend["team=search@day:2026-11-22"] = [exact decimal string, calls]
 spend = app.Table(SPEND_TABLE, default=None, partitions=settings.partitions, key_type=str)
 # announced["search-monthly"] = [period, thresholds announced, forecast announced]
 announced = app.Table(ANNOUNCED_TABLE, default=None, partitions=settings.partitions, key_type=str)
+# detectors["spike:team=search"] = that detector's compact state for that scope
+detectors = app.Table(DETECTORS_TABLE, default=None, partitions=settings.partitions, key_type=str)
 budgets = BudgetIndex()
 
 
@@ -140,6 +148,9 @@ async def _publish(batch: EnrichedBatch) -> None:
         for partition, deltas in by_partition(aggregate(batch.rows, settings.tz), settings.partitions).items():
             value = encode_deltas(DeltasMessage(at, deltas))
             sent.append(await app.producer.send(settings.deltas_topic, None, value, partition, None, None))
+        summaries = anomaly.summarize(batch.rows).split(lambda scope: scope_partition(scope, settings.partitions))
+        for partition, summary in summaries.items():
+            sent.append(await app.producer.send(settings.anomaly_topic, None, summary.encode(), partition, None, None))
     await asyncio.gather(*sent)
 
 
@@ -167,6 +178,7 @@ async def count_spend(stream: faust.StreamT) -> None:
 
 
 async def _publish_caps(states: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> None:
+    """Cap states (keyed by budget id, or ``block:<scope>``) and alerts (keyed by scope)."""
     sent = [
         await app.producer.send(settings.cap_state_topic, s["budget_id"].encode(), codec.encode(CAP_STATE, s), None, None, None)
         for s in states
@@ -176,6 +188,23 @@ async def _publish_caps(states: list[dict[str, Any]], alerts: list[dict[str, Any
     ]
     await asyncio.gather(*sent)
     stats.update(alerts=len(alerts))
+
+
+@app.agent(anomaly_topic, supervisor_strategy=CrashingSupervisor)
+async def detect_anomalies(stream: faust.StreamT) -> None:
+    """Spend spikes, runaway agents, cost-per-call drift, non-production and unpriced spend."""
+    state = AnomalyState(anomaly, detectors, settings.partitions, _publish_caps, app.producer.flush)
+    async for events in stream.take_events(settings.spend_batch_max, settings.spend_batch_within):
+        await state.apply(events, stream._set_current_event)
+
+
+@app.timer(settings.anomaly_sweep_interval)
+async def sweep() -> None:
+    """Let each of our anomaly partitions resolve quiet alerts and lift lapsed blocks."""
+    now = datetime.now(timezone.utc).isoformat().encode()
+    for tp in app.consumer.assignment():
+        if tp.topic == settings.anomaly_topic:
+            await app.producer.send(settings.anomaly_topic, SWEEP_KEY, now, tp.partition, None, None)
 
 
 @app.timer(settings.cap_tick_interval)
@@ -243,7 +272,7 @@ async def get_spend(web: View, request: Request) -> Response:
     wanted = request.query.get("scope")
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for key, value in spend.items():
-        if key.startswith("@"):
+        if is_marker(key):
             continue
         (cost, calls), (scope, period) = value, split_key(key)
         if wanted is None or scope == wanted:

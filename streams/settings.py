@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     usage_topic: str = "spend.usage.v1"
     priced_topic: str = "spend.priced.v1"
     deltas_topic: str = "spend.deltas.v1"
+    anomaly_topic: str = "spend.anomaly.v1"
     dead_letter_topic: str = "spend.dead-letter.v1"
     alerts_topic: str = "spend.alerts.v1"
     cap_state_topic: str = "spend.cap-state.v1"
@@ -72,6 +73,7 @@ class Settings(BaseSettings):
     sink_batch_within: float = Field(1.0, gt=0)
     spend_batch_max: int = Field(500, ge=1, description="Deltas messages per spend-table batch.")
     spend_batch_within: float = Field(0.1, gt=0)
+    anomaly_sweep_interval: float = Field(60.0, gt=0, description="Seconds between anomaly sweeps.")
     cap_tick_interval: float = Field(30.0, gt=0, description="Seconds between budget re-checks without traffic.")
     spend_retention_periods: int = Field(3, ge=1, description="Closed periods kept in spend tables.")
 
@@ -85,6 +87,7 @@ class Settings(BaseSettings):
     # --- Reference data --------------------------------------------------------------
     price_book: Path | None = Field(None, description="Organisation price book (TOML).")
     routing_rules: Path | None = Field(None, description="Attribution routing rules (TOML).")
+    anomaly_config: Path | None = Field(None, description="Anomaly detector settings (TOML).")
 
     @field_validator("timezone")
     @classmethod

@@ -24,10 +24,9 @@ For each poll's worth of deltas messages, in this order:
 
 2. Flush the table changelogs, then publish the latest cap state of each budget checked
    and every alert, and wait for them.
-3. Write each partition's applied marker (its last offset in the batch) and wait for
-   it. The markers go last, alone: recovery reads a changelog up to the broker's end
-   offset, and brokers that report it as "first offset of the last batch + 1" (tansu)
-   then still read everything before them.
+3. Write each partition's applied marker (its last offset in the batch) alone, and wait
+   for it (see :mod:`streams.changelog`: exact recovery on brokers that misreport a
+   changelog's end).
 
 A crash before step 3 re-delivers the batch: its deltas count twice, which over-counts by
 at most one batch, and no alert is repeated, because step 2 flushed the announcements
@@ -43,17 +42,13 @@ from typing import Any
 
 from streams.budgets import BudgetIndex
 from streams.caps import Announced, check
+from streams.changelog import already_applied, is_marker, write_markers
 from streams.settings import Settings
 from streams.spend import (
     ALWAYS_TRACKED, Delta, DeltasMessage, decode_deltas, is_expired, partition_of, period_keys, period_start, scope_kinds, scope_partition, split_key,
     spend_key,
 )
 
-APPLIED = "@applied"
-
-
-def _marker(partition: int) -> str:
-    return f"{APPLIED}/{partition}"
 
 
 class SpendState:
@@ -84,8 +79,8 @@ class SpendState:
         last: dict[int, Any] = {}
         for event in events:                                                   # 1
             make_current(event)
-            partition, offset = event.message.partition, event.message.offset
-            if (self.spend.get(_marker(partition)) or -1) >= offset:           # 1a
+            partition = event.message.partition
+            if already_applied(self.spend, event):                             # 1a
                 continue
             message = decode_deltas(event.value)
             touched = self._add(message)                                       # 1b
@@ -98,11 +93,7 @@ class SpendState:
             return 0
         await self.flush()                                                     # 2
         await self.publish(list(states.values()), alerts)
-        for partition, event in last.items():                                  # 3
-            make_current(event)
-            self.spend[_marker(partition)] = event.message.offset
-            self.announced[_marker(partition)] = event.message.offset
-        await self.flush()
+        await write_markers((self.spend, self.announced), last, make_current, self.flush)  # 3
         return len(events)
 
     def _add(self, message: DeltasMessage) -> list[str]:
@@ -162,7 +153,7 @@ class SpendState:
             return
         self._newest_day[partition] = newest
         keep = self.settings.spend_retention_periods
-        for key in [k for k in self.spend.keys() if not k.startswith("@")]:
+        for key in [k for k in self.spend.keys() if not is_marker(k)]:
             if partition_of(key, self.settings.partitions) == partition and is_expired(split_key(key)[1], newest, keep):
                 del self.spend[key]
         for key in [k for k in self._shadow if is_expired(split_key(k)[1], newest, keep)]:

@@ -18,6 +18,7 @@ from streams.settings import Settings
 # Faust names a table's changelog "<app id>-<table name>-changelog".
 SPEND_TABLE = "spend"
 ANNOUNCED_TABLE = "announced"
+DETECTORS_TABLE = "detectors"
 
 COMPACTED = {"cleanup.policy": "compact"}
 
@@ -43,6 +44,8 @@ def all_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.deltas_topic, n),
         TopicSpec(changelog_topic(settings, SPEND_TABLE), n, COMPACTED),
         TopicSpec(changelog_topic(settings, ANNOUNCED_TABLE), n, COMPACTED),
+        TopicSpec(settings.anomaly_topic, n),
+        TopicSpec(changelog_topic(settings, DETECTORS_TABLE), n, COMPACTED),
         TopicSpec(settings.alerts_topic, n),
         TopicSpec(settings.cap_state_topic, n, COMPACTED),
         TopicSpec(settings.budgets_topic, 1, COMPACTED),

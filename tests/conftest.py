@@ -50,7 +50,7 @@ def stack_env(kafka_bootstrap: str, tmp_path: Path) -> dict[str, str]:
         "SPENDSTREAM_BROKER_SESSION_TIMEOUT": "6",
         "SPENDSTREAM_PARTITIONS": "4",
     }
-    for topic in ("usage", "priced", "deltas", "dead_letter", "alerts", "cap_state", "budgets"):
+    for topic in ("usage", "priced", "deltas", "anomaly", "dead_letter", "alerts", "cap_state", "budgets"):
         env[f"SPENDSTREAM_{topic.upper()}_TOPIC"] = f"{run}.{topic}"
     return env
 
