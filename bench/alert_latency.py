@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from streams.budgets import Budget, publish  # noqa: E402
 from streams.codec import default_codec  # noqa: E402
-from streams.localstack import EmbeddedBroker, WorkerProcess, free_port  # noqa: E402
+from streams.localstack import EmbeddedBroker, WorkerProcess, settings_from, worker_environment  # noqa: E402
 from streams.producer import UsageProducer, usage_event  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.synthetic import generate  # noqa: E402
@@ -95,15 +95,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000, help="background events/s")
     args = parser.parse_args()
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
-        env = {
-            "SPENDSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap,
-            "SPENDSTREAM_CLICKHOUSE_DSN": f"chdb://{tmp}/chdb",
-            "SPENDSTREAM_APP_ID": f"latency-{uuid.uuid4().hex[:8]}",
-            "SPENDSTREAM_WORKER_DATA_DIR": f"{tmp}/worker",
-            "SPENDSTREAM_WEB_PORT": str(free_port()),
-            "SPENDSTREAM_BROKER_SESSION_TIMEOUT": "6",
-        }
-        settings = Settings(kafka_bootstrap=broker.bootstrap, app_id=env["SPENDSTREAM_APP_ID"])
+        env = worker_environment(broker.bootstrap, Path(tmp), app_id=f"latency-{uuid.uuid4().hex[:8]}")
+        settings = settings_from(env)
         asyncio.run(create_topics(settings))
         worker = WorkerProcess(env, log=Path(tmp) / "worker.log").start()
         try:

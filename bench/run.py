@@ -6,10 +6,12 @@ Avro producer in any language sends them), the benchmark:
 1. starts an embedded broker and publishes a backlog of synthetic usage events;
 2. measures the limit: a plain aiokafka consumer that only decodes the same messages
    (median of several runs);
-3. starts a worker on the backlog and measures events/s from its first message to the
+3. measures an empty Faust agent over the same messages (Faust's own per-message
+   ceiling, the reference for single-event messages);
+4. starts a worker on the backlog and measures events/s from its first message to the
    last row in ClickHouse (decode → validate → price → attribute → spend tables →
    ClickHouse insert), with the worker's CPU seconds and peak RSS;
-4. prints one table with each rate and its ratio to the limit.
+5. prints one table with each rate and its ratio to the limit and to the empty agent.
 
     .venv/bin/python bench/run.py --events 200000
 """
@@ -19,7 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from streams.codec import USAGE_BATCH, USAGE_EVENT, default_codec  # noqa: E402
 from streams.demo import fetch  # noqa: E402
-from streams.localstack import EmbeddedBroker, WorkerProcess, free_port  # noqa: E402
+from streams.localstack import EmbeddedBroker, WorkerProcess, settings_from, worker_environment  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.synthetic import generate  # noqa: E402
 from streams.topics import create_topics  # noqa: E402
@@ -106,11 +110,11 @@ def worker_rate(env: dict[str, str], events: int, workdir: Path) -> Figure:
     worker = WorkerProcess(env, log=workdir / "worker.log")
     try:
         worker.start(ready_timeout=120)
-        settings = Settings(web_port=int(env["SPENDSTREAM_WEB_PORT"]))
+        settings = settings_from(env)
         deadline = time.monotonic() + 600
         while True:
             stats = fetch(settings, "/stats")
-            if stats.get("rows_inserted", 0) >= events:
+            if stats.get("rows_inserted", 0) + stats.get("dead_letters", 0) >= events:
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"worker processed {stats} of {events} events")
@@ -125,23 +129,30 @@ def worker_rate(env: dict[str, str], events: int, workdir: Path) -> Figure:
         worker.stop()
 
 
+def empty_agent_rate(env: dict[str, str], messages: int, events_per_message: int) -> float:
+    """Events/s of a Faust agent that does nothing with the messages (Faust's ceiling)."""
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve().parent / "empty_agent.py"), "--messages", str(messages)],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
+    )
+    found = re.findall(r"events/s (\d+)", out.stdout + out.stderr)  # Faust logs what agents print
+    if not found:
+        raise RuntimeError(f"empty agent failed: {out.stdout[-1000:]} {out.stderr[-2000:]}")
+    return float(found[-1]) * events_per_message
+
+
 def run_mode(label: str, batched: bool, events: int, runs: int) -> list[Figure]:
     values = backlog(events, batched)
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
-        run = uuid.uuid4().hex[:8]
-        env = {
-            "SPENDSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap,
-            "SPENDSTREAM_CLICKHOUSE_DSN": f"chdb://{tmp}/chdb",
-            "SPENDSTREAM_APP_ID": f"bench-{run}",
-            "SPENDSTREAM_WORKER_DATA_DIR": f"{tmp}/worker",
-            "SPENDSTREAM_WEB_PORT": str(free_port()),
-            "SPENDSTREAM_BROKER_SESSION_TIMEOUT": "6",
-        }
-        settings = Settings(kafka_bootstrap=broker.bootstrap, app_id=env["SPENDSTREAM_APP_ID"])
+        env = worker_environment(broker.bootstrap, Path(tmp), app_id=f"bench-{uuid.uuid4().hex[:8]}")
+        settings = settings_from(env)
         asyncio.run(create_topics(settings))
         asyncio.run(publish(settings, values))
         limit = statistics.median(asyncio.run(plain_decode_rate(settings, events)) for _ in range(runs))
         figures = [Figure(f"{label}: plain consumer, decode only (the limit)", limit)]
+        per_message = ENVELOPE_SIZE if batched else 1
+        empty = statistics.median(empty_agent_rate(env, len(values), per_message) for _ in range(runs))
+        figures.append(Figure(f"{label}: empty Faust agent", empty))
         worker = worker_rate(env, events, Path(tmp))
         worker.variant = f"{label}: {worker.variant}"
         return figures + [worker]
@@ -156,17 +167,18 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[Any] = []
     for label, batched in (("SDK batches", True), ("one event per message", False)):
         figures = run_mode(label, batched, args.events, args.runs)
-        limit = figures[0].events_per_s
+        limit, empty = figures[0].events_per_s, figures[1].events_per_s
         for figure in figures:
-            rows.append(figure_row(figure, limit))
-    print_table(["variant", "events/s", "ratio to limit", "CPU s", "peak RSS MB"], rows)
+            rows.append(figure_row(figure, limit, empty))
+    print_table(["variant", "events/s", "ratio to limit", "ratio to empty agent", "CPU s", "peak RSS MB"], rows)
 
 
-def figure_row(figure: Figure, limit: float) -> list[str]:
+def figure_row(figure: Figure, limit: float, empty: float) -> list[str]:
     return [
         figure.variant,
         f"{figure.events_per_s:,.0f}",
         f"{figure.events_per_s / limit:.2f}",
+        f"{figure.events_per_s / empty:.2f}",
         "" if figure.cpu_s is None else f"{figure.cpu_s:.1f}",
         "" if figure.rss_mb is None else f"{figure.rss_mb:.0f}",
     ]

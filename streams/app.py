@@ -194,7 +194,7 @@ async def _publish_caps(states: list[dict[str, Any]], alerts: list[dict[str, Any
 async def detect_anomalies(stream: faust.StreamT) -> None:
     """Spend spikes, runaway agents, cost-per-call drift, non-production and unpriced spend."""
     state = AnomalyState(anomaly, detectors, settings.partitions, _publish_caps, app.producer.flush)
-    async for events in stream.take_events(settings.spend_batch_max, settings.spend_batch_within):
+    async for events in stream.take_events(settings.anomaly_batch_max, settings.anomaly_batch_within):
         await state.apply(events, stream._set_current_event)
 
 

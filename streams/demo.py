@@ -24,14 +24,13 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from streams.cli import format_table
-from streams.localstack import EmbeddedBroker, WorkerProcess, free_port
+from streams.localstack import EmbeddedBroker, WorkerProcess, settings_from, worker_environment
 from streams.producer import UsageProducer
 from streams.query import query_worker
 from streams.settings import Settings
 from streams.synthetic import generate
 
 DEMO_DIR = Path(".spendstream/demo")
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 BAD_MESSAGES = (b"not avro at all", b"\xc3\x01" + b"\x00" * 8 + b"unknown schema")
 
 TEAM_TOTALS = """
@@ -51,12 +50,12 @@ def run_demo(*, events: int, rate: float) -> int:
         shutil.rmtree(DEMO_DIR)
     DEMO_DIR.mkdir(parents=True)
     with EmbeddedBroker() as broker:
-        env = demo_environment(broker.bootstrap)
+        env = worker_environment(broker.bootstrap, DEMO_DIR)
         print(f"embedded broker on {broker.bootstrap}; starting the worker (log: {DEMO_DIR / 'worker.log'})")
         worker = WorkerProcess(env, log=DEMO_DIR / "worker.log")
         try:
             worker.start()
-            settings = Settings(**{k.removeprefix("SPENDSTREAM_").lower(): v for k, v in env.items()})
+            settings = settings_from(env)
             asyncio.run(drive(settings, events, rate))
             print("\nPer team, read back from ClickHouse:")
             print(format_table(*query_worker(settings, TEAM_TOTALS)))
@@ -66,18 +65,6 @@ def run_demo(*, events: int, rate: float) -> int:
             worker.stop()
     print("\nstopped the worker and the broker")
     return 0
-
-
-def demo_environment(bootstrap: str) -> dict[str, str]:
-    return {
-        "SPENDSTREAM_KAFKA_BOOTSTRAP": bootstrap,
-        "SPENDSTREAM_CLICKHOUSE_DSN": f"chdb://{(DEMO_DIR / 'chdb').resolve()}",
-        "SPENDSTREAM_WORKER_DATA_DIR": str(DEMO_DIR / "worker"),
-        "SPENDSTREAM_WEB_PORT": str(free_port()),
-        "SPENDSTREAM_BROKER_SESSION_TIMEOUT": "6",
-        "SPENDSTREAM_PRICE_BOOK": str(CONFIG_DIR / "price_book.example.toml"),
-        "SPENDSTREAM_ROUTING_RULES": str(CONFIG_DIR / "routing_rules.example.toml"),
-    }
 
 
 async def drive(settings: Settings, events: int, rate: float) -> None:

@@ -22,6 +22,31 @@ from importlib.resources import files
 from pathlib import Path
 from typing import IO
 
+from streams.settings import Settings
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config"
+
+
+def worker_environment(bootstrap: str, data_dir: Path, *, app_id: str = "spendstream") -> dict[str, str]:
+    """Settings for a local worker: the broker, its own embedded ClickHouse and table state
+    under ``data_dir``, a free port for its HTTP endpoints, short group timeouts (the
+    embedded broker waits them out on rejoin), and the example price book and rules."""
+    return {
+        "SPENDSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+        "SPENDSTREAM_CLICKHOUSE_DSN": f"chdb://{(data_dir / 'chdb').resolve()}",
+        "SPENDSTREAM_APP_ID": app_id,
+        "SPENDSTREAM_WORKER_DATA_DIR": str(data_dir / "worker"),
+        "SPENDSTREAM_WEB_PORT": str(free_port()),
+        "SPENDSTREAM_BROKER_SESSION_TIMEOUT": "6",
+        "SPENDSTREAM_PRICE_BOOK": str(EXAMPLE_CONFIG / "price_book.example.toml"),
+        "SPENDSTREAM_ROUTING_RULES": str(EXAMPLE_CONFIG / "routing_rules.example.toml"),
+    }
+
+
+def settings_from(env: dict[str, str]) -> Settings:
+    """The settings a process started with ``env`` reads."""
+    return Settings(**{key.removeprefix("SPENDSTREAM_").lower(): value for key, value in env.items()})
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -108,7 +133,11 @@ class WorkerProcess:
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
-        self.wait_ready(ready_timeout)
+        try:
+            self.wait_ready(ready_timeout)
+        except BaseException:
+            self.stop(grace=5)  # never leave a half-started worker behind
+            raise
         return self
 
     def wait_ready(self, timeout: float) -> None:

@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     sink_batch_within: float = Field(1.0, gt=0)
     spend_batch_max: int = Field(500, ge=1, description="Deltas messages per spend-table batch.")
     spend_batch_within: float = Field(0.1, gt=0)
+    anomaly_batch_max: int = Field(1000, ge=1, description="Summaries per anomaly batch.")
+    anomaly_batch_within: float = Field(
+        1.0, gt=0, description="Seconds to gather summaries: detectors work in minutes, states are written per batch."
+    )
     anomaly_sweep_interval: float = Field(60.0, gt=0, description="Seconds between anomaly sweeps.")
     cap_tick_interval: float = Field(30.0, gt=0, description="Seconds between budget re-checks without traffic.")
     spend_retention_periods: int = Field(3, ge=1, description="Closed periods kept in spend tables.")

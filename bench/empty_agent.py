@@ -1,0 +1,57 @@
+"""An empty Faust agent: Faust's own per-message ceiling, the reference for the worker.
+
+Run by bench/run.py as a child process with the worker's settings in the environment.
+The agent reads the usage topic and does nothing with the messages; when it has seen
+``--messages`` of them it prints the rate from its first message to its last and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import faust  # noqa: E402
+
+from streams import tuning  # noqa: E402
+from streams.settings import Settings  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, required=True)
+    args = parser.parse_args()
+    settings = Settings()
+    tuning.apply(settings.consumer_fetch_max_wait_ms)
+    app = faust.App(
+        f"{settings.app_id}-empty",
+        broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
+        consumer_auto_offset_reset="earliest",
+        stream_buffer_maxsize=65536,
+        broker_session_timeout=settings.broker_session_timeout,
+        web_enabled=False,
+    )
+    topic = app.topic(settings.usage_topic, key_type=bytes, value_type=bytes,
+                      key_serializer="raw", value_serializer="raw")
+    seen = 0
+    started = 0.0
+
+    @app.agent(topic)
+    async def empty(stream: faust.StreamT) -> None:
+        nonlocal seen, started
+        async for _ in stream.events():
+            started = started or time.perf_counter()
+            seen += 1
+            if seen == args.messages:
+                print(f"events/s {seen / (time.perf_counter() - started):.0f}", flush=True)
+                os._exit(0)  # the figure is out; a graceful Faust shutdown adds nothing to it
+
+    faust.Worker(app, loglevel="WARNING").execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()
