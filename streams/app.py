@@ -17,6 +17,7 @@ the batch rather than losing it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -155,10 +156,18 @@ async def _publish(batch: EnrichedBatch) -> None:
 
 
 async def _send_dead_letter(dead: DeadLetter) -> Any:
+    original, reason = dead.original, dead.reason
+    if len(original) > settings.dead_letter_max_original:
+        # Kafka refuses messages over its size limit; the whole original stays on the usage
+        # topic at the offset the record names, and its digest identifies it.
+        reason += (f" (original of {len(original)} bytes, sha256 {hashlib.sha256(original).hexdigest()}, "
+                   f"cut to its first {settings.dead_letter_max_original} bytes; the whole message is on "
+                   f"{settings.usage_topic} partition {dead.partition} offset {dead.offset})")
+        original = original[: settings.dead_letter_max_original]
     record = {
-        "reason_code": dead.code, "reason": dead.reason, "source_topic": settings.usage_topic,
+        "reason_code": dead.code, "reason": reason, "source_topic": settings.usage_topic,
         "source_partition": dead.partition, "source_offset": dead.offset, "event_id": dead.event_id,
-        "failed_at": datetime.now(timezone.utc), "original": dead.original,
+        "failed_at": datetime.now(timezone.utc), "original": original,
     }
     headers = [("spendstream-reason-code", dead.code.encode()), ("spendstream-reason", dead.reason.encode()[:1024])]
     key = dead.event_id.encode() if dead.event_id else None

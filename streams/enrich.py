@@ -94,7 +94,7 @@ class Enricher:
                     original = self.codec.encode(USAGE_EVENT, event) if enveloped else message.value
                     batch.dead_letters.append(
                         DeadLetter(exc.code, exc.reason, message.partition, message.offset,
-                                   original or b"", event.get("event_id"))
+                                   original or b"", (event.get("event_id") or "")[: self.limits.max_identifier_length] or None)
                     )
                     continue
                 row = self._priced_row(event, message)

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     # --- What an event may say (anything else goes to the dead-letter topic) ------------
     event_max_age_days: int = Field(400, ge=1, description="Older events are rejected.")
     event_max_future_seconds: int = Field(600, ge=0, description="Clock skew tolerated.")
+    dead_letter_max_original: int = Field(
+        256 * 1024, ge=1024, description="Original bytes kept in a dead letter (Kafka limits message size)."
+    )
     required_attribution: list[str] = Field(
         default_factory=list, description="Attribution fields every event must carry, e.g. environment."
     )

@@ -21,6 +21,12 @@ memory stays bounded and nothing is dropped.
 
 All ClickHouse calls run in one dedicated thread: the client is synchronous (chDB has no
 async client) and must never block the event loop.
+
+A switch for tests and chaos drills: while the file named by the environment variable
+``SPENDSTREAM_FAULT_CLICKHOUSE_DOWN`` exists, the sink behaves as if ClickHouse were down
+(every write raises ``ConnectionError`` before touching it, and is retried as above).
+It works with the embedded engine, which lives inside the worker and cannot be stopped
+from outside; the read-only ``/sql`` endpoint, on a client of its own, keeps answering.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +47,8 @@ import pyarrow.compute as pc
 from streams import clickhouse, priced
 
 log = logging.getLogger(__name__)
+
+FAULT_CLICKHOUSE_DOWN_ENV = "SPENDSTREAM_FAULT_CLICKHOUSE_DOWN"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +107,9 @@ class ClickHouseSink:
         return clickhouse.insert_priced(client, new, dedup_token=token)
 
     def _connected(self) -> Any:
+        fault = os.environ.get(FAULT_CLICKHOUSE_DOWN_ENV)
+        if fault and os.path.exists(fault):
+            raise ConnectionError(f"ClickHouse unavailable (fault injection: {fault} exists)")
         if self._client is None:
             self._client = self._client_factory()
         return self._client

@@ -226,3 +226,32 @@ def test_events_are_priced_attributed_counted_and_sunk_exactly(worker: WorkerPro
         assert record["original"] == original
         assert record["reason"]
         assert headers["spendstream-reason-code"] == code.encode()
+
+
+def test_an_enormous_event_is_dead_lettered_and_the_worker_goes_on(worker: WorkerProcess, stack_env: dict[str, str]) -> None:
+    """A 1.6 MB event (a 1 MB team name) must not stop the worker nor what comes after it."""
+    settings = settings_of(stack_env)
+    codec = default_codec()
+    huge = codec.encode(USAGE_EVENT, usage_event(provider="openai", model="gpt-4o", input_tokens=5,
+                                                 output_tokens=5, team="x" * 1_000_000, event_id="y" * 600_000))
+    fine = codec.encode(USAGE_EVENT, usage_event(provider="openai", model="gpt-4o", input_tokens=5,
+                                                 output_tokens=5, team="search"))
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(**settings.kafka_client_options(), max_request_size=8 << 20)
+        await producer.start()
+        try:
+            for value in (huge, fine):
+                await producer.send_and_wait(settings.usage_topic, value)
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+    stats = wait_until(lambda: (s := get_json(f"{worker.web_url}/stats")).get("rows_inserted") == 1 and s,
+                       60, "the event after the enormous one in ClickHouse")
+    assert stats["dead_letters"] == 1
+    assert worker.proc is not None and worker.proc.poll() is None
+    [(record, _)] = asyncio.run(read_dead_letters(settings, 1))
+    assert record["reason_code"] == "invalid_field"
+    assert huge.startswith(record["original"]) and len(record["original"]) == settings.dead_letter_max_original
+    assert "sha256" in record["reason"] and f"offset {record['source_offset']}" in record["reason"]
