@@ -15,7 +15,7 @@ from datetime import date, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from html import escape
 
-from streams.reports import WeeklyReport, money, percent
+from streams.reports import WeeklyReport, cost_per_call_rise_rows, money, percent
 
 SVG = "http://www.w3.org/2000/svg"  # a namespace name, never fetched
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")
@@ -62,17 +62,7 @@ def render_weekly_html(report: WeeklyReport) -> str:
         f"<h2>Cost per call up {percent(report.min_rise).lstrip('+')} or more</h2>",
         _table(
             ["team", "workflow", "per call ", "prior per call ", "rise ", "priced calls "],
-            [
-                (
-                    r.team,
-                    r.workflow,
-                    money(r.cost_per_call, 6),
-                    money(r.prior_cost_per_call, 6),
-                    percent(r.rise),
-                    r.priced_calls,
-                )
-                for r in report.cost_per_call_rises
-            ],
+            cost_per_call_rise_rows(report),
         ),
         "<h2>Non-production traffic in these figures</h2>",
         _table(

@@ -601,17 +601,7 @@ def render_weekly(report: WeeklyReport) -> str:
         f"(at least {report.min_calls} priced calls in both weeks)",
         table(
             ["team", "workflow", "per call ", "prior per call ", "rise ", "calls "],
-            [
-                (
-                    r.team,
-                    r.workflow,
-                    money(r.cost_per_call, 6),
-                    money(r.prior_cost_per_call, 6),
-                    percent(r.rise),
-                    r.priced_calls,
-                )
-                for r in report.cost_per_call_rises
-            ],
+            cost_per_call_rise_rows(report),
         )
         if report.cost_per_call_rises
         else "  none",
@@ -737,3 +727,11 @@ def render_roi(entries: Sequence[WorkflowValue]) -> str:
             ),
         ]
     )
+
+
+def cost_per_call_rise_rows(report: WeeklyReport) -> list[tuple[Any, ...]]:
+    """The rows of the cost-per-call table, as the terminal and the HTML page show them."""
+    return [
+        (r.team, r.workflow, money(r.cost_per_call, 6), money(r.prior_cost_per_call, 6), percent(r.rise), r.priced_calls)
+        for r in report.cost_per_call_rises
+    ]

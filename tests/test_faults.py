@@ -64,13 +64,13 @@ from urllib.parse import quote, urlencode
 import fastavro
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from genai_prices import Usage, calc_price
 
 from streams.codec import SCHEMAS_DIR, USAGE_BATCH, USAGE_EVENT, default_codec
 from streams.localstack import EmbeddedBroker, WorkerProcess
 from streams.producer import UsageProducer, usage_event
 from streams.settings import Settings
 from streams.sink import FAULT_CLICKHOUSE_DOWN_ENV, ClickHouseSink
+from tests.test_pipeline import expected_cost
 from tests.conftest import get_json, settings_of
 
 pytestmark = pytest.mark.integration
@@ -109,24 +109,6 @@ def good_event(prefix: str, n: int, **overrides: Any) -> dict[str, Any]:
     }
     fields.update(overrides)
     return usage_event(**fields)
-
-
-def expected_cost(event: dict[str, Any]) -> Decimal:
-    """The event's cost computed with genai_prices directly, not with spendstream's pricer."""
-    usage = event["usage"]
-    price = calc_price(
-        Usage(
-            input_tokens=usage["input_tokens"],
-            output_tokens=usage["output_tokens"],
-            cache_read_tokens=usage["cache_read_tokens"],
-            cache_write_tokens=usage["cache_write_tokens"],
-        ),
-        event["model"],
-        provider_id=event["provider"],
-        genai_request_timestamp=event["occurred_at"],
-        price_context={"processing": "batch"} if event["service_tier"] == "batch" else None,
-    )
-    return price.total_price
 
 
 def expected_totals(events: list[dict[str, Any]]) -> tuple[int, Decimal]:
