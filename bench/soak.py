@@ -26,14 +26,12 @@ import sys
 import tempfile
 import time
 import traceback
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from streams.localstack import EmbeddedBroker, free_port
-from streams.settings import Settings
+from streams.localstack import EmbeddedBroker, isolated_environment
 from tests.test_faults import (
     Figures,
     scenario_bad_input,
@@ -43,25 +41,6 @@ from tests.test_faults import (
     scenario_graceful,
     scenario_sigkill,
 )
-
-
-def stack_env(bootstrap: str, workdir: Path) -> dict[str, str]:
-    """A worker's environment of its own: topics, consumer group, database, port (as the tests' fixture)."""
-    run = uuid.uuid4().hex[:8]
-    env = {
-        "SPENDSTREAM_KAFKA_BOOTSTRAP": bootstrap,
-        "SPENDSTREAM_CLICKHOUSE_DSN": f"chdb://{workdir / 'chdb'}",
-        "SPENDSTREAM_CLICKHOUSE_DATABASE": f"spendstream_{run}",
-        "SPENDSTREAM_APP_ID": f"spendstream-{run}",
-        "SPENDSTREAM_WORKER_DATA_DIR": str(workdir / "worker"),
-        "SPENDSTREAM_WEB_PORT": str(free_port()),
-        "SPENDSTREAM_BROKER_SESSION_TIMEOUT": "6",
-        "SPENDSTREAM_PARTITIONS": "4",
-    }
-    for name in Settings.model_fields:
-        if name.endswith("_topic"):
-            env[f"SPENDSTREAM_{name.upper()}"] = f"{run}.{name.removesuffix('_topic')}"
-    return env
 
 
 class Tally:
@@ -95,7 +74,7 @@ def run_scenario(name: str, body: Callable[[dict[str, str], Path, EmbeddedBroker
     with tempfile.TemporaryDirectory(prefix="spendstream-soak-") as tmp, EmbeddedBroker() as broker:
         workdir = Path(tmp)
         try:
-            return body(stack_env(broker.bootstrap, workdir), workdir, broker)
+            return body(isolated_environment(broker.bootstrap, workdir), workdir, broker)
         except Exception as exc:  # a scenario that could not finish is a problem, not the end of the soak
             traceback.print_exc()
             figures = Figures(name)

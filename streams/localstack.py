@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from importlib.resources import files
 from pathlib import Path
 from typing import IO
@@ -27,20 +28,39 @@ from streams.settings import Settings
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config"
 
 
-def worker_environment(bootstrap: str, data_dir: Path, *, app_id: str = "spendstream") -> dict[str, str]:
+def worker_environment(
+    bootstrap: str, data_dir: Path, *, app_id: str = "spendstream", example_config: bool = True
+) -> dict[str, str]:
     """Settings for a local worker: the broker, its own embedded ClickHouse and table state
     under ``data_dir``, a free port for its HTTP endpoints, short group timeouts (the
     embedded broker waits them out on rejoin), and the example price book and rules."""
-    return {
+    env = {
         "SPENDSTREAM_KAFKA_BOOTSTRAP": bootstrap,
         "SPENDSTREAM_CLICKHOUSE_DSN": f"chdb://{(data_dir / 'chdb').resolve()}",
         "SPENDSTREAM_APP_ID": app_id,
         "SPENDSTREAM_WORKER_DATA_DIR": str(data_dir / "worker"),
         "SPENDSTREAM_WEB_PORT": str(free_port()),
         "SPENDSTREAM_BROKER_SESSION_TIMEOUT": "6",
-        "SPENDSTREAM_PRICE_BOOK": str(EXAMPLE_CONFIG / "price_book.example.toml"),
-        "SPENDSTREAM_ROUTING_RULES": str(EXAMPLE_CONFIG / "routing_rules.example.toml"),
     }
+    if example_config:
+        env["SPENDSTREAM_PRICE_BOOK"] = str(EXAMPLE_CONFIG / "price_book.example.toml")
+        env["SPENDSTREAM_ROUTING_RULES"] = str(EXAMPLE_CONFIG / "routing_rules.example.toml")
+    return env
+
+
+def isolated_environment(bootstrap: str, data_dir: Path, *, clickhouse_dsn: str | None = None) -> dict[str, str]:
+    """A worker environment that shares nothing with any other run, even on shared servers:
+    its own topics, consumer group and database (for tests and the soak), catalog prices only."""
+    run = uuid.uuid4().hex[:8]
+    env = worker_environment(bootstrap, data_dir, app_id=f"spendstream-{run}", example_config=False)
+    env["SPENDSTREAM_CLICKHOUSE_DATABASE"] = f"spendstream_{run}"
+    env["SPENDSTREAM_PARTITIONS"] = "4"
+    if clickhouse_dsn:
+        env["SPENDSTREAM_CLICKHOUSE_DSN"] = clickhouse_dsn
+    for name in Settings.model_fields:
+        if name.endswith("_topic"):
+            env[f"SPENDSTREAM_{name.upper()}"] = f"{run}.{name.removesuffix('_topic')}"
+    return env
 
 
 def settings_from(env: dict[str, str]) -> Settings:

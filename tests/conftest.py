@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from streams.localstack import EmbeddedBroker, WorkerProcess, free_port
+from streams.localstack import EmbeddedBroker, WorkerProcess, isolated_environment, settings_from
 from streams.settings import Settings
 
 
@@ -38,25 +38,12 @@ def kafka_bootstrap() -> Iterator[str]:
 @pytest.fixture
 def stack_env(kafka_bootstrap: str, tmp_path: Path) -> dict[str, str]:
     """Environment for a worker and its clients, unique to this test."""
-    run = uuid.uuid4().hex[:8]
-    clickhouse = os.environ.get("SPENDSTREAM_TEST_CLICKHOUSE_URL") or f"chdb://{tmp_path / 'chdb'}"
-    env = {
-        "SPENDSTREAM_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "SPENDSTREAM_CLICKHOUSE_DSN": clickhouse,
-        "SPENDSTREAM_CLICKHOUSE_DATABASE": f"spendstream_{run}",
-        "SPENDSTREAM_APP_ID": f"spendstream-{run}",
-        "SPENDSTREAM_WORKER_DATA_DIR": str(tmp_path / "worker"),
-        "SPENDSTREAM_WEB_PORT": str(free_port()),
-        "SPENDSTREAM_BROKER_SESSION_TIMEOUT": "6",
-        "SPENDSTREAM_PARTITIONS": "4",
-    }
-    for topic in ("usage", "priced", "deltas", "anomaly", "dead_letter", "alerts", "cap_state", "budgets"):
-        env[f"SPENDSTREAM_{topic.upper()}_TOPIC"] = f"{run}.{topic}"
-    return env
+    return isolated_environment(
+        kafka_bootstrap, tmp_path, clickhouse_dsn=os.environ.get("SPENDSTREAM_TEST_CLICKHOUSE_URL")
+    )
 
 
-def settings_of(env: dict[str, str]) -> Settings:
-    return Settings(**{key.removeprefix("SPENDSTREAM_").lower(): value for key, value in env.items()})
+settings_of = settings_from
 
 
 @pytest.fixture
