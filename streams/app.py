@@ -21,12 +21,14 @@ import hashlib
 import json
 import logging
 import time
+import weakref
 from collections import Counter
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
 import faust
+from faust.streams import _current_event
 from faust.web import Request, Response, View
 from mode.supervisors import CrashingSupervisor
 
@@ -181,9 +183,7 @@ async def count_spend(stream: faust.StreamT) -> None:
     """Add deltas to the spend table, check budgets, publish cap states and alerts."""
     state = SpendState(settings, spend, announced, budgets, _publish_caps, app.producer.flush)
     async for events in stream.take_events(settings.spend_batch_max, settings.spend_batch_within):
-        # Faust sends a table change to the changelog partition of the stream's current
-        # event; the state makes each event current in turn (a private Stream method).
-        await state.apply(events, stream._set_current_event)
+        await state.apply(events, make_current)
 
 
 async def _publish_caps(states: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> None:
@@ -204,7 +204,19 @@ async def detect_anomalies(stream: faust.StreamT) -> None:
     """Spend spikes, runaway agents, cost-per-call drift, non-production and unpriced spend."""
     state = AnomalyState(anomaly, detectors, settings.partitions, _publish_caps, app.producer.flush)
     async for events in stream.take_events(settings.anomaly_batch_max, settings.anomaly_batch_within):
-        await state.apply(events, stream._set_current_event)
+        await state.apply(events, make_current)
+
+
+def make_current(event: Any) -> None:
+    """Make ``event`` current for table writes in this task.
+
+    Faust sends a table change to the changelog partition of the current event, a context
+    variable; a batch holds events of several partitions, so the states make each current
+    in turn. Only the context variable is set: the stream's own current-event slot is what
+    ``take_events`` reads when it buffers the next message, and moving it there loses
+    messages.
+    """
+    _current_event.set(weakref.ref(event))
 
 
 @app.timer(settings.anomaly_sweep_interval)
