@@ -53,7 +53,7 @@ import threading
 import time
 import urllib.error
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -72,7 +72,7 @@ from streams.producer import UsageProducer, usage_event
 from streams.settings import Settings
 from streams.sink import FAULT_CLICKHOUSE_DOWN_ENV, ClickHouseSink
 from tests.conftest import get_json, settings_of
-from tests.test_pipeline import expected_cost
+from tests.test_pipeline import expected_cost, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -285,16 +285,6 @@ def rss_mb(worker: WorkerProcess) -> float:
     except (OSError, AttributeError):
         pass
     return 0.0
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 # --- Figures -----------------------------------------------------------------------------
