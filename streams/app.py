@@ -11,7 +11,9 @@ Every agent takes a poll's worth of messages at a time (``take_events``) and pay
 batch: one decode loop, memoized prices, one aggregate per (scope, period), one message
 per team or partition downstream, one ClickHouse insert. Messages are acknowledged only
 after the batch's output is on Kafka (or in ClickHouse, for the sink), so a crash replays
-the batch rather than losing it.
+the batch rather than losing it; :mod:`streams.faust_fixes` closes the gaps Faust leaves
+in that (see there), and the enrich agent commits after every batch, so a crash replays
+at most one batch.
 """
 
 from __future__ import annotations
@@ -22,17 +24,19 @@ import json
 import logging
 import time
 import weakref
+from functools import partial
 from collections import Counter
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import faust
 from faust.streams import _current_event
 from faust.web import Request, Response, View
 from mode.supervisors import CrashingSupervisor
 
-from streams import clickhouse, priced
+from streams import clickhouse, faust_fixes, priced
 from streams.attribution import Router
 from streams.budgets import Budget, BudgetIndex
 from streams.codec import ALERT, CAP_STATE, DEAD_LETTER, default_codec
@@ -45,17 +49,19 @@ from streams.sink import ClickHouseSink, PricedMessage
 from streams.serialize import jsonable
 from streams.caps import Announced, check
 from streams.spend import (
-    DeltasMessage, aggregate, by_partition, encode_deltas, period_keys, scope_partition,
+    Delta, DeltasMessage, aggregate, by_partition, encode_deltas, negated, period_keys, scope_partition,
     spend_key, split_key,
 )
 from streams.spend_state import SpendState
-from streams.anomaly import AnomalyConfig, AnomalyEngine
+from streams.anomaly import AnomalyConfig, AnomalyEngine, BatchSummary
 from streams.anomaly_state import SWEEP_KEY, AnomalyState
 from streams.changelog import is_marker
 from streams.topics import ANNOUNCED_TABLE, DETECTORS_TABLE, SPEND_TABLE
 
 log = logging.getLogger(__name__)
+V = TypeVar("V")
 
+faust_fixes.install()
 settings = Settings()
 codec = default_codec()
 enricher = Enricher(
@@ -65,7 +71,9 @@ enricher = Enricher(
     settings.limits(),
 )
 anomaly = AnomalyEngine(AnomalyConfig.load(settings.anomaly_config) if settings.anomaly_config else None)
-sink = ClickHouseSink(lambda: clickhouse.connect(settings))
+sink = ClickHouseSink(
+    lambda: clickhouse.connect(settings), topic=settings.priced_topic, database=settings.clickhouse_database
+)
 stats: Counter[str] = Counter()
 # Wall-clock marks of the flow (epoch seconds), for progress displays and benchmarks.
 marks: dict[str, float] = {}
@@ -129,15 +137,17 @@ async def enrich(stream: faust.StreamT) -> None:
     """
     async for events in stream.take_events(settings.enrich_batch_max, settings.enrich_batch_within):
         marks.setdefault("first_message_at", time.time())
-        for chunk in chunks_by_size(events, settings.enrich_chunk_bytes):
-            batch = enricher.enrich(
-                SourceMessage(e.message.partition, e.message.offset, e.message.value) for e in chunk
-            )
-            await _publish(batch)
-            stats.update(
-                events=len(batch.rows) + len(batch.dead_letters), priced=len(batch.rows) - batch.unpriced,
-                unpriced=batch.unpriced, dead_letters=len(batch.dead_letters),
-            )
+        with faust_fixes.unacked_unless_done(events):
+            for chunk in chunks_by_size(events, settings.enrich_chunk_bytes):
+                batch = enricher.enrich(
+                    SourceMessage(e.message.partition, e.message.offset, e.message.value) for e in chunk
+                )
+                await _publish(batch)
+                stats.update(
+                    events=len(batch.rows) + len(batch.dead_letters), priced=len(batch.rows) - batch.unpriced,
+                    unpriced=batch.unpriced, dead_letters=len(batch.dead_letters),
+                )
+            await faust_fixes.commit_batch(stream, events, settings.usage_topic)
         stats.update(messages=len(events))
 
 
@@ -147,14 +157,46 @@ async def _publish(batch: EnrichedBatch) -> None:
     for team, rows in rows_by_team(batch.rows, settings.priced_message_rows):
         sent.append(await app.producer.send(settings.priced_topic, team.encode(), priced.encode(rows), None, None, None))
     if batch.rows:
-        at = max(row["occurred_at"] for row in batch.rows)
-        for partition, deltas in by_partition(aggregate(batch.rows, settings.tz), settings.partitions).items():
-            value = encode_deltas(DeltasMessage(at, deltas))
-            sent.append(await app.producer.send(settings.deltas_topic, None, value, partition, None, None))
+        sent += await _send_spend(batch.rows)
         summaries = anomaly.summarize(batch.rows).split(lambda scope: scope_partition(scope, settings.partitions))
         for partition, summary in summaries.items():
-            sent.append(await app.producer.send(settings.anomaly_topic, None, summary.encode(), partition, None, None))
+            for value in in_pieces(summary.buckets, partial(_summary_value, summary.watermark), settings.message_max_bytes):
+                sent.append(await app.producer.send(settings.anomaly_topic, None, value, partition, None, None))
     await asyncio.gather(*sent)
+
+
+async def _send_spend(rows: list[dict[str, Any]], *, taken_back: bool = False) -> list[Any]:
+    """Send the rows' spend deltas (negated if ``taken_back``), one message per partition."""
+    at = max(row["occurred_at"] for row in rows)
+    deltas = aggregate(rows, settings.tz)
+    sent = []
+    for partition, part in by_partition(negated(deltas) if taken_back else deltas, settings.partitions).items():
+        for value in in_pieces(part, partial(_deltas_value, at), settings.message_max_bytes):
+            sent.append(await app.producer.send(settings.deltas_topic, None, value, partition, None, None))
+    return sent
+
+
+def _deltas_value(at: datetime, deltas: dict[str, Delta]) -> bytes:
+    return encode_deltas(DeltasMessage(at, deltas))
+
+
+def _summary_value(watermark: datetime | None, buckets: dict[str, Any]) -> bytes:
+    return BatchSummary(watermark, buckets).encode()
+
+
+def in_pieces(mapping: dict[str, V], encode: Callable[[dict[str, V]], bytes], max_bytes: int) -> list[bytes]:
+    """``encode(mapping)``, halved until each message is at most ``max_bytes``.
+
+    A chunk of calls by thousands of users or agents has that many spend keys and
+    detector keys; all of one partition's in one message could exceed the broker's
+    message size limit, and the worker would crash on it at every restart.
+    """
+    value = encode(mapping)
+    if len(value) <= max_bytes or len(mapping) <= 1:
+        return [value]
+    items = list(mapping.items())
+    half = len(items) // 2
+    return in_pieces(dict(items[:half]), encode, max_bytes) + in_pieces(dict(items[half:]), encode, max_bytes)
 
 
 async def _send_dead_letter(dead: DeadLetter) -> Any:
@@ -183,7 +225,8 @@ async def count_spend(stream: faust.StreamT) -> None:
     """Add deltas to the spend table, check budgets, publish cap states and alerts."""
     state = SpendState(settings, spend, announced, budgets, _publish_caps, app.producer.flush)
     async for events in stream.take_events(settings.spend_batch_max, settings.spend_batch_within):
-        await state.apply(events, make_current)
+        with faust_fixes.unacked_unless_done(events):
+            await state.apply(events, make_current)
 
 
 async def _publish_caps(states: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> None:
@@ -204,7 +247,8 @@ async def detect_anomalies(stream: faust.StreamT) -> None:
     """Spend spikes, runaway agents, cost-per-call drift, non-production and unpriced spend."""
     state = AnomalyState(anomaly, detectors, settings.partitions, _publish_caps, app.producer.flush)
     async for events in stream.take_events(settings.anomaly_batch_max, settings.anomaly_batch_within):
-        await state.apply(events, make_current)
+        with faust_fixes.unacked_unless_done(events):
+            await state.apply(events, make_current)
 
 
 def make_current(event: Any) -> None:
@@ -266,12 +310,20 @@ def _decode_budget(value: bytes) -> Budget:
 
 @app.agent(priced_topic, supervisor_strategy=CrashingSupervisor)
 async def sink_to_clickhouse(stream: faust.StreamT) -> None:
-    """Write priced rows to ClickHouse exactly once per row (see :mod:`streams.sink`)."""
+    """Write priced rows to ClickHouse exactly once per row (see :mod:`streams.sink`).
+
+    Events produced twice are dropped there; their second spend deltas are taken back out
+    of the spend tables here, before the batch is acknowledged.
+    """
     async for events in stream.take_events(settings.sink_batch_max, settings.sink_batch_within):
-        result = await sink.write(
-            [PricedMessage(e.message.partition, e.message.offset, e.message.value) for e in events]
-        )
-        stats.update(rows_inserted=result.inserted, duplicates_dropped=result.duplicates)
+        with faust_fixes.unacked_unless_done(events):
+            result = await sink.write(
+                [PricedMessage(e.message.partition, e.message.offset, e.message.value) for e in events]
+            )
+            if result.repeats:
+                await asyncio.gather(*await _send_spend(result.repeats, taken_back=True))
+        stats.update(rows_inserted=result.inserted, duplicates_dropped=result.duplicates,
+                     repeats_taken_back=len(result.repeats), rollup_repairs=result.repaired)
         marks["last_insert_at"] = time.time()
 
 

@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "clickhouse"
 USAGE_TABLE = "usage"
 SINK_OFFSETS_TABLE = "sink_offsets"
+REPEATS_TABLE = "usage_repeats"
 MIGRATIONS_TABLE = "schema_migrations"
 
 # The columns the sink writes: the priced-topic schema. ingested_at is filled by the
@@ -428,7 +429,7 @@ def insert_priced(client: Client, table: pa.Table, *, dedup_token: str) -> int:
     ClickHouse drops a block whose token it has seen *whatever the block holds*, and an
     insert spanning several months commits one block per partition, so it can half
     succeed. A retry that then leaves out the rows already written (as the sink does,
-    via :func:`existing_event_ids`) must not reuse the first attempt's token, or its
+    via :func:`stored_copies`) must not reuse the first attempt's token, or its
     remaining rows would be dropped as duplicates. The digest makes it so: the same rows
     get the same token, different rows a different one.
     """
@@ -445,36 +446,64 @@ def content_token(dedup_token: str, event_ids: Sequence[str]) -> str:
     return f"{dedup_token}:{digest}"
 
 
-def existing_event_ids(client: Client, event_ids: list[str], since: datetime) -> set[str]:
-    """The ids among ``event_ids`` already in ``usage`` with ``occurred_at >= since``.
+def stored_copies(client: Client, event_ids: Sequence[str], since: datetime) -> dict[str, tuple[int, int]]:
+    """Which of ``event_ids`` are in ``usage`` (``occurred_at >= since``), and where from.
 
-    The sink drops these from a batch before inserting, so a re-delivered event is
-    written once. ``since`` bounds the search to recent partitions (take the oldest
-    occurred_at of the batch, minus any allowed lateness).
+    Maps each id found to the usage-topic ``(partition, offset)`` of the copy stored. The
+    sink tells a re-delivery (same source: an earlier attempt at the same message landed)
+    from a repeat (another message carried the same event) by it. ``since`` bounds the
+    search to recent partitions: the oldest occurred_at of the batch minus the horizon.
     """
-    found: set[str] = set()
+    found: dict[str, tuple[int, int]] = {}
     unique = list(dict.fromkeys(event_ids))
     for start in range(0, len(unique), _EVENT_ID_CHUNK):
         result = client.query(
-            "SELECT DISTINCT event_id FROM usage "
-            "WHERE occurred_at >= {since:DateTime64(3, 'UTC')} AND event_id IN {ids:Array(String)}",
+            "SELECT event_id, any(source_partition), any(source_offset) FROM usage "
+            "WHERE occurred_at >= {since:DateTime64(3, 'UTC')} AND event_id IN {ids:Array(String)} "
+            "GROUP BY event_id",
             parameters={"since": _as_utc(since), "ids": unique[start : start + _EVENT_ID_CHUNK]},
         )
-        found.update(row[0] for row in result.result_rows)
+        found.update((event_id, (int(p), int(o))) for event_id, p, o in result.result_rows)
     return found
 
 
-def record_sink_offsets(
-    client: Client, topic: str, partition: int, first_offset: int, last_offset: int, *, row_count: int, dedup_token: str
-) -> None:
-    """Record that the batch of ``topic``/``partition`` offsets ``first..last`` is in ``usage``.
+def recorded_repeats(client: Client, event_ids: Sequence[str]) -> set[tuple[str, int, int]]:
+    """``(event_id, source_partition, source_offset)`` of the repeats already in ``usage_repeats``."""
+    if not event_ids:
+        return set()
+    result = client.query(
+        "SELECT event_id, source_partition, source_offset FROM usage_repeats WHERE event_id IN {ids:Array(String)}",
+        parameters={"ids": list(dict.fromkeys(event_ids))},
+    )
+    return {(event_id, int(p), int(o)) for event_id, p, o in result.result_rows}
 
-    Call it after :func:`insert_priced` succeeded for that batch. The row's version is
-    ``last_offset``, so the highest committed range wins whatever order writes land in.
+
+REPEAT_COLUMNS = (
+    "event_id", "occurred_at", "team", "cost_total", "currency",
+    "source_partition", "source_offset", "kept_partition", "kept_offset",
+)
+
+
+def record_repeats(client: Client, repeats: Sequence[Sequence[Any]]) -> None:
+    """Insert rows of :data:`REPEAT_COLUMNS` into ``usage_repeats``, idempotently."""
+    if not repeats:
+        return
+    token = content_token("repeats", [f"{r[0]}@{r[5]}:{r[6]}" for r in repeats])
+    client.insert(REPEATS_TABLE, [list(r) for r in repeats], column_names=list(REPEAT_COLUMNS),
+                  settings={"insert_deduplication_token": token})
+
+
+def record_sink_offsets(
+    client: Client, topic: str, ranges: Mapping[int, tuple[int, int]], *, row_count: int, dedup_token: str
+) -> None:
+    """Record that the sink has written ``topic``'s offsets ``first..last`` per partition.
+
+    For operators: how far ClickHouse is behind the priced topic. A row's version is its
+    ``last_offset``, so the highest range wins whatever order writes land in.
     """
     client.insert(
         SINK_OFFSETS_TABLE,
-        [[topic, partition, first_offset, last_offset, row_count, dedup_token, last_offset]],
+        [[topic, partition, first, last, row_count, dedup_token, last] for partition, (first, last) in sorted(ranges.items())],
         column_names=["topic", "partition", "first_offset", "last_offset", "row_count", "dedup_token", "version"],
     )
 

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     enrich_batch_within: float = Field(0.2, gt=0, description="Seconds to wait to fill a batch.")
     enrich_chunk_bytes: int = Field(2_000_000, ge=1, description="Usage bytes enriched at once (memory bound).")
     priced_message_rows: int = Field(2000, ge=1, description="Priced rows per priced-topic message.")
+    message_max_bytes: int = Field(
+        900_000, ge=1000, description="Largest deltas or anomaly message sent (Kafka refuses over 1 MB by default)."
+    )
     sink_batch_max: int = Field(50, ge=1, description="Priced-topic messages per ClickHouse insert.")
     sink_batch_within: float = Field(1.0, gt=0)
     spend_batch_max: int = Field(500, ge=1, description="Deltas messages per spend-table batch.")

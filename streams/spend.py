@@ -186,3 +186,8 @@ def is_expired(period: str, newest_day: date, keep_closed: int) -> bool:
         return (newest_day - start).days // 7 > keep_closed
     months = (newest_day.year - start.year) * 12 + newest_day.month - start.month
     return months > keep_closed
+
+
+def negated(deltas: dict[str, Delta]) -> dict[str, Delta]:
+    """The deltas that take ``deltas`` back out (for events counted twice)."""
+    return {key: Delta(-delta.cost, -delta.calls) for key, delta in deltas.items()}

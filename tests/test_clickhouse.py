@@ -31,13 +31,13 @@ from streams.clickhouse import (
     chdb_path,
     committed_sink_offsets,
     connect,
-    existing_event_ids,
     insert_priced,
     is_read_only_sql,
     load_migrations,
     migrate,
     query_rows,
     record_sink_offsets,
+    stored_copies,
     redact_dsn,
     split_statements,
 )
@@ -237,25 +237,26 @@ def test_insert_nothing(migrated: Client) -> None:
     assert insert_rows(migrated, [], dedup_token="empty") == 0
 
 
-def test_existing_event_ids(migrated: Client) -> None:
+def test_stored_copies_say_where_each_id_came_from(migrated: Client) -> None:
     day = datetime(2025, 3, 14, tzinfo=UTC)
     insert_rows(
         migrated,
-        [priced_row("old", occurred_at=day - timedelta(days=40)), priced_row("a", occurred_at=day), priced_row("b'quote", occurred_at=day)],
+        [priced_row("old", occurred_at=day - timedelta(days=40)), priced_row("a", occurred_at=day, source_offset=7),
+         priced_row("b'quote", occurred_at=day, source_offset=8)],
         dedup_token="t",
     )
 
     asked = ["a", "b'quote", "new", "old", "a"]
-    assert existing_event_ids(migrated, asked, since=day - timedelta(days=1)) == {"a", "b'quote"}
-    assert existing_event_ids(migrated, asked, since=day - timedelta(days=60)) == {"a", "b'quote", "old"}
-    assert existing_event_ids(migrated, [], since=day) == set()
+    recent = stored_copies(migrated, asked, since=day - timedelta(days=1))
+    assert {event_id: offset for event_id, (_, offset) in recent.items()} == {"a": 7, "b'quote": 8}
+    assert set(stored_copies(migrated, asked, since=day - timedelta(days=60))) == {"a", "b'quote", "old"}
+    assert stored_copies(migrated, [], since=day) == {}
 
 
 def test_sink_offsets_keep_the_highest_range(migrated: Client) -> None:
-    record_sink_offsets(migrated, "spend.priced.v1", 0, 0, 99, row_count=100, dedup_token="a")
-    record_sink_offsets(migrated, "spend.priced.v1", 0, 100, 199, row_count=100, dedup_token="b")
-    record_sink_offsets(migrated, "spend.priced.v1", 1, 0, 9, row_count=10, dedup_token="c")
-    record_sink_offsets(migrated, "other", 0, 0, 5, row_count=5, dedup_token="d")
+    record_sink_offsets(migrated, "spend.priced.v1", {0: (0, 99)}, row_count=100, dedup_token="a")
+    record_sink_offsets(migrated, "spend.priced.v1", {0: (100, 199), 1: (0, 9)}, row_count=110, dedup_token="b")
+    record_sink_offsets(migrated, "other", {0: (0, 5)}, row_count=5, dedup_token="d")
 
     assert committed_sink_offsets(migrated, "spend.priced.v1") == {0: 199, 1: 9}
     migrated.command("OPTIMIZE TABLE sink_offsets FINAL")

@@ -24,12 +24,14 @@ was wrong), so ``bench/soak.py`` runs the same code in a loop. The figures are p
 run with ``-s`` to see them.
 
 The live spend table (``/spend``) is checked too. After a crash it may over-count: the
-enrich agent re-publishes the deltas of messages it had processed but whose offsets were
-not committed yet, and the spend agent re-applies a batch whose applied marker had not
-reached the changelog (see ``streams.spend_state``). The issue bounds that by one
-uncommitted batch; :func:`one_batch_bound` is that bound in events:
-``settings.enrich_batch_max`` usage messages per enrich batch times the events per
-message this module's producer sends (``EVENTS_PER_MESSAGE``; the SDK's ``batch_size``).
+enrich agent commits after every batch, so it re-publishes the deltas of at most the batch
+it was in the middle of. The issue bounds that by one uncommitted batch per crash;
+:func:`one_batch_bound` is that bound in events: ``settings.enrich_batch_max`` usage
+messages per enrich batch times the events per message this module's producer sends
+(``EVENTS_PER_MESSAGE``; the SDK's ``batch_size``). The scenarios that crash the worker
+set ``enrich_batch_max`` to ``BATCH_MESSAGES`` so that the bound is smaller than the run
+and the check can fail. Events produced twice are exact in the spend table too: the sink
+takes the second copy's deltas back out (see ``streams.sink``).
 
 Durations: ``OUTAGE_SECONDS`` is 20 s here so the module stays within a few minutes;
 ``SPENDSTREAM_SOAK_OUTAGE_SECONDS=60`` lengthens it (``bench/soak.py`` takes 60 s). The gap
@@ -81,6 +83,7 @@ SCOPE = f"team={TEAM}"
 EVENTS_PER_MESSAGE = 20          # events per SDK envelope (one Kafka message)
 TRAFFIC_INTERVAL = 0.1           # seconds between messages: ~200 events/s
 KILLS = 3
+BATCH_MESSAGES = 10              # enrich batch size in the crash scenarios: the over-count bound
 OUTAGE_SECONDS = float(os.environ.get("SPENDSTREAM_SOAK_OUTAGE_SECONDS", "20"))
 PAUSE_SECONDS = 15.0
 DUPLICATE_GAP_SECONDS = float(os.environ.get("SPENDSTREAM_SOAK_DUPLICATE_GAP_SECONDS", "3"))
@@ -348,7 +351,7 @@ class Figures:
         )]
         if self.spend_over_calls is not None:
             lines.append(f"[{self.scenario}] spend table over-count: {self.spend_over_calls} events "
-                         f"({self.spend_over_cost:f} USD; bound: one batch of at most {self.spend_bound} events)")
+                         f"({self.spend_over_cost:f} USD; bound: {self.spend_bound} events, one uncommitted batch per crash)")
         lines += [f"[{self.scenario}] {note}" for note in self.notes]
         lines += [f"[{self.scenario}] PROBLEM: {problem}" for problem in self.problems]
         return "\n".join(lines)
@@ -432,6 +435,7 @@ def scenario_sigkill(env: dict[str, str], workdir: Path, *, kills: int = KILLS, 
     """SIGKILL the worker ``kills`` times at random moments while events keep coming."""
     seed = seed if seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
+    env = {**env, "SPENDSTREAM_ENRICH_BATCH_MAX": str(BATCH_MESSAGES)}
     settings = settings_of(env)
     figures = Figures(f"sigkill x{kills}")
     figures.notes.append(f"random seed {seed} (kill delays after each start)")
@@ -449,16 +453,18 @@ def scenario_sigkill(env: dict[str, str], workdir: Path, *, kills: int = KILLS, 
                 figures.notes.append(f"kill {kill + 1}: {delay:.1f}s after start, ~{before} events produced; "
                                      f"new worker ready in {time.monotonic() - started:.1f}s")
             time.sleep(2)
-        finish(figures, worker, workers, traffic.produced, spend_bound=one_batch_bound(settings))
-        share = f"{100 * (figures.spend_over_calls or 0) / max(figures.distinct, 1):.0f}% of {figures.distinct}"
+        finish(figures, worker, workers, traffic.produced, spend_bound=kills * one_batch_bound(settings))
+        share = f"{100 * (figures.spend_over_calls or 0) / max(figures.distinct, 1):.1f}% of {figures.distinct}"
         figures.notes.append(f"spend table over-count after {kills} SIGKILLs: {figures.spend_over_calls} events ({share}) "
-                             f"(bound: one batch of at most {figures.spend_bound} events = "
-                             f"enrich_batch_max {settings.enrich_batch_max} messages x {EVENTS_PER_MESSAGE} events)")
+                             f"(bound: one batch per kill, {kills} x enrich_batch_max {settings.enrich_batch_max} "
+                             f"messages x {EVENTS_PER_MESSAGE} events = {figures.spend_bound})")
     return figures
 
 
 def scenario_graceful(env: dict[str, str], workdir: Path) -> Figures:
-    """Stop the worker with SIGTERM mid-stream and start another: exact everywhere."""
+    """Stop the worker with SIGTERM mid-stream and start another: exact in ClickHouse; the
+    spend table over by at most the batch the stop interrupted."""
+    env = {**env, "SPENDSTREAM_ENRICH_BATCH_MAX": str(BATCH_MESSAGES)}
     settings = settings_of(env)
     figures = Figures("graceful stop")
     workers = Workers(env, workdir)
@@ -473,7 +479,7 @@ def scenario_graceful(env: dict[str, str], workdir: Path) -> Figures:
             figures.notes.append(f"SIGTERM: worker exited with {code} in {stopped - started:.1f}s; "
                                  f"the next was ready {time.monotonic() - stopped:.1f}s later")
             time.sleep(3)
-        finish(figures, worker, workers, traffic.produced, spend_bound=0)
+        finish(figures, worker, workers, traffic.produced, spend_bound=one_batch_bound(settings))
     return figures
 
 
@@ -531,6 +537,7 @@ def scenario_broker_pause(env: dict[str, str], workdir: Path, broker: EmbeddedBr
                           *, pause: float = PAUSE_SECONDS) -> Figures:
     """Freeze the broker (SIGSTOP) for ``pause`` seconds mid-stream, then resume it (SIGCONT)."""
     assert broker.proc is not None
+    env = {**env, "SPENDSTREAM_ENRICH_BATCH_MAX": str(BATCH_MESSAGES)}  # a rebalance may replay one batch
     settings = settings_of(env)
     figures = Figures(f"broker paused {pause:.0f}s")
     workers = Workers(env, workdir)
@@ -768,11 +775,12 @@ def scenario_duplicates(env: dict[str, str], workdir: Path, *, count: int = 1000
         events = first + first + fresh
         wait_until(lambda: stats(worker).get("duplicates_dropped", 0) - dropped_before >= count
                    and stats(worker).get("rows_inserted", 0) >= count + new, 60, "the re-delivered events")
-        finish(figures, worker, workers, events, spend_bound=None)  # the spend table's dedup is separate work
+        finish(figures, worker, workers, events, spend_bound=0)
         dropped = figures.duplicates_dropped - dropped_before
         if dropped != count:
             figures.problems.append(f"the sink dropped {dropped} duplicates, expected {count}")
-        figures.notes.append(f"{count} events re-produced {gap:.0f}s later, {dropped} dropped by the sink; "
+        figures.notes.append(f"{count} events re-produced {gap:.0f}s later, {dropped} dropped by the sink, "
+                             f"{stats(worker).get('repeats_taken_back', 0)} taken back out of the spend table; "
                              f"dedup horizon: {dedup_horizon().days} days of event time before a batch's oldest event "
                              "(ClickHouseSink.dedup_horizon)")
     return figures
@@ -792,49 +800,18 @@ def check(figures: Figures) -> None:
     assert not figures.problems, figures.report()
 
 
-# Known failures, found by these scenarios and not fixed yet (issue 6 stays open). They are
-# kept here, not run in CI, so that whoever fixes them has the reproduction ready:
-#   pytest tests/test_faults.py --runxfail -s
-KNOWN_LOSS_ON_RESTART = pytest.mark.xfail(run=False, reason=(
-    "rollups lose a batch on SIGKILL: usage exact but usage_daily and usage_daily_by_user 240 "
-    "calls short (usage_hourly exact) in one run here: killed between the insert into usage "
-    "and the materialized views' inserts, the batch is re-delivered and dropped as already in "
-    "usage, so the later rollups never get it. Also rare losses of one message's events (~20) "
-    "around restarts (~20 of 7,320 after SIGKILLs; 20 of 2,820 in 1 of ~40 graceful stops), "
-    "not root-caused. A related loss is "
-    "confirmed: Faust's take_events acks the batch in progress in its finally block when the "
-    "generator is closed (an agent that raises, Stream.on_stop), and the final commit includes "
-    "it, so a batch an agent did not finish is skipped by the next worker"))
-KNOWN_SPEND_OVERCOUNT = pytest.mark.xfail(run=False, reason=(
-    "a restarted worker enriches its backlog twice: Faust's Recovery.on_recovery_completed "
-    "resumes the stream partitions before awaiting consumer.perform_seek(), which resets the "
-    "read offsets to the committed ones, so messages fetched in between are delivered again "
-    "(8 of 8 graceful restarts here, 400-1,660 events counted twice in the spend table; "
-    "ClickHouse drops them by event_id)"))
-KNOWN_SPEND_LAG = pytest.mark.xfail(run=False, reason=(
-    "a loss, not a lag: SpendState.apply makes earlier events current with "
-    "stream._set_current_event while take_events' add_to_buffer waits for the batch to be "
-    "consumed; it then reads stream.current_event, gets a stale event of the previous batch "
-    "instead of the new message's, and the new deltas message is never applied. Setting only "
-    "the tables' context var (faust.streams._current_event) fixed it in 5 of 5 runs"))
-
-
-@KNOWN_LOSS_ON_RESTART
 def test_sigkill_at_random_moments_loses_and_doubles_nothing(stack_env: dict[str, str], tmp_path: Path) -> None:
     check(scenario_sigkill(stack_env, tmp_path))
 
 
-@KNOWN_SPEND_OVERCOUNT
 def test_graceful_stop_and_restart_is_exact(stack_env: dict[str, str], tmp_path: Path) -> None:
     check(scenario_graceful(stack_env, tmp_path))
 
 
-@KNOWN_SPEND_LAG
 def test_clickhouse_outage_pauses_the_sink_then_drains(stack_env: dict[str, str], tmp_path: Path) -> None:
     check(scenario_clickhouse_down(stack_env, tmp_path))
 
 
-@KNOWN_SPEND_LAG
 def test_broker_pause_and_resume(stack_env: dict[str, str], tmp_path: Path) -> None:
     """The broker frozen for 15 s, then resumed: the worker reconnects, nothing lost or doubled.
 

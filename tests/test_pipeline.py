@@ -255,3 +255,31 @@ def test_an_enormous_event_is_dead_lettered_and_the_worker_goes_on(worker: Worke
     assert record["reason_code"] == "invalid_field"
     assert huge.startswith(record["original"]) and len(record["original"]) == settings.dead_letter_max_original
     assert "sha256" in record["reason"] and f"offset {record['source_offset']}" in record["reason"]
+
+
+def test_a_chunk_of_many_distinct_users_fits_in_messages(worker: WorkerProcess, stack_env: dict[str, str]) -> None:
+    """30,000 calls by 30,000 users, agents and sessions in one poll: 270,000 spend keys,
+    several MB of deltas, which must cross Kafka in messages under its size limit."""
+    settings = settings_of(stack_env)
+    events = [
+        usage_event(provider="openai", model="gpt-4o-mini", input_tokens=100 + n % 7, output_tokens=10,
+                    team="crowd", environment="production", user_id=f"u-{n}", agent_id=f"a-{n}", session_id=f"s-{n}")
+        for n in range(30_000)
+    ]
+
+    async def send() -> None:
+        async with UsageProducer(settings, batch_size=500, linger=0.05) as producer:
+            for event in events:
+                await producer.send(event)
+
+    asyncio.run(send())
+    wait_until(lambda: get_json(f"{worker.web_url}/stats").get("rows_inserted") == len(events), 120,
+               "the crowd's calls in ClickHouse")
+    def this_month() -> dict[str, Any] | None:
+        periods = get_json(f"{worker.web_url}/spend?scope=team%3Dcrowd").get("team=crowd", {})
+        return next((v for k, v in periods.items() if k.startswith("month:")), None)
+
+    month = wait_until(lambda: (m := this_month()) and m["calls"] == len(events) and m, 60,
+                       "the crowd's calls in the spend table")
+    assert Decimal(month["spent"]) == sum((expected_cost(e) for e in events), Decimal(0))
+    assert worker.proc is not None and worker.proc.poll() is None

@@ -1,0 +1,87 @@
+"""Three places where Faust's at-least-once delivery is weaker than the ledger needs.
+
+Each was found by the fault-injection tests (``tests/test_faults.py``) and is fixed here
+rather than worked around in the agents:
+
+1. **Recovery resumes before it seeks.** ``Recovery.on_recovery_completed`` resumes the
+   stream partitions, then awaits ``consumer.perform_seek()``, which moves them back to
+   the committed offsets. Messages fetched in between are delivered, and delivered again
+   after the seek: a restarted worker enriched its backlog twice (the spend table
+   over-counted by hundreds of events; ClickHouse dropped the copies). :func:`install`
+   makes the seek happen while the partitions are still paused.
+
+2. **An unfinished batch is acknowledged.** ``Stream.take_events`` acknowledges a batch in
+   a ``finally`` block, so when an agent raises or is cancelled (a graceful stop) in the
+   middle of a batch, the batch is acknowledged anyway and the next commit skips it:
+   those events are lost. :func:`unacked_unless_done` wraps an agent's batch so that only
+   a batch whose body finished is acknowledged.
+
+3. **Offsets are committed on a timer.** Faust commits every ``broker_commit_interval``
+   (2.8 s), so a crash replays everything processed since: many batches. The enrich
+   agent calls :func:`commit_batch` after each batch, so a crash replays at most the
+   batch in progress; that is the bound on the live spend tables' over-count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import faust
+from faust.tables.recovery import Recovery
+
+
+def install() -> None:
+    """Patch Faust's recovery to seek before it resumes (fix 1). Idempotent."""
+    if getattr(Recovery.on_recovery_completed, "seeks_first", False):
+        return
+    completed = Recovery.on_recovery_completed
+
+    async def on_recovery_completed(self: Recovery, generation_id: int = 0) -> None:
+        # Faust resumes the partitions first; hold those resumes back until its seek has
+        # run (it runs inside ``completed``), then resume them.
+        consumer = self.app.consumer
+        held: set[Any] = set()
+        consumer.resume_partitions = held.update  # type: ignore[method-assign]
+        try:
+            await completed(self, generation_id)
+        finally:
+            del consumer.resume_partitions
+        if held and self.app.consumer_generation_id == generation_id:
+            consumer.resume_partitions(held)
+
+    on_recovery_completed.seeks_first = True  # type: ignore[attr-defined]
+    Recovery.on_recovery_completed = on_recovery_completed  # type: ignore[method-assign]
+
+
+@contextmanager
+def unacked_unless_done(events: Sequence[faust.EventT]) -> Iterator[None]:
+    """Leave ``events`` unacknowledged if the body raises or is cancelled (fix 2).
+
+    Marking a message acked without telling the consumer makes the acknowledgement in
+    ``take_events``' cleanup a no-op (``Message.ack`` returns early), and Faust's commit
+    never moves past an offset the consumer was not told about: the batch is delivered
+    again to the next worker. The consumer's wait for unacknowledged messages on stop
+    counts these as settled, so the stop is not held up.
+    """
+    try:
+        yield
+    except BaseException:
+        for event in events:
+            event.message.acked = True
+        raise
+
+
+async def commit_batch(stream: faust.StreamT, events: Sequence[faust.EventT], topic: str) -> None:
+    """Acknowledge a finished batch and commit ``topic``'s offsets now (fix 3).
+
+    One commit at a time: a commit already in flight (Faust's timer) is awaited first, so
+    this one includes every offset acknowledged here.
+    """
+    for event in events:
+        await stream.ack(event)
+    consumer = stream.app.consumer
+    while await consumer.maybe_wait_for_commit_to_finish():
+        pass
+    await consumer.commit({topic})
