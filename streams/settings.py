@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     anomaly_sweep_interval: float = Field(60.0, gt=0, description="Seconds between anomaly sweeps.")
     cap_tick_interval: float = Field(30.0, gt=0, description="Seconds between budget re-checks without traffic.")
     spend_retention_periods: int = Field(3, ge=1, description="Closed periods kept in spend tables.")
+    spend_shadow_max_scopes: int = Field(
+        100_000, ge=0,
+        description="Unbudgeted high-cardinality scopes (users, agents, ...) whose spend the worker keeps in "
+                    "memory (about 0.6 KB each) so that a budget set later counts it; the least recently active "
+                    "are dropped beyond this.",
+    )
 
     # --- What an event may say (anything else goes to the dead-letter topic) ------------
     event_max_age_days: int = Field(400, ge=1, description="Older events are rejected.")
