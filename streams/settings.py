@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     broker_session_timeout: float = 10.0
     consumer_fetch_max_wait_ms: int = Field(100, ge=1, le=1500, description="Longest a fetch waits for data.")
     timezone: str = "UTC"
+    heap_trim_interval: float = Field(
+        10.0, ge=0, description="Seconds between checks that return free C heap memory to the system (0: never)."
+    )
 
     enrich_batch_max: int = Field(2000, ge=1, description="Kafka messages per enrich batch.")
     enrich_batch_within: float = Field(0.2, gt=0, description="Seconds to wait to fill a batch.")
