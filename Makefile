@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench bench-reports browser venv clean
+.PHONY: demo test bench bench-memory bench-reports browser venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test: $(STAMP) browser
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# Worker RSS over 2M events with 100k users and agents (issue 7, goal 4; ~15 minutes).
+# A quick check: make bench-memory MEMORY_ARGS="--events 200000 --users 10000 --agents 10000"
+MEMORY_ARGS ?=
+bench-memory: $(STAMP)
+	$(BIN)/python bench/memory.py $(MEMORY_ARGS)
 
 bench-reports: $(STAMP)
 	$(BIN)/python bench/report_bench.py

@@ -13,6 +13,10 @@ For each poll's worth of messages:
    otherwise let the engine update the states of the keys it touches (or, for a sweep,
    every key of the partition) and collect alerts and block decisions. The engine's own
    position guard ignores a summary a state has absorbed already.
+   Every ``FLUSH_EVERY`` state writes the changelog is flushed: a batch that touches
+   tens of thousands of keys (high-cardinality agents, a worker catching up) would
+   otherwise hold one pending changelog message per key in the producer at once (~5 KB
+   each, hundreds of MB). Flushing early is safe: a replay is ignored by position.
 2. Flush the changelog, then publish the alerts (alert topic) and the blocks (cap-state
    topic, state ``blocked``), and wait for them.
 3. Write the applied markers alone (see :mod:`streams.changelog`).
@@ -29,6 +33,7 @@ from streams.changelog import already_applied, is_marker, write_markers
 from streams.spend import scope_partition
 
 SWEEP_KEY = b"sweep"
+FLUSH_EVERY = 2000  # state writes between changelog flushes within a batch
 
 
 def cap_state_of(block: BlockDecision) -> dict[str, Any]:
@@ -70,7 +75,11 @@ class AnomalyState:
         alerts: list[dict[str, Any]] = []
         blocks: list[dict[str, Any]] = []
         last: dict[int, Any] = {}
+        unflushed = 0
         for event in events:                                                   # 1
+            if unflushed >= FLUSH_EVERY:
+                await self.flush()
+                unflushed = 0
             make_current(event)
             if already_applied(self.table, event):
                 continue
@@ -82,6 +91,7 @@ class AnomalyState:
                 states = {key: self.table.get(key) for key in summary.keys()}
                 outcome = self.engine.process(summary, states, position=event.message.offset)
             self._write_back(outcome)
+            unflushed += len(outcome.states)
             alerts += [a.record() for a in outcome.alerts]
             blocks += [cap_state_of(b) for b in outcome.blocks]
             last[partition] = event

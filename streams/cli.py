@@ -26,7 +26,7 @@ def cli() -> None:
 @cli.command()
 def worker() -> None:
     """Run the worker: create topics, migrate ClickHouse, then start the Faust agents."""
-    from streams import clickhouse, tuning
+    from streams import allocator, clickhouse, tuning
     from streams.topics import create_topics
 
     settings = Settings()
@@ -35,6 +35,8 @@ def worker() -> None:
     clickhouse.migrate(client, settings.clickhouse_database)
     client.close()
     tuning.apply(settings.consumer_fetch_max_wait_ms)
+    if settings.heap_trim_interval > 0:
+        allocator.start_trimming(settings.heap_trim_interval)
 
     import faust
 

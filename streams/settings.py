@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     broker_session_timeout: float = 10.0
     consumer_fetch_max_wait_ms: int = Field(100, ge=1, le=1500, description="Longest a fetch waits for data.")
     timezone: str = "UTC"
+    heap_trim_interval: float = Field(
+        10.0, ge=0, description="Seconds between checks that return free C heap memory to the system (0: never)."
+    )
 
     enrich_batch_max: int = Field(2000, ge=1, description="Kafka messages per enrich batch.")
     enrich_batch_within: float = Field(0.2, gt=0, description="Seconds to wait to fill a batch.")
@@ -83,6 +86,12 @@ class Settings(BaseSettings):
     anomaly_sweep_interval: float = Field(60.0, gt=0, description="Seconds between anomaly sweeps.")
     cap_tick_interval: float = Field(30.0, gt=0, description="Seconds between budget re-checks without traffic.")
     spend_retention_periods: int = Field(3, ge=1, description="Closed periods kept in spend tables.")
+    spend_shadow_max_scopes: int = Field(
+        100_000, ge=0,
+        description="Unbudgeted high-cardinality scopes (users, agents, ...) whose spend the worker keeps in "
+                    "memory (about 0.6 KB each) so that a budget set later counts it; the least recently active "
+                    "are dropped beyond this.",
+    )
 
     # --- What an event may say (anything else goes to the dead-letter topic) ------------
     event_max_age_days: int = Field(400, ge=1, description="Older events are rejected.")

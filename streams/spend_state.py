@@ -5,7 +5,9 @@ Two Faust tables, partitioned like the deltas topic (by scope):
 * ``spend``: ``"team=search@month:2026-11" → [exact decimal string, calls]`` for the
   low-cardinality scopes (team, team and feature, environment) and for every scope a
   budget names; the spend of other scopes (each user, agent, session or API key) is
-  kept in memory until a budget names it, so that they cost no changelog writes;
+  kept in memory until a budget names it, so that they cost no changelog writes (see
+  :class:`ShadowSpend`: at most ``spend_shadow_max_scopes`` scopes, the least recently
+  active dropped first);
 * ``announced``: ``budget id → [period, thresholds announced, forecast announced]``.
 
 For each poll's worth of deltas messages, in this order:
@@ -35,7 +37,9 @@ before publishing.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -49,6 +53,81 @@ from streams.spend import (
     spend_key,
 )
 
+log = logging.getLogger(__name__)
+
+
+class ShadowSpend:
+    """Exact spend of the scopes no budget names yet, in memory, for at most ``max_scopes``
+    scopes.
+
+    High-cardinality scopes (each user, agent, session, API key) are not written to the
+    spend table, so that they cost no changelog writes; their spend is kept here so that a
+    budget set on one later counts what it already spent in the current period. Memory is
+    bounded by scopes, not events: one entry per scope, ``[period, cost, calls, ...]`` for
+    the periods it spent in: its current day, week and month (about 0.6 KB per scope, so
+    the default 100,000 scopes take about 60 MB) and, for late events, the day, week or
+    month before (closed periods are pruned one period after they close, not after
+    ``spend_retention_periods``: budgets check current periods; up to 1.1 KB per scope).
+
+    Scopes are kept in order of their last spend. Adding spend to a new scope when the
+    bound is reached drops the least recently active scope, and ``evictions`` counts them.
+    What that costs: a budget set later on a dropped scope counts the current period's
+    spend from the moment the budget arrives, as it does after a worker restart (this
+    memory is not persisted either); the spend before it is missing from that budget's
+    cap checks (the worker logs a warning when that may be the case). Nothing else is
+    lost: every priced row is in ClickHouse, and the spend of budgeted and low-cardinality
+    scopes lives in the table.
+    """
+
+    def __init__(self, max_scopes: int) -> None:
+        self.max_scopes = max_scopes
+        self.evictions = 0
+        self._scopes: OrderedDict[str, list[Any]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._scopes)
+
+    def add(self, scope: str, period: str, delta: Delta) -> None:
+        entry = self._scopes.get(scope)
+        if entry is None:
+            if self.max_scopes <= 0:
+                self.evictions += 1
+                return
+            if len(self._scopes) >= self.max_scopes:
+                self._scopes.popitem(last=False)
+                self.evictions += 1
+            self._scopes[scope] = [period, delta.cost, delta.calls]
+            return
+        self._scopes.move_to_end(scope)
+        for i in range(0, len(entry), 3):
+            if entry[i] == period:
+                entry[i + 1] += delta.cost
+                entry[i + 2] += delta.calls
+                return
+        entry += (period, delta.cost, delta.calls)
+
+    def pop(self, scope: str) -> Iterator[tuple[str, Delta]]:
+        """Remove a scope; yields its ``(period, spend)``."""
+        entry = self._scopes.pop(scope, None) or []
+        for i in range(0, len(entry), 3):
+            yield entry[i], Delta(entry[i + 1], entry[i + 2])
+
+    def get(self, scope: str, period: str) -> Delta | None:
+        entry = self._scopes.get(scope) or []
+        for i in range(0, len(entry), 3):
+            if entry[i] == period:
+                return Delta(entry[i + 1], entry[i + 2])
+        return None
+
+    def prune(self, expired: Callable[[str], bool]) -> None:
+        """Forget the periods for which ``expired(period)`` is true (and scopes left empty)."""
+        for scope in list(self._scopes):
+            entry = self._scopes[scope]
+            kept = [v for i in range(0, len(entry), 3) if not expired(entry[i]) for v in entry[i : i + 3]]
+            if not kept:
+                del self._scopes[scope]
+            elif len(kept) != len(entry):
+                entry[:] = kept
 
 
 class SpendState:
@@ -69,8 +148,9 @@ class SpendState:
         self.flush = flush
         self._newest_day: dict[int, date] = {}
         # Spend of scopes no budget names yet (users, agents, sessions, API keys): kept in
-        # memory only, so that high-cardinality scopes cost no changelog writes.
-        self._shadow: dict[str, Delta] = {}
+        # memory only, so that high-cardinality scopes cost no changelog writes; bounded.
+        self.shadow = ShadowSpend(settings.spend_shadow_max_scopes)
+        self._budgeted: set[str] = set()  # scopes a budget named (warned about at most once)
 
     async def apply(self, events: Sequence[Any], make_current: Callable[[Any], None]) -> int:
         """Run steps 1-3 for a batch of Faust events; returns how many were applied."""
@@ -98,12 +178,11 @@ class SpendState:
 
     def _add(self, message: DeltasMessage) -> list[str]:
         for key, delta in message.deltas.items():
-            if self._tracked(split_key(key)[0]):
+            scope, period = split_key(key)
+            if self._tracked(scope):
                 self._add_to_table(key, delta.cost, delta.calls)
             else:
-                shadow = self._shadow.setdefault(key, Delta(Decimal(0), 0))
-                shadow.cost += delta.cost
-                shadow.calls += delta.calls
+                self.shadow.add(scope, period, delta)
         return list(message.deltas)
 
     def _tracked(self, scope: str) -> bool:
@@ -116,9 +195,24 @@ class SpendState:
 
     def _promote(self, scope: str) -> None:
         """A budget now names ``scope``: move its in-memory spend into the table."""
-        for key in [k for k in self._shadow if split_key(k)[0] == scope]:
-            delta = self._shadow.pop(key)
-            self._add_to_table(key, delta.cost, delta.calls)
+        moved = False
+        for period, delta in self.shadow.pop(scope):
+            self._add_to_table(spend_key(scope, period), delta.cost, delta.calls)
+            moved = True
+        if scope in self._budgeted:
+            return
+        self._budgeted.add(scope)
+        if not moved and self.shadow.evictions and not self._tracked_always(scope):
+            log.warning(
+                "A budget names %s, whose spend this worker does not hold: it counts from now on. Its spend "
+                "before now in the current period is missing from the cap checks if it was among the %d least "
+                "recently active scopes dropped beyond SPENDSTREAM_SPEND_SHADOW_MAX_SCOPES=%d; ClickHouse has "
+                "the exact figure.", scope, self.shadow.evictions, self.shadow.max_scopes,
+            )
+
+    @staticmethod
+    def _tracked_always(scope: str) -> bool:
+        return scope_kinds(scope) in ALWAYS_TRACKED
 
     def _check_budgets(self, partition: int, touched: Iterable[str], message: DeltasMessage) -> list[Any]:
         wanted: dict[tuple[str, str], Any] = {}
@@ -156,6 +250,5 @@ class SpendState:
         for key in [k for k in self.spend.keys() if not is_marker(k)]:
             if partition_of(key, self.settings.partitions) == partition and is_expired(split_key(key)[1], newest, keep):
                 del self.spend[key]
-        for key in [k for k in self._shadow if is_expired(split_key(k)[1], newest, keep)]:
-            del self._shadow[key]
+        self.shadow.prune(lambda period: is_expired(period, newest, min(keep, 1)))
 

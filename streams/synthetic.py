@@ -53,6 +53,11 @@ class TrafficShape:
     untagged_share: float = 0.08
     cached_share: float = 0.35
     batch_share: float = 0.05
+    agent_share: float = 0.3  # calls made by an agent (they carry an agent_id)
+    # Distinct user ids (``user-<n>``) and agent ids (``agent-<team>-<n>``, spread evenly
+    # over the teams); raise them for high-cardinality traffic (the memory benchmark).
+    users: int = 200
+    agents: int = 5 * len(TEAMS)
 
 
 def generate(
@@ -68,6 +73,7 @@ def generate(
     at = start or datetime.now(timezone.utc) - spacing * count
     weights = [m[2] for m in MODELS]
     teams = list(TEAMS)
+    agents_per_team = max(1, shape.agents // len(teams))
     for n in range(count):
         provider, model, _, typical_in, typical_out = rng.choices(MODELS, weights)[0]
         input_tokens = max(1, int(rng.lognormvariate(0, 0.6) * typical_in))
@@ -80,9 +86,9 @@ def generate(
             "team": team,
             "feature": rng.choice(TEAMS[team]),
             "environment": rng.choice(ENVIRONMENTS),
-            "user_id": f"user-{rng.randrange(200)}",
+            "user_id": f"user-{rng.randrange(shape.users)}",
             "service": f"{team}-api",
-            "agent_id": f"agent-{team}-{rng.randrange(5)}" if rng.random() < 0.3 else None,
+            "agent_id": f"agent-{team}-{rng.randrange(agents_per_team)}" if rng.random() < shape.agent_share else None,
         }
         if rng.random() < shape.untagged_share:
             attribution.update({"team": None, "service": None, **rng.choice(UNTAGGED_SOURCES)})

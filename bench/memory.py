@@ -1,0 +1,239 @@
+"""Memory of the worker over a long run: does its RSS stay flat as events and scopes pile up?
+
+Issue 7, goal 4: worker RSS after 2 million events with 100k distinct users and agents
+within 20% of its RSS after 200k. The benchmark:
+
+1. starts an embedded broker and one worker (with its own embedded ClickHouse);
+2. publishes synthetic usage events (``streams.synthetic.generate`` with ``--users``
+   distinct user ids and ``--agents`` distinct agent ids) as the producer SDK does: one
+   ``UsageBatch`` envelope of ``--envelope`` events per Kafka message. It publishes while
+   the worker runs, generating and encoding one piece at a time and staying at most
+   ``--lead`` events ahead of the rows in ClickHouse, as live traffic would (a backlog the worker has
+   not read yet sits in the broker, not in this process nor in the worker);
+3. samples the worker's RSS (``VmRSS`` of ``/proc/<pid>/status``) against its ``GET
+   /stats`` counters every ``--every`` seconds, until every event is in ClickHouse;
+4. prints events processed (the worker's ``events`` counter) against RSS at each tenth of
+   the run, the rows in ClickHouse at the end, and the ratio RSS(end) / RSS(first tenth)
+   against the goal (at most 1.20).
+
+    .venv/bin/python bench/memory.py                                  # the goal: 2M events
+    .venv/bin/python bench/memory.py --events 200000 --users 10000 --agents 10000   # quick
+
+Exit status 1 when the ratio misses the goal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from aiokafka import AIOKafkaProducer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from streams.codec import USAGE_BATCH, default_codec  # noqa: E402
+from streams.demo import fetch  # noqa: E402
+from streams.localstack import EmbeddedBroker, WorkerProcess, settings_from, worker_environment  # noqa: E402
+from streams.settings import Settings  # noqa: E402
+from streams.synthetic import TrafficShape, generate  # noqa: E402
+from streams.topics import create_topics  # noqa: E402
+
+GOAL = 1.20
+
+
+@dataclass
+class Sample:
+    at: float  # seconds since the worker was ready
+    events: int  # the worker's 'events' counter (rows + dead letters enriched)
+    rows: int  # rows inserted into ClickHouse
+    rss_mb: float
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+class Sampler(threading.Thread):
+    """Samples the worker's RSS and counters in the background."""
+
+    def __init__(self, settings: Settings, pid: int, every: float) -> None:
+        super().__init__(daemon=True, name="rss-sampler")
+        self.settings, self.pid, self.every = settings, pid, every
+        self.samples: list[Sample] = []
+        self.started = time.monotonic()
+        self.done = threading.Event()
+
+    def take(self) -> Sample:
+        stats = fetch(self.settings, "/stats")
+        sample = Sample(time.monotonic() - self.started, int(stats.get("events", 0)),
+                        int(stats.get("rows_inserted", 0)), rss_mb(self.pid))
+        self.samples.append(sample)
+        return sample
+
+    def latest(self) -> Sample:
+        return self.samples[-1] if self.samples else Sample(0, 0, 0, 0)
+
+    def run(self) -> None:
+        while not self.done.wait(self.every):
+            try:
+                self.take()
+            except OSError:  # the worker is busy or stopping: try again at the next tick
+                continue
+
+
+async def publish(settings: Settings, args: argparse.Namespace, sampler: Sampler) -> float:
+    """Publish ``args.events`` events in envelopes, at most ``args.lead`` ahead of the
+    worker; returns the seconds spent publishing."""
+    shape = TrafficShape(users=args.users, agents=args.agents, agent_share=args.agent_share)
+    events = generate(args.events, seed=args.seed, shape=shape)
+    codec = default_codec()
+    producer = AIOKafkaProducer(**settings.kafka_client_options(), linger_ms=20, max_batch_size=1 << 20,
+                                max_request_size=8 << 20)
+    await producer.start()
+    started = time.monotonic()
+    try:
+        sent, n = 0, 0
+        while sent < args.events:
+            while sent - sampler.latest().rows > args.lead:
+                await asyncio.sleep(0.05)
+            piece = list(islice(events, args.piece))
+            futures = []
+            for i in range(0, len(piece), args.envelope):
+                value = codec.encode(USAGE_BATCH, {"events": piece[i : i + args.envelope]})
+                futures.append(await producer.send(settings.usage_topic, value, partition=n % settings.partitions))
+                n += 1
+            await asyncio.gather(*futures)
+            sent += len(piece)
+        return time.monotonic() - started
+    finally:
+        await producer.stop()
+
+
+def at_checkpoints(samples: list[Sample], total: int, parts: int = 10) -> list[tuple[int, Sample]]:
+    """The first sample at or past each tenth of the run (and the last sample for the end)."""
+    out = []
+    for k in range(1, parts + 1):
+        target = total * k // parts
+        hit = next((s for s in samples if s.events >= target), None)
+        if hit is not None:
+            out.append((target, hit))
+    return out
+
+
+def run(args: argparse.Namespace) -> float:
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory(prefix="spendstream-mem-") as tmp:
+        env = worker_environment(broker.bootstrap, Path(tmp), app_id=f"mem-{uuid.uuid4().hex[:8]}")
+        env.update(dict(kv.split("=", 1) for kv in args.env))
+        if args.probe:
+            probe_dir = Path(__file__).resolve().parent / "memprobe"
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(probe_dir), os.environ.get("PYTHONPATH")]))
+            env["SPENDSTREAM_MEMORY_PROBE"] = args.probe
+            Path(args.probe).unlink(missing_ok=True)
+        settings = settings_from(env)
+        asyncio.run(create_topics(settings))
+        worker = WorkerProcess(env, log=Path(tmp) / "worker.log")
+        try:
+            worker.start(ready_timeout=120)
+            assert worker.proc is not None
+            sampler = Sampler(settings, worker.proc.pid, args.every)
+            sampler.take()
+            idle_rss = sampler.latest().rss_mb
+            sampler.start()
+            publish_s = asyncio.run(publish(settings, args, sampler))
+            deadline = time.monotonic() + args.timeout
+            while sampler.latest().rows < args.events:
+                if worker.proc.poll() is not None:
+                    raise RuntimeError(f"worker exited with {worker.proc.returncode} at {sampler.latest()}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"worker at {sampler.latest()} of {args.events} events")
+                time.sleep(0.2)
+            time.sleep(args.settle)  # let the anomaly agent, timers and the sink go quiet
+            sampler.done.set()
+            sampler.join()
+            final = sampler.take()
+            in_clickhouse = count_rows(settings)
+        except Exception:
+            log = (Path(tmp) / "worker.log").read_text(errors="replace")
+            Path(args.log).write_text(log)
+            print(log[-12000:], f"\nthe whole worker log: {args.log}", file=sys.stderr)
+            raise
+        finally:
+            worker.stop()
+    return report(args, sampler.samples, idle_rss, final, in_clickhouse, publish_s)
+
+
+def count_rows(settings: Settings) -> int:
+    query = f"SELECT count() FROM {settings.clickhouse_database}.usage"
+    answer: dict[str, Any] = fetch(settings, "/sql?" + urlencode({"q": query}))
+    return int(answer["rows"][0][0])
+
+
+def report(args: argparse.Namespace, samples: list[Sample], idle_rss: float, final: Sample,
+           in_clickhouse: int, publish_s: float) -> float:
+    print(f"{args.events:,} events, {args.users:,} distinct users, {args.agents:,} distinct agents "
+          f"(agent share {args.agent_share}), envelopes of {args.envelope}, producer at most "
+          f"{args.lead:,} events ahead; {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    print(f"worker RSS when ready, before any event: {idle_rss:.0f} MB; published in {publish_s:.0f} s")
+    rows = [["events processed", "rows in ClickHouse", "worker RSS MB", "vs first tenth", "seconds"]]
+    points = at_checkpoints(samples, args.events)
+    base = points[0][1].rss_mb if points else final.rss_mb
+    for _, s in points:
+        rows.append([f"{s.events:,}", f"{s.rows:,}", f"{s.rss_mb:.0f}", f"{s.rss_mb / base:.2f}", f"{s.at:.0f}"])
+    rows.append([f"{final.events:,} (settled)", f"{in_clickhouse:,}", f"{final.rss_mb:.0f}",
+                 f"{final.rss_mb / base:.2f}", f"{final.at:.0f}"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, r in enumerate(rows):
+        print(" | ".join(v.rjust(w) if i else v.ljust(w) for v, w in zip(r, widths)))
+        if i == 0:
+            print(" | ".join("-" * w for w in widths))
+    peak = max((s.rss_mb for s in samples), default=final.rss_mb)
+    end = points[-1][1].rss_mb if points else final.rss_mb
+    ratio = end / base
+    first = points[0][0] if points else 0
+    print(f"peak RSS {peak:.0f} MB; RSS({args.events:,}) / RSS({first:,}) = {ratio:.2f} "
+          f"(goal <= {GOAL:.2f}: {'met' if ratio <= GOAL else 'MISSED'})")
+    return ratio
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--users", type=int, default=100_000, help="distinct user ids")
+    parser.add_argument("--agents", type=int, default=100_000, help="distinct agent ids")
+    parser.add_argument("--agent-share", type=float, default=0.5, help="share of calls made by an agent")
+    parser.add_argument("--envelope", type=int, default=500, help="events per SDK envelope (Kafka message)")
+    parser.add_argument("--piece", type=int, default=20_000, help="events generated and published at once")
+    parser.add_argument("--lead", type=int, default=50_000,
+                        help="most events published ahead of the rows in ClickHouse")
+    parser.add_argument("--every", type=float, default=0.5, help="seconds between RSS samples")
+    parser.add_argument("--settle", type=float, default=5.0, help="seconds to wait after the last row")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the last row")
+    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--log", default=str(Path(tempfile.gettempdir()) / "spendstream-memory-worker.log"),
+                        help="where to copy the worker's log if the run fails")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra worker environment, e.g. SPENDSTREAM_SHADOW_MAX_KEYS=1000")
+    parser.add_argument("--probe", metavar="FILE",
+                        help="run the worker with bench/memprobe (heap, gc and structure sizes, a JSON line "
+                             "every 10 s) writing to FILE")
+    args = parser.parse_args(argv)
+    ratio = run(args)
+    sys.exit(0 if ratio <= GOAL else 1)
+
+
+if __name__ == "__main__":
+    main()
