@@ -227,6 +227,7 @@ async def count_spend(stream: faust.StreamT) -> None:
     async for events in stream.take_events(settings.spend_batch_max, settings.spend_batch_within):
         with faust_fixes.unacked_unless_done(events):
             await state.apply(events, make_current)
+        stats["shadow_scopes"], stats["shadow_evictions"] = len(state.shadow), state.shadow.evictions
 
 
 async def _publish_caps(states: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> None:

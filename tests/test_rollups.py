@@ -99,17 +99,7 @@ def test_rollups_stay_exact_after_merges(ledger: Client, ledger_rows: list[dict[
 
 
 def test_per_person_rollup(ledger: Client, ledger_rows: list[dict[str, Any]]) -> None:
-    expected: dict[tuple, list[Any]] = defaultdict(lambda: [0, Decimal(0)])
-    for row in ledger_rows:
-        total = expected[(row["occurred_at"].date(), row["user_id"], row["team"], row["currency"])]
-        total[0] += 1
-        total[1] += row["cost_total"]
-    _, rows = query_rows(
-        ledger,
-        "SELECT day, user_id, team, currency, sum(calls), sum(cost_total) FROM usage_daily_by_user "
-        "GROUP BY day, user_id, team, currency",
-    )
-    assert {tuple(r[:4]): list(r[4:]) for r in rows} == dict(expected)
+    assert stored_by_user(ledger) == expected_by_user(ledger_rows)
 
 
 async def test_rollups_equal_raw_after_the_sink_got_the_same_messages_again(
@@ -155,20 +145,29 @@ def test_rollup_days_are_utc(migrated: Client, ledger_rows: list[dict[str, Any]]
     assert rows == [("2025-10-31", 1), ("2025-11-01", 1)]
 
 
-def all_rollups_exact(client: Client, rows: list[dict[str, Any]]) -> bool:
-    by_user: dict[tuple, list[Any]] = defaultdict(lambda: [0, Decimal(0)])
+def expected_by_user(rows: Iterable[dict[str, Any]]) -> dict[tuple, list[Any]]:
+    """What usage_daily_by_user must hold: (day, user, team, currency) -> [calls, cost]."""
+    expected: dict[tuple, list[Any]] = defaultdict(lambda: [0, Decimal(0)])
     for row in rows:
-        total = by_user[(row["occurred_at"].date(), row["user_id"], row["team"], row["currency"])]
+        total = expected[(row["occurred_at"].date(), row["user_id"], row["team"], row["currency"])]
         total[0] += 1
         total[1] += row["cost_total"]
-    _, stored_by_user = query_rows(
+    return dict(expected)
+
+
+def stored_by_user(client: Client) -> dict[tuple, list[Any]]:
+    _, rows = query_rows(
         client, "SELECT day, user_id, team, currency, sum(calls), sum(cost_total) FROM usage_daily_by_user "
         "GROUP BY day, user_id, team, currency HAVING sum(calls) != 0",
     )
+    return {tuple(r[:4]): list(r[4:]) for r in rows}
+
+
+def all_rollups_exact(client: Client, rows: list[dict[str, Any]]) -> bool:
     return (
         stored_rollup(client, "usage_daily", "day") == expected_rollup(rows, by_day)
         and stored_rollup(client, "usage_hourly", "hour") == expected_rollup(rows, by_hour)
-        and {tuple(r[:4]): list(r[4:]) for r in stored_by_user} == dict(by_user)
+        and stored_by_user(client) == expected_by_user(rows)
     )
 
 
