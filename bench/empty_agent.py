@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -28,7 +29,9 @@ def main() -> None:
     settings = Settings()
     tuning.apply(settings.consumer_fetch_max_wait_ms)
     app = faust.App(
-        f"{settings.app_id}-empty",
+        # A consumer group of its own per run: a run that lasts past Faust's commit interval
+        # commits offsets, and the next run in the same group would start from there.
+        f"{settings.app_id}-empty-{uuid.uuid4().hex[:8]}",
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
         consumer_auto_offset_reset="earliest",
         stream_buffer_maxsize=65536,

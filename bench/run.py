@@ -34,7 +34,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from streams.codec import USAGE_BATCH, USAGE_EVENT, default_codec  # noqa: E402
 from streams.demo import fetch  # noqa: E402
@@ -145,6 +146,9 @@ def run_mode(label: str, batched: bool, events: int, runs: int) -> list[Figure]:
     values = backlog(events, batched)
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         env = worker_environment(broker.bootstrap, Path(tmp), app_id=f"bench-{uuid.uuid4().hex[:8]}")
+        # The worker and the empty agent import this checkout's code, not whichever
+        # spendstream the interpreter has installed.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
         settings = settings_from(env)
         asyncio.run(create_topics(settings))
         asyncio.run(publish(settings, values))
