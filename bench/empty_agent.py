@@ -53,7 +53,7 @@ def main() -> None:
                 print(f"events/s {seen / (time.perf_counter() - started):.0f}", flush=True)
                 os._exit(0)  # the figure is out; a graceful Faust shutdown adds nothing to it
 
-    faust.Worker(app, loglevel="WARNING").execute_from_commandline()
+    tuning.worker(app).execute_from_commandline()  # as the worker runs (streams.cli)
 
 
 if __name__ == "__main__":

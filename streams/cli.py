@@ -36,11 +36,9 @@ def worker() -> None:
     client.close()
     tuning.apply(settings.consumer_fetch_max_wait_ms)
 
-    import faust
-
     from streams.app import app
 
-    faust.Worker(app, loglevel="WARNING").execute_from_commandline()
+    tuning.worker(app).execute_from_commandline()
 
 
 @cli.group()
