@@ -37,7 +37,7 @@ from streams.attribution import Router
 from streams.budgets import Budget, BudgetIndex
 from streams.codec import ALERT, CAP_STATE, DEAD_LETTER, default_codec
 from streams.compacted import CompactedView
-from streams.enrich import DeadLetter, EnrichedBatch, Enricher, SourceMessage, chunks_by_size, rows_by_team
+from streams.enrich import DeadLetter, EnrichedBatch, Enricher, SourceMessage, chunks_by_size
 from streams.pricebook import PriceBook
 from streams.pricing import Pricer
 from streams.settings import Settings
@@ -134,9 +134,10 @@ async def enrich(stream: faust.StreamT) -> None:
                 SourceMessage(e.message.partition, e.message.offset, e.message.value) for e in chunk
             )
             await _publish(batch)
+            rows = batch.priced.num_rows
             stats.update(
-                events=len(batch.rows) + len(batch.dead_letters), priced=len(batch.rows) - batch.unpriced,
-                unpriced=batch.unpriced, dead_letters=len(batch.dead_letters),
+                events=rows + len(batch.dead_letters) + batch.duplicates, priced=rows - batch.unpriced,
+                unpriced=batch.unpriced, dead_letters=len(batch.dead_letters), duplicates_in_batch=batch.duplicates,
             )
         stats.update(messages=len(events))
 
@@ -144,14 +145,15 @@ async def enrich(stream: faust.StreamT) -> None:
 async def _publish(batch: EnrichedBatch) -> None:
     """Send a chunk's dead letters, priced rows (per team) and spend deltas (per partition)."""
     sent = [await _send_dead_letter(dead) for dead in batch.dead_letters]
-    for team, rows in rows_by_team(batch.rows, settings.priced_message_rows):
-        sent.append(await app.producer.send(settings.priced_topic, team.encode(), priced.encode(rows), None, None, None))
-    if batch.rows:
-        at = max(row["occurred_at"] for row in batch.rows)
-        for partition, deltas in by_partition(aggregate(batch.rows, settings.tz), settings.partitions).items():
+    rows = batch.priced
+    for team, team_rows in priced.by_team(rows, settings.priced_message_rows):
+        sent.append(await app.producer.send(settings.priced_topic, team.encode(), priced.encode(team_rows), None, None, None))
+    if rows.num_rows:
+        at = priced.latest(rows)
+        for partition, deltas in by_partition(aggregate(rows, settings.tz), settings.partitions).items():
             value = encode_deltas(DeltasMessage(at, deltas))
             sent.append(await app.producer.send(settings.deltas_topic, None, value, partition, None, None))
-        summaries = anomaly.summarize(batch.rows).split(lambda scope: scope_partition(scope, settings.partitions))
+        summaries = anomaly.summarize(rows).split(lambda scope: scope_partition(scope, settings.partitions))
         for partition, summary in summaries.items():
             sent.append(await app.producer.send(settings.anomaly_topic, None, summary.encode(), partition, None, None))
     await asyncio.gather(*sent)

@@ -111,7 +111,8 @@ async def test_rollups_equal_raw_after_the_sink_got_the_same_messages_again(
     migrated: Client, settings: Settings, ledger_rows: list[dict[str, Any]]
 ) -> None:
     rows = ledger_rows[:3000]
-    messages = [PricedMessage(0, n, priced.encode(rows[i : i + 250])) for n, i in enumerate(range(0, len(rows), 250))]
+    chunks = [priced.to_table(rows[i : i + 250]) for i in range(0, len(rows), 250)]
+    messages = [PricedMessage(0, n, priced.encode(chunk)) for n, chunk in enumerate(chunks)]
     sink = ClickHouseSink(lambda: connect(settings))
     try:
         first = await sink.write(messages)
