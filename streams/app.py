@@ -9,9 +9,11 @@
 
 Every agent takes a poll's worth of messages at a time (``take_events``) and pays per
 batch: one decode loop, memoized prices, one aggregate per (scope, period), one message
-per team or partition downstream, one ClickHouse insert. Messages are acknowledged only
-after the batch's output is on Kafka (or in ClickHouse, for the sink), so a crash replays
-the batch rather than losing it.
+per team or partition downstream, one ClickHouse insert. The enrich agent's per-event work
+runs in a child process (:mod:`streams.enrich_stage`), so this event loop keeps its core
+for Faust, Kafka and the other agents. Messages are acknowledged only after the batch's
+output is on Kafka (or in ClickHouse, for the sink), so a crash replays the batch rather
+than losing it.
 """
 
 from __future__ import annotations
@@ -32,22 +34,17 @@ from faust.streams import _current_event
 from faust.web import Request, Response, View
 from mode.supervisors import CrashingSupervisor
 
-from streams import clickhouse, priced
-from streams.attribution import Router
+from streams import clickhouse
 from streams.budgets import Budget, BudgetIndex
 from streams.codec import ALERT, CAP_STATE, DEAD_LETTER, default_codec
 from streams.compacted import CompactedView
-from streams.enrich import DeadLetter, EnrichedBatch, Enricher, SourceMessage, chunks_by_size
-from streams.pricebook import PriceBook
-from streams.pricing import Pricer
+from streams.enrich import DeadLetter, chunks_by_size
+from streams.enrich_stage import EnrichStage, Prepared
 from streams.settings import Settings
 from streams.sink import ClickHouseSink, PricedMessage
 from streams.serialize import jsonable
 from streams.caps import Announced, check
-from streams.spend import (
-    DeltasMessage, aggregate, by_partition, encode_deltas, period_keys, scope_partition,
-    spend_key, split_key,
-)
+from streams.spend import DeltasMessage, encode_deltas, period_keys, scope_partition, spend_key, split_key
 from streams.spend_state import SpendState
 from streams.anomaly import AnomalyConfig, AnomalyEngine
 from streams.anomaly_state import SWEEP_KEY, AnomalyState
@@ -58,12 +55,7 @@ log = logging.getLogger(__name__)
 
 settings = Settings()
 codec = default_codec()
-enricher = Enricher(
-    codec,
-    Pricer(PriceBook.load(settings.price_book) if settings.price_book else None),
-    Router.from_file(settings.routing_rules) if settings.routing_rules else Router(),
-    settings.limits(),
-)
+enrich_stage = EnrichStage(settings)
 anomaly = AnomalyEngine(AnomalyConfig.load(settings.anomaly_config) if settings.anomaly_config else None)
 sink = ClickHouseSink(lambda: clickhouse.connect(settings))
 stats: Counter[str] = Counter()
@@ -125,37 +117,42 @@ async def enrich(stream: faust.StreamT) -> None:
     """Decode, validate, price and attribute; publish rows, spend deltas and dead letters.
 
     A poll's messages are enriched in chunks of bounded size (an SDK envelope carries
-    hundreds of events), and acknowledged once every chunk's output is on Kafka.
+    hundreds of events) by the enrich stage's child process (:mod:`streams.enrich_stage`),
+    all chunks submitted at once and published in order; the messages are acknowledged
+    once every chunk's output is on Kafka.
     """
     async for events in stream.take_events(settings.enrich_batch_max, settings.enrich_batch_within):
         marks.setdefault("first_message_at", time.time())
-        for chunk in chunks_by_size(events, settings.enrich_chunk_bytes):
-            batch = enricher.enrich(
-                SourceMessage(e.message.partition, e.message.offset, e.message.value) for e in chunk
-            )
-            await _publish(batch)
-            rows = batch.priced.num_rows
+        pending = [
+            enrich_stage.submit([(e.message.partition, e.message.offset, e.message.value) for e in chunk])
+            for chunk in chunks_by_size(events, settings.enrich_chunk_bytes)
+        ]
+        for chunk in pending:
+            prepared = await chunk
+            await _publish(prepared)
             stats.update(
-                events=rows + len(batch.dead_letters) + batch.duplicates, priced=rows - batch.unpriced,
-                unpriced=batch.unpriced, dead_letters=len(batch.dead_letters), duplicates_in_batch=batch.duplicates,
+                events=prepared.rows + len(prepared.dead_letters) + prepared.duplicates,
+                priced=prepared.rows - prepared.unpriced, unpriced=prepared.unpriced,
+                dead_letters=len(prepared.dead_letters), duplicates_in_batch=prepared.duplicates,
             )
-        stats.update(messages=len(events))
+        stats.update(messages=len(events), enrich_batches=1)
 
 
-async def _publish(batch: EnrichedBatch) -> None:
-    """Send a chunk's dead letters, priced rows (per team) and spend deltas (per partition)."""
-    sent = [await _send_dead_letter(dead) for dead in batch.dead_letters]
-    rows = batch.priced
-    for team, team_rows in priced.by_team(rows, settings.priced_message_rows):
-        sent.append(await app.producer.send(settings.priced_topic, team.encode(), priced.encode(team_rows), None, None, None))
-    if rows.num_rows:
-        at = priced.latest(rows)
-        for partition, deltas in by_partition(aggregate(rows, settings.tz), settings.partitions).items():
-            value = encode_deltas(DeltasMessage(at, deltas))
-            sent.append(await app.producer.send(settings.deltas_topic, None, value, partition, None, None))
-        summaries = anomaly.summarize(rows).split(lambda scope: scope_partition(scope, settings.partitions))
-        for partition, summary in summaries.items():
-            sent.append(await app.producer.send(settings.anomaly_topic, None, summary.encode(), partition, None, None))
+@app.task
+async def start_enrich_stage() -> None:
+    await enrich_stage.start()
+
+
+async def _publish(prepared: Prepared) -> None:
+    """Send a chunk's dead letters, priced rows (per team), spend deltas and anomaly
+    summaries (per partition), and wait for all of them."""
+    sent = [await _send_dead_letter(dead) for dead in prepared.dead_letters]
+    for team, value in prepared.priced:
+        sent.append(await app.producer.send(settings.priced_topic, team.encode(), value, None, None, None))
+    for partition, value in prepared.deltas:
+        sent.append(await app.producer.send(settings.deltas_topic, None, value, partition, None, None))
+    for partition, value in prepared.summaries:
+        sent.append(await app.producer.send(settings.anomaly_topic, None, value, partition, None, None))
     await asyncio.gather(*sent)
 
 
@@ -273,7 +270,8 @@ async def sink_to_clickhouse(stream: faust.StreamT) -> None:
         result = await sink.write(
             [PricedMessage(e.message.partition, e.message.offset, e.message.value) for e in events]
         )
-        stats.update(rows_inserted=result.inserted, duplicates_dropped=result.duplicates)
+        stats.update(rows_inserted=result.inserted, duplicates_dropped=result.duplicates, sink_inserts=1,
+                     sink_messages=len(events))
         marks["last_insert_at"] = time.time()
 
 
