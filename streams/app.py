@@ -136,6 +136,7 @@ async def enrich(stream: faust.StreamT) -> None:
                 dead_letters=len(prepared.dead_letters), duplicates_in_batch=prepared.duplicates,
             )
         stats.update(messages=len(events), enrich_batches=1)
+        marks["last_enriched_at"] = time.time()
 
 
 @app.task
