@@ -2,15 +2,18 @@
 
 Run by bench/run.py as a child process with the worker's settings in the environment.
 The agent reads the usage topic and does nothing with the messages; when it has seen
-``--messages`` of them it prints the rate from its first message to its last and exits.
+``--messages`` of them it prints the rate from its first message to its last, the CPU
+seconds it spent meanwhile and its peak RSS, and exits.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -28,7 +31,9 @@ def main() -> None:
     settings = Settings()
     tuning.apply(settings.consumer_fetch_max_wait_ms)
     app = faust.App(
-        f"{settings.app_id}-empty",
+        # A consumer group of its own per run: a run that lasts past Faust's commit interval
+        # commits offsets, and the next run in the same group would start from there.
+        f"{settings.app_id}-empty-{uuid.uuid4().hex[:8]}",
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
         consumer_auto_offset_reset="earliest",
         stream_buffer_maxsize=65536,
@@ -38,19 +43,21 @@ def main() -> None:
     topic = app.topic(settings.usage_topic, key_type=bytes, value_type=bytes,
                       key_serializer="raw", value_serializer="raw")
     seen = 0
-    started = 0.0
+    started = cpu = 0.0
 
     @app.agent(topic)
     async def empty(stream: faust.StreamT) -> None:
-        nonlocal seen, started
+        nonlocal seen, started, cpu
         async for _ in stream.events():
-            started = started or time.perf_counter()
+            started, cpu = started or time.perf_counter(), cpu or time.process_time()
             seen += 1
             if seen == args.messages:
-                print(f"events/s {seen / (time.perf_counter() - started):.0f}", flush=True)
+                rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                print(f"events/s {seen / (time.perf_counter() - started):.0f} cpu {time.process_time() - cpu:.1f} "
+                      f"rss {rss:.0f}", flush=True)
                 os._exit(0)  # the figure is out; a graceful Faust shutdown adds nothing to it
 
-    faust.Worker(app, loglevel="WARNING").execute_from_commandline()
+    tuning.worker(app).execute_from_commandline()  # as the worker runs (streams.cli)
 
 
 if __name__ == "__main__":

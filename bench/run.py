@@ -10,8 +10,12 @@ Avro producer in any language sends them), the benchmark:
    ceiling, the reference for single-event messages);
 4. starts a worker on the backlog and measures events/s from its first message to the
    last row in ClickHouse (decode → validate → price → attribute → spend tables →
-   ClickHouse insert), with the worker's CPU seconds and peak RSS;
-5. prints one table with each rate and its ratio to the limit and to the empty agent.
+   ClickHouse insert), with the CPU seconds and peak RSS of the worker and its enrich
+   process; several runs, each a fresh worker (its own consumer group, internal topics
+   and ClickHouse), median taken;
+5. prints one table with each rate and its ratio to the limit and to the empty agent,
+   then how the median worker run moved the events: messages per enrich batch, rows per
+   ClickHouse insert, and the messages it wrote to each internal topic and changelog.
 
     .venv/bin/python bench/run.py --events 200000
 """
@@ -22,7 +26,6 @@ import argparse
 import asyncio
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,16 +35,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from streams.codec import USAGE_BATCH, USAGE_EVENT, default_codec  # noqa: E402
 from streams.demo import fetch  # noqa: E402
 from streams.localstack import EmbeddedBroker, WorkerProcess, settings_from, worker_environment  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.synthetic import generate  # noqa: E402
-from streams.topics import create_topics  # noqa: E402
+from streams.topics import all_topics, create_topics  # noqa: E402
 
 ENVELOPE_SIZE = 500
 
@@ -52,6 +56,7 @@ class Figure:
     events_per_s: float
     cpu_s: float | None = None
     rss_mb: float | None = None
+    flow: list[str] | None = None  # how a worker run moved the events
 
 
 def backlog(events: int, batched: bool) -> list[bytes]:
@@ -77,7 +82,7 @@ async def publish(settings: Settings, values: list[bytes]) -> None:
         await producer.stop()
 
 
-async def plain_decode_rate(settings: Settings, expected_events: int) -> float:
+async def plain_decode_rate(settings: Settings, expected_events: int) -> Figure:
     """The limit: consume every message from the start and decode it, nothing else."""
     codec = default_codec()
     consumer = AIOKafkaConsumer(settings.usage_topic, group_id=f"limit-{uuid.uuid4().hex}",
@@ -86,31 +91,51 @@ async def plain_decode_rate(settings: Settings, expected_events: int) -> float:
     await consumer.start()
     try:
         decoded = 0
-        started = None
+        started = cpu = None
         while decoded < expected_events:
             batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
-            started = started or time.perf_counter()
+            started, cpu = started or time.perf_counter(), cpu or time.process_time()
             for records in batches.values():
                 for record in records:
                     name, value = codec.decode(record.value)
                     decoded += len(value["events"]) if name == USAGE_BATCH else 1
-        return decoded / (time.perf_counter() - started)
+        return Figure("plain consumer, decode only (the limit)", decoded / (time.perf_counter() - started),
+                      time.process_time() - cpu)
     finally:
         await consumer.stop()
 
 
-def process_cpu_and_rss(pid: int) -> tuple[float, float]:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    peak = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM"))
-    return cpu, int(peak.split()[1]) / 1024
+def process_tree_cpu_and_rss(pid: int) -> tuple[float, float]:
+    """CPU seconds and peak RSS (MB) of a process and its live children, summed."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    cpu = rss = 0.0
+    for process in [pid, *map(int, children)]:
+        fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        status = Path(f"/proc/{process}/status").read_text().splitlines()
+        rss += int(next(line for line in status if line.startswith("VmHWM")).split()[1]) / 1024
+    return cpu, rss
+
+
+def fresh_worker(env: dict[str, str], workdir: Path, run: int) -> dict[str, str]:
+    """The environment of a worker that starts from nothing: its own consumer group,
+    internal topics, table state, ClickHouse and port; the same usage topic."""
+    fresh = {**env, **worker_environment(env["SPENDSTREAM_KAFKA_BOOTSTRAP"], workdir / f"run{run}",
+                                         app_id=f"{env['SPENDSTREAM_APP_ID']}-{run}")}
+    for name in Settings.model_fields:
+        if name.endswith("_topic") and name != "usage_topic":
+            fresh[f"SPENDSTREAM_{name.upper()}"] = f"{getattr(settings_from(env), name)}.{run}"
+    return fresh
 
 
 def worker_rate(env: dict[str, str], events: int, workdir: Path) -> Figure:
     worker = WorkerProcess(env, log=workdir / "worker.log")
+    settings = settings_from(env)
+    asyncio.run(create_topics(settings))
     try:
         worker.start(ready_timeout=120)
-        settings = settings_from(env)
+        assert worker.proc is not None
+        cpu_at_start, _ = process_tree_cpu_and_rss(worker.proc.pid)
         deadline = time.monotonic() + 600
         while True:
             stats = fetch(settings, "/stats")
@@ -119,9 +144,10 @@ def worker_rate(env: dict[str, str], events: int, workdir: Path) -> Figure:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"worker processed {stats} of {events} events")
             time.sleep(0.2)
-        cpu, rss = process_cpu_and_rss(worker.proc.pid)
+        cpu, rss = process_tree_cpu_and_rss(worker.proc.pid)
         rate = events / (stats["last_insert_at"] - stats["first_message_at"])
-        return Figure("worker end to end", rate, cpu, rss)
+        written = asyncio.run(topic_messages(settings))
+        return Figure("worker end to end", rate, cpu - cpu_at_start, rss, flow(stats, written, events))
     except Exception:
         print((workdir / "worker.log").read_text(errors="replace")[-12000:], file=sys.stderr)
         raise
@@ -129,48 +155,93 @@ def worker_rate(env: dict[str, str], events: int, workdir: Path) -> Figure:
         worker.stop()
 
 
-def empty_agent_rate(env: dict[str, str], messages: int, events_per_message: int) -> float:
+async def topic_messages(settings: Settings) -> dict[str, int]:
+    """Messages on each of the worker's topics (end minus start offsets), the usage topic aside."""
+    consumer = AIOKafkaConsumer(**settings.kafka_client_options())
+    await consumer.start()
+    try:
+        counts = {}
+        for spec in all_topics(settings):
+            if spec.name == settings.usage_topic:
+                continue
+            partitions = [TopicPartition(spec.name, p) for p in consumer.partitions_for_topic(spec.name) or ()]
+            ends, starts = await consumer.end_offsets(partitions), await consumer.beginning_offsets(partitions)
+            counts[spec.name] = sum(ends[tp] - starts[tp] for tp in partitions)
+        return counts
+    finally:
+        await consumer.stop()
+
+
+def flow(stats: dict[str, Any], written: dict[str, int], events: int) -> list[str]:
+    """Goals 3 and 5 in figures: batches in, inserts out, and what crossed Kafka per event."""
+    inserts = max(stats.get("sink_inserts", 0), 1)
+    per_thousand = ", ".join(f"{name} {count * 1000 / events:.1f}" for name, count in written.items() if count)
+    started = stats["first_message_at"]
+    return [
+        f"enrich: {stats['messages']:,} usage messages in {stats['enrich_batches']:,} batches "
+        f"({stats['messages'] / stats['enrich_batches']:,.0f} per batch), all published after "
+        f"{stats['last_enriched_at'] - started:.1f} s; last ClickHouse insert after {stats['last_insert_at'] - started:.1f} s",
+        f"ClickHouse: {stats['rows_inserted']:,} rows in {inserts:,} inserts ({stats['rows_inserted'] / inserts:,.0f} "
+        f"rows, {stats.get('sink_messages', 0) / inserts:,.1f} priced messages per insert)",
+        f"messages written per 1,000 events: {per_thousand} (total {sum(written.values()) * 1000 / events:.1f})",
+    ]
+
+
+def empty_agent_rate(env: dict[str, str], messages: int, events_per_message: int) -> Figure:
     """Events/s of a Faust agent that does nothing with the messages (Faust's ceiling)."""
     out = subprocess.run(
         [sys.executable, str(Path(__file__).resolve().parent / "empty_agent.py"), "--messages", str(messages)],
         env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
     )
-    found = re.findall(r"events/s (\d+)", out.stdout + out.stderr)  # Faust logs what agents print
+    # Faust logs what agents print
+    found = re.findall(r"events/s (\d+) cpu ([\d.]+) rss ([\d.]+)", out.stdout + out.stderr)
     if not found:
         raise RuntimeError(f"empty agent failed: {out.stdout[-1000:]} {out.stderr[-2000:]}")
-    return float(found[-1]) * events_per_message
+    rate, cpu, rss = map(float, found[-1])
+    return Figure("empty Faust agent", rate * events_per_message, cpu, rss)
+
+
+def median(figures: list[Figure]) -> Figure:
+    return sorted(figures, key=lambda figure: figure.events_per_s)[len(figures) // 2]
 
 
 def run_mode(label: str, batched: bool, events: int, runs: int) -> list[Figure]:
     values = backlog(events, batched)
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         env = worker_environment(broker.bootstrap, Path(tmp), app_id=f"bench-{uuid.uuid4().hex[:8]}")
+        # The worker and the empty agent import this checkout's code, not whichever
+        # spendstream the interpreter has installed.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
         settings = settings_from(env)
         asyncio.run(create_topics(settings))
         asyncio.run(publish(settings, values))
-        limit = statistics.median(asyncio.run(plain_decode_rate(settings, events)) for _ in range(runs))
-        figures = [Figure(f"{label}: plain consumer, decode only (the limit)", limit)]
         per_message = ENVELOPE_SIZE if batched else 1
-        empty = statistics.median(empty_agent_rate(env, len(values), per_message) for _ in range(runs))
-        figures.append(Figure(f"{label}: empty Faust agent", empty))
-        worker = worker_rate(env, events, Path(tmp))
-        worker.variant = f"{label}: {worker.variant}"
-        return figures + [worker]
+        figures = [
+            median([asyncio.run(plain_decode_rate(settings, events)) for _ in range(runs)]),
+            median([empty_agent_rate(env, len(values), per_message) for _ in range(runs)]),
+            median([worker_rate(fresh_worker(env, Path(tmp), n), events, Path(tmp)) for n in range(runs)]),
+        ]
+        for figure in figures:
+            figure.variant = f"{label}: {figure.variant}"
+        return figures
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--runs", type=int, default=3, help="runs of the limit, median taken")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each variant, median taken")
     args = parser.parse_args(argv)
     print(f"{args.events} events, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     rows: list[Any] = []
+    flows: list[str] = []
     for label, batched in (("SDK batches", True), ("one event per message", False)):
         figures = run_mode(label, batched, args.events, args.runs)
         limit, empty = figures[0].events_per_s, figures[1].events_per_s
         for figure in figures:
             rows.append(figure_row(figure, limit, empty))
+            flows += [f"{figure.variant}: {line}" for line in figure.flow or ()]
     print_table(["variant", "events/s", "ratio to limit", "ratio to empty agent", "CPU s", "peak RSS MB"], rows)
+    print("\n" + "\n".join(flows))
 
 
 def figure_row(figure: Figure, limit: float, empty: float) -> list[str]:

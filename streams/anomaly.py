@@ -22,7 +22,10 @@ The worker pays per batch, not per event:
 
 1. ``engine.summarize(rows)`` folds a batch of priced rows into a :class:`BatchSummary`:
    per state key and small time bucket, the spend, calls, what drove them and, per agent,
-   session or trace, how often each request fingerprint repeated.
+   session or trace, how often each request fingerprint repeated. The fold is columnar:
+   each detector declares, as templates over a row's fields and Arrow conditions, which
+   scope and driver labels a row counts towards, and a few Arrow group-bys over the whole
+   batch do the rest, so Python touches the groups, never the rows.
 2. ``engine.process(summary, states)`` takes the stored state of every key in
    ``summary.keys()`` (missing or ``None``: a new key) and returns an :class:`Outcome`: the
    states to write back (``None``: delete), the alerts to publish, the scopes to block or
@@ -49,10 +52,15 @@ from fnmatch import fnmatchcase
 from functools import lru_cache
 from pathlib import Path
 from statistics import median
+from string import Formatter
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
+import pyarrow as pa
+import pyarrow.acero as acero
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from streams import priced
 from streams.pricebook import format_validation_errors, read_toml_without_floats
 
 __all__ = [
@@ -362,20 +370,6 @@ class Bucket:
     drivers: dict[str, list[Any]] = field(default_factory=dict)  # label -> [cost, calls]
     fingerprints: dict[str, int] = field(default_factory=dict)  # request fingerprint -> calls
 
-    def add(self, cost: Decimal, labels: Iterable[str]) -> None:
-        self.cost += cost
-        self.calls += 1
-        self.cost_sq += cost * cost
-        drivers = self.drivers
-        for label in labels:
-            if label:
-                entry = drivers.get(label)
-                if entry is None:
-                    drivers[label] = [cost, 1]
-                else:
-                    entry[0] += cost
-                    entry[1] += 1
-
     def merge(self, other: Bucket) -> None:
         self.cost += other.cost
         self.calls += other.calls
@@ -509,32 +503,77 @@ def _top(drivers: Mapping[str, list[Any]], dimension: str, count: int = 3) -> st
     return ", ".join(f"{name} ({_money(cost)}, {calls} calls)" for name, cost, calls in entries[:count])
 
 
+# --- What rows contribute ----------------------------------------------------------------------
+# A detector says once, as templates over a row's text fields and Arrow conditions, which
+# scope each row counts towards and which driver labels it adds; the engine evaluates them
+# over a whole batch at once (see _Fold).
+
+Expression = pc.Expression
+_field = pc.field
+_ALWAYS = pc.scalar(True)
+
+
+def _given(name: str) -> Expression:
+    """Whether a text field has a value (an empty one does not)."""
+    return pc.not_equal(_field(name), pc.scalar(""))
+
+
+def _one_of(name: str, values: Iterable[str]) -> Expression:
+    return pc.is_in(_field(name), value_set=pa.array(sorted(values), pa.string()))
+
+
+class Text(NamedTuple):
+    """A scope or a driver label: a template over a row's text fields, such as
+    ``"model={provider}/{model}"``, for the rows where ``when`` holds."""
+
+    template: str
+    when: Expression = _ALWAYS
+
+
+class Contribution(NamedTuple):
+    """What a row adds for one detector: its spend, calls and squared cost to ``scope``, its
+    spend and calls to each driver label, and, when ``fingerprints``, a call to its request
+    fingerprint (if it has one)."""
+
+    scope: Text
+    labels: tuple[Text, ...]
+    fingerprints: bool = False
+
+
 # --- Detectors ------------------------------------------------------------------------------
 
 
 class Detector:
-    """One kind of anomaly: what a row contributes, and how a key's state turns into alerts.
+    """One kind of anomaly: what rows contribute, and how a key's state turns into alerts.
 
-    A subclass says which scopes a row counts towards (with the driver labels to keep for
-    each), which time bucket it falls in, and how a state absorbs a batch's buckets and
-    decides. States are plain dicts, updated in place.
+    A subclass says which scope each row counts towards (with the driver labels to keep
+    for it), which time bucket it falls in (``length`` minutes from ``offset``), and how a
+    state absorbs a batch's buckets and decides. States are plain dicts, updated in place.
     """
 
     name: ClassVar[str]  # state key prefix and configuration section
     kind: ClassVar[str]  # alert kind
+    length: ClassVar[int] = 1  # minutes per time bucket
+    offset: ClassVar[int] = 0  # minutes added before dividing, so buckets start where they should
 
     def __init__(self, config: AnomalyConfig) -> None:
         self.currency = config.currency
 
-    def contributions(self, row: Mapping[str, Any]) -> Iterable[tuple[str, tuple[str, ...]]]:
-        """(scope, driver labels) for each scope the row counts towards."""
+    def contributions(self) -> list[Contribution]:
+        """What a row (fields as :data:`SUMMARY_SCHEMA` names them) counts towards: one
+        :class:`Contribution` per kind of scope, in the order a row adds them."""
         raise NotImplementedError
 
-    def bucket_of(self, minute: int) -> int:
-        return minute
+    def batch_fields(self, rows: pa.Table) -> dict[str, pa.Array | pa.ChunkedArray]:
+        """Extra fields, computed per batch, that :meth:`contributions` reads (most need none)."""
+        return {}
 
-    def tally(self, bucket: Bucket, row: Mapping[str, Any], labels: tuple[str, ...]) -> None:
-        bucket.add(row["cost_total"], labels)
+    def bucket_of(self, minute: int) -> int:
+        return (minute + self.offset) // self.length
+
+    def buckets_of(self, minutes: Expression) -> Expression:
+        """:meth:`bucket_of` of epoch minutes (positive: plain integer division floors)."""
+        return pc.divide(pc.add(minutes, pc.scalar(self.offset)), pc.scalar(self.length))
 
     def new_state(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -655,15 +694,15 @@ class SpikeDetector(Detector):
     name = "spike"
     kind = "spend_spike"
 
-    def contributions(self, row: Mapping[str, Any]) -> Iterator[tuple[str, tuple[str, ...]]]:
-        team = f"team={row['team']}"
-        feature = f"feature={row['feature']}" if row["feature"] else ""
-        model = f"model={row['provider']}/{row['model']}"
-        user = f"user={row['user_id']}" if row["user_id"] else ""
-        yield team, (feature, model, user)
-        if feature:
-            yield feature, (model, user)
-        yield f"provider={row['provider']},model={row['model']}", (team, feature, user)
+    def contributions(self) -> list[Contribution]:
+        team, model = Text("team={team}"), Text("model={provider}/{model}")
+        feature = Text("feature={feature}", _given("feature"))
+        user = Text("user={user_id}", _given("user_id"))
+        return [
+            Contribution(team, (feature, model, user)),
+            Contribution(feature, (model, user)),
+            Contribution(Text("provider={provider},model={model}"), (team, feature, user)),
+        ]
 
     def new_state(self) -> dict[str, Any]:
         return {
@@ -886,17 +925,12 @@ class RunawayDetector(Detector):
     kind = "runaway_agent"
     _DIMENSIONS = (("agent_id", "agent"), ("session_id", "session"), ("trace_id", "trace"))
 
-    def contributions(self, row: Mapping[str, Any]) -> Iterator[tuple[str, tuple[str, ...]]]:
-        labels = (f"team={row['team']}", f"feature={row['feature']}", f"model={row['provider']}/{row['model']}")
-        for column, dimension in self._DIMENSIONS:
-            if row[column]:
-                yield f"{dimension}={row[column]}", labels
-
-    def tally(self, bucket: Bucket, row: Mapping[str, Any], labels: tuple[str, ...]) -> None:
-        bucket.add(row["cost_total"], labels)
-        fingerprint = row["request_fingerprint"]
-        if fingerprint:
-            bucket.fingerprints[fingerprint] = bucket.fingerprints.get(fingerprint, 0) + 1
+    def contributions(self) -> list[Contribution]:
+        labels = (Text("team={team}"), Text("feature={feature}"), Text("model={provider}/{model}"))
+        return [
+            Contribution(Text(f"{dimension}={{{column}}}", _given(column)), labels, fingerprints=True)
+            for column, dimension in self._DIMENSIONS
+        ]
 
     def new_state(self) -> dict[str, Any]:
         return {"v": 1, "t": None, "last": None, "m": {}, "fp": {}, "who": {}}
@@ -1015,12 +1049,6 @@ class CalendarDetector(Detector):
     window still counts towards it; older spend is dropped.
     """
 
-    length: ClassVar[int]  # minutes
-    offset: ClassVar[int] = 0  # minutes added before dividing, so windows start where they should
-
-    def bucket_of(self, minute: int) -> int:
-        return (minute + self.offset) // self.length
-
     def start_of(self, index: int) -> int:
         return index * self.length - self.offset
 
@@ -1090,9 +1118,9 @@ class DriftDetector(CalendarDetector):
     length = WEEK
     offset = _ISO_WEEK_OFFSET
 
-    def contributions(self, row: Mapping[str, Any]) -> Iterator[tuple[str, tuple[str, ...]]]:
-        if row["priced"] and row["feature"]:
-            yield f"feature={row['feature']}", (f"model={row['provider']}/{row['model']}",)
+    def contributions(self) -> list[Contribution]:
+        counted = _field("priced") & _given("feature")
+        return [Contribution(Text("feature={feature}", counted), (Text("model={provider}/{model}"),))]
 
     def check(self, state: Mapping[str, Any], scope: str, settings: DriftSettings) -> Finding | None:
         now_tally, before = state["cur"], state["prev"]
@@ -1156,23 +1184,34 @@ class NonProductionDetector(CalendarDetector):
         self.services = production.services
         self.teams = frozenset(production.teams)
 
-    def contributions(self, row: Mapping[str, Any]) -> Iterator[tuple[str, tuple[str, ...]]]:
-        environment = row["environment"].strip().lower()
-        if environment not in self.environments:
-            return
-        service = row["service"]
-        if row["api_key_id"] in self.api_keys:
-            scope = f"api_key={row['api_key_id']}"
-        elif service and any(fnmatchcase(service, pattern) for pattern in self.services):
-            scope = f"service={service}"
-        elif row["team"] in self.teams:
-            scope = f"team={row['team']}"
-        else:
-            return
-        yield scope, (
-            f"environment={environment}", f"user={row['user_id']}" if row["user_id"] else "",
-            f"service={service}" if service else "", f"feature={row['feature']}" if row["feature"] else "",
+    def contributions(self) -> list[Contribution]:
+        """The most specific production declaration names the scope: key, service, team."""
+        flagged = _one_of("_environment", self.environments)
+        key = _one_of("api_key_id", self.api_keys)
+        service = ~key & _field("_production_service")
+        team = ~key & ~_field("_production_service") & _one_of("team", self.teams)
+        labels = (
+            Text("environment={_environment}"), Text("user={user_id}", _given("user_id")),
+            Text("service={service}", _given("service")), Text("feature={feature}", _given("feature")),
         )
+        return [
+            Contribution(Text("api_key={api_key_id}", flagged & key), labels),
+            Contribution(Text("service={service}", flagged & service), labels),
+            Contribution(Text("team={team}", flagged & team), labels),
+        ]
+
+    def batch_fields(self, rows: pa.Table) -> dict[str, pa.Array | pa.ChunkedArray]:
+        """``_environment``, trimmed and lowercased, and ``_production_service``: whether the
+        service matches a production pattern (``fnmatch``, once per distinct service)."""
+        services = rows.column("service")
+        production = [
+            name for name in pc.unique(services).to_pylist()
+            if name and any(fnmatchcase(name, pattern) for pattern in self.services)
+        ]
+        return {
+            "_environment": pc.utf8_lower(pc.utf8_trim_whitespace(rows.column("environment"))),
+            "_production_service": pc.is_in(services, value_set=pa.array(production, pa.string())),
+        }
 
     def check(self, state: Mapping[str, Any], scope: str, settings: NonProductionSettings) -> Finding | None:
         tally = state["cur"]
@@ -1200,11 +1239,11 @@ class UnpricedDetector(CalendarDetector):
     kind = "unpriced_model"
     length = DAY
 
-    def contributions(self, row: Mapping[str, Any]) -> Iterator[tuple[str, tuple[str, ...]]]:
-        if not row["priced"]:
-            yield f"provider={row['provider']},model={row['model']}", (
-                f"team={row['team']}", f"reason={row['unpriced_reason']}",
-            )
+    def contributions(self) -> list[Contribution]:
+        return [Contribution(
+            Text("provider={provider},model={model}", ~_field("priced")),
+            (Text("team={team}"), Text("reason={unpriced_reason}")),
+        )]
 
     def check(self, state: Mapping[str, Any], scope: str, settings: UnpricedSettings) -> Finding | None:
         tally = state["cur"]
@@ -1243,23 +1282,13 @@ class AnomalyEngine:
             )
         }
         self._settings = lru_cache(maxsize=65536)(self.config.settings_for)
+        self._fold = _Fold(list(self.detectors.values()))
 
-    def summarize(self, rows: Iterable[Mapping[str, Any]]) -> BatchSummary:
-        """Fold priced rows (as :mod:`streams.enrich` makes them) into one summary."""
-        summary = BatchSummary()
-        detectors = list(self.detectors.values())
-        watermark: datetime | None = None
-        for row in rows:
-            at = row["occurred_at"]
-            if watermark is None or at > watermark:
-                watermark = at
-            minute = minute_of(at)
-            for detector in detectors:
-                for scope, labels in detector.contributions(row):
-                    bucket = summary.bucket(f"{detector.name}:{scope}", detector.bucket_of(minute))
-                    detector.tally(bucket, row, labels)
-        summary.watermark = watermark
-        return summary
+    def summarize(self, rows: pa.Table | Iterable[Mapping[str, Any]]) -> BatchSummary:
+        """Fold priced rows into one summary: an Arrow table with the priced topic's columns
+        (the enrich stage's batch), or row mappings with the fields of :data:`SUMMARY_SCHEMA`."""
+        table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows), schema=SUMMARY_SCHEMA)
+        return self._fold.summarize(table)
 
     def process(
         self, summary: BatchSummary, states: Mapping[str, dict[str, Any] | None], *, position: int | None = None
@@ -1324,6 +1353,230 @@ class AnomalyEngine:
                 outcome.alerts.append(decision)
             else:
                 outcome.blocks.append(decision)
+
+
+# The fields the detectors read; row mappings given to ``summarize`` are read with this
+# schema (microseconds: a watermark keeps the precision its rows have).
+SUMMARY_SCHEMA = pa.schema([
+    priced.SCHEMA.field(name) for name in (
+        "provider", "model", "team", "feature", "environment", "user_id", "agent_id", "session_id",
+        "trace_id", "api_key_id", "service", "request_fingerprint", "cost_total", "priced", "unpriced_reason",
+    )
+] + [pa.field("occurred_at", pa.timestamp("us", tz="UTC"))])
+
+
+class _Part(NamedTuple):
+    """One scope or one label of one contribution, as the fold evaluates it."""
+
+    detector: int
+    scope: Text
+    label: Text | None  # None: the scope's own total
+    condition: str  # the projected column that says which rows count
+
+
+class _Fold:
+    """Folds a batch into a :class:`BatchSummary` with Arrow, paying per batch, not per row.
+
+    1. Every text field a template names is dictionary-encoded once: a row's scope or
+       label is then a pair of small integers, not a string built per row.
+    2. One projection evaluates every part's condition (which rows count towards a scope,
+       or a label) and every detector's time bucket.
+    3. The parts are stacked into three integer-keyed tables, totals (part, bucket, scope
+       codes), labels (also label codes) and fingerprints, and each is grouped once.
+    4. Only the groups reach Python, where templates are filled from the dictionaries,
+       in the order a row-by-row fold would meet them (first row, then part), so ties in
+       the states' top-N trimming fall the same way. Sums are exact decimals; squares of
+       costs are summed in decimal256, where they neither round nor overflow.
+    """
+
+    def __init__(self, detectors: list[Detector]) -> None:
+        self.detectors = detectors
+        projection: dict[str, Expression] = {}
+        self.totals: list[_Part] = []
+        self.labels: list[_Part] = []
+        self.fingerprints: list[_Part] = []
+        for d, detector in enumerate(detectors):
+            projection[f"bucket{d}"] = detector.buckets_of(_field("_minute"))
+            for contribution in detector.contributions():
+                counted = f"scope{len(self.totals)}"
+                projection[counted] = contribution.scope.when
+                self.totals.append(_Part(d, contribution.scope, None, counted))
+                for label in contribution.labels:
+                    counted = f"label{len(self.labels)}"
+                    projection[counted] = contribution.scope.when & label.when
+                    self.labels.append(_Part(d, contribution.scope, label, counted))
+                if contribution.fingerprints:
+                    counted = f"print{len(self.fingerprints)}"
+                    projection[counted] = contribution.scope.when & _given("request_fingerprint")
+                    self.fingerprints.append(_Part(d, contribution.scope, Text("{request_fingerprint}"), counted))
+        self.prefixes = [f"{detector.name}:" for detector in detectors]
+        self.fields = sorted({
+            name for part in self.totals + self.labels + self.fingerprints
+            for text in (part.scope, part.label) if text is not None for name in _fields_of(text.template)
+        })
+        self.projection = acero.ProjectNodeOptions(list(projection.values()), list(projection))
+
+    def summarize(self, rows: pa.Table) -> BatchSummary:
+        summary = BatchSummary()
+        if rows.num_rows == 0:
+            return summary
+        occurred_at = rows.column("occurred_at")
+        summary.watermark = pc.max(occurred_at).as_py()
+        rows = rows.append_column("_minute", _minutes(occurred_at))
+        for detector in self.detectors:
+            for name, values in detector.batch_fields(rows).items():
+                rows = rows.append_column(name, values)
+        for name in self.fields:  # a missing text field reads as empty: no scope, no label
+            column = rows.column(name)
+            if column.null_count:
+                rows = rows.set_column(rows.schema.get_field_index(name), name, pc.fill_null(column, ""))
+        evaluated = acero.Declaration.from_sequence([
+            acero.Declaration("table_source", acero.TableSourceNodeOptions(rows)),
+            acero.Declaration("project", self.projection),
+        ]).to_table(use_threads=False)
+        batch = _Batch(rows, evaluated, self.fields)
+        texts = _Texts(batch)
+        for (part, index, s0, s1, _, _), (cost, square, calls) in batch.groups(self.totals, with_square=True):
+            found = summary.bucket(texts.key(self.prefixes[part.detector], part.scope, s0, s1), index)
+            found.cost += cost
+            found.cost_sq += square
+            found.calls += calls
+        for (part, index, s0, s1, l0, l1), (cost, calls) in batch.groups(self.labels):
+            drivers = summary.buckets[texts.key(self.prefixes[part.detector], part.scope, s0, s1)][index].drivers
+            label = texts.fill(part.label, l0, l1)
+            entry = drivers.get(label)
+            if entry is None:
+                drivers[label] = [cost, calls]
+            else:
+                entry[0] += cost
+                entry[1] += calls
+        for (part, index, s0, s1, l0, _), (_, calls) in batch.groups(self.fingerprints):
+            prints = summary.buckets[texts.key(self.prefixes[part.detector], part.scope, s0, s1)][index].fingerprints
+            fingerprint = texts.fill(part.label, l0, None)
+            prints[fingerprint] = prints.get(fingerprint, 0) + calls
+        return summary
+
+
+class _Batch:
+    """A batch's columns as the fold reads them: codes of its text fields, conditions, buckets."""
+
+    def __init__(self, rows: pa.Table, evaluated: pa.Table, fields: list[str]) -> None:
+        self.length = rows.num_rows
+        self.codes: dict[str, pa.Array] = {}
+        self.dictionaries: dict[str, pa.Array] = {}
+        for name in fields:
+            encoded = pc.dictionary_encode(rows.column(name).combine_chunks())
+            self.codes[name], self.dictionaries[name] = encoded.indices, encoded.dictionary
+        self.evaluated = {name: evaluated.column(name).combine_chunks() for name in evaluated.column_names}
+        self.cost = rows.column("cost_total").combine_chunks()
+        self.row = pa.array(range(self.length), pa.int64())
+        self.none = pa.repeat(pa.scalar(0, pa.int32()), self.length)
+        self._square: pa.Array | None = None
+
+    @property
+    def square(self) -> pa.Array:
+        if self._square is None:
+            wide = self.cost.cast(_WIDE_MONEY)
+            self._square = pc.multiply(wide, wide)
+        return self._square
+
+    def text_codes(self, text: Text | None) -> tuple[pa.Array, pa.Array]:
+        """The codes of a template's first two fields (a constant for a missing one)."""
+        names = _fields_of(text.template) if text is not None else ()
+        codes = [self.codes[name] for name in names] + [self.none, self.none]
+        return codes[0], codes[1]
+
+    def groups(
+        self, parts: list[_Part], *, with_square: bool = False
+    ) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+        """``((part, bucket, scope codes, label codes), (sums..., rows))`` per group of rows
+        of the parts, in the order of each group's first row, then part."""
+        if not parts:
+            return
+        names = ("part", "bucket", "s0", "s1", "l0", "l1", "cost", "row", "counted")
+        columns: dict[str, list[pa.Array]] = {name: [] for name in names}
+        if with_square:
+            columns["square"] = []
+        for n, part in enumerate(parts):
+            s0, s1 = self.text_codes(part.scope)
+            l0, l1 = self.text_codes(part.label)
+            values = (
+                pa.repeat(pa.scalar(n, pa.int32()), self.length), self.evaluated[f"bucket{part.detector}"],
+                s0, s1, l0, l1, self.cost, self.row, self.evaluated[part.condition],
+            )
+            for name, value in zip(names, values):
+                columns[name].append(value)
+            if with_square:
+                columns["square"].append(self.square)
+        stacked = pa.table({name: pa.concat_arrays(arrays) for name, arrays in columns.items()})
+        stacked = stacked.filter(pc.fill_null(stacked.column("counted"), False))
+        if stacked.num_rows == 0:
+            return
+        sums = [("cost", "sum")] + ([("square", "sum")] if with_square else [])
+        keys = ["part", "bucket", "s0", "s1", "l0", "l1"]
+        grouped = (
+            stacked.group_by(keys, use_threads=False)
+            .aggregate([*sums, ([], "count_all"), ("row", "min")])
+            .sort_by([("row_min", "ascending"), ("part", "ascending")])
+        )
+        key_columns = [grouped.column(name).to_pylist() for name in keys]
+        sum_columns = [grouped.column(f"{name}_sum").to_pylist() for name, _ in sums]
+        sum_columns.append(grouped.column("count_all").to_pylist())
+        key_columns[0] = [parts[n] for n in key_columns[0]]
+        for key, values in zip(zip(*key_columns), zip(*sum_columns)):
+            yield key, values
+
+
+class _Texts:
+    """Fills templates from a batch's dictionaries, each distinct text once."""
+
+    def __init__(self, batch: _Batch) -> None:
+        self.batch = batch
+        self.values: dict[str, list[str]] = {}
+        self.texts: dict[tuple[str, str, int, int | None], str] = {}
+
+    def _values(self, name: str) -> list[str]:
+        values = self.values.get(name)
+        if values is None:
+            values = self.values[name] = self.batch.dictionaries[name].to_pylist()
+        return values
+
+    def fill(self, text: Text, first: int, second: int | None, prefix: str = "") -> str:
+        memo = (prefix, text.template, first, second)
+        found = self.texts.get(memo)
+        if found is None:
+            values = [self._values(name)[code] for name, code in zip(_fields_of(text.template), (first, second))]
+            found = self.texts[memo] = prefix + _format_of(text.template).format(*values)
+        return found
+
+    def key(self, prefix: str, scope: Text, first: int, second: int) -> str:
+        return self.fill(scope, first, second, prefix)
+
+
+@lru_cache(maxsize=None)
+def _fields_of(template: str) -> tuple[str, ...]:
+    """The fields a template names, in order (at most two)."""
+    names = tuple(name for _, name, _, _ in Formatter().parse(template) if name is not None)
+    assert len(names) <= 2, f"a template of more than two fields: {template}"
+    return names
+
+
+@lru_cache(maxsize=None)
+def _format_of(template: str) -> str:
+    """The template with positional fields, for ``str.format(*values)``."""
+    return "".join(
+        literal.replace("{", "{{").replace("}", "}}") + ("{}" if name is not None else "")
+        for literal, name, _, _ in Formatter().parse(template)
+    )
+
+
+_WIDE_MONEY = pa.decimal256(37, 12)  # its square, decimal256(75, 24), cannot round or overflow
+
+
+def _minutes(occurred_at: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Epoch minutes of a timestamp column (floored, as :func:`minute_of`)."""
+    naive = occurred_at.cast(pa.timestamp(occurred_at.type.unit))
+    return pc.divide(pc.floor_temporal(naive, 1, "minute").cast(pa.timestamp("s")).cast(pa.int64()), 60)
 
 
 def _is_open(state: Mapping[str, Any]) -> bool:

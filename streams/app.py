@@ -9,11 +9,12 @@
 
 Every agent takes a poll's worth of messages at a time (``take_events``) and pays per
 batch: one decode loop, memoized prices, one aggregate per (scope, period), one message
-per team or partition downstream, one ClickHouse insert. Messages are acknowledged only
-after the batch's output is on Kafka (or in ClickHouse, for the sink), so a crash replays
-the batch rather than losing it; :mod:`streams.faust_fixes` closes the gaps Faust leaves
-in that (see there), and the enrich agent commits after every batch, so a crash replays
-at most one batch.
+per team or partition downstream, one ClickHouse insert. The enrich agent's per-event work
+runs in a child process (:mod:`streams.enrich_stage`), so this event loop keeps its core
+for Faust, Kafka and the other agents. Messages are acknowledged only after the batch's
+output is on Kafka (or in ClickHouse, for the sink), so a crash replays the batch rather
+than losing it; :mod:`streams.faust_fixes` closes the gaps Faust leaves in that (see
+there), and the enrich agent commits after every batch, so a crash replays at most one.
 """
 
 from __future__ import annotations
@@ -24,52 +25,39 @@ import json
 import logging
 import time
 import weakref
-from functools import partial
 from collections import Counter
 from datetime import datetime, timezone
 from decimal import Decimal
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import faust
 from faust.streams import _current_event
 from faust.web import Request, Response, View
 from mode.supervisors import CrashingSupervisor
 
-from streams import clickhouse, faust_fixes, priced
-from streams.attribution import Router
+from streams import clickhouse, faust_fixes
 from streams.budgets import Budget, BudgetIndex
 from streams.codec import ALERT, CAP_STATE, DEAD_LETTER, default_codec
 from streams.compacted import CompactedView
-from streams.enrich import DeadLetter, EnrichedBatch, Enricher, SourceMessage, chunks_by_size, rows_by_team
-from streams.pricebook import PriceBook
-from streams.pricing import Pricer
+from streams.enrich import DeadLetter, chunks_by_size
+from streams.enrich_stage import EnrichStage, Prepared, deltas_messages
 from streams.settings import Settings
 from streams.sink import ClickHouseSink, PricedMessage
 from streams.serialize import jsonable
 from streams.caps import Announced, check
-from streams.spend import (
-    Delta, DeltasMessage, aggregate, by_partition, encode_deltas, negated, period_keys, scope_partition,
-    spend_key, split_key,
-)
+from streams.spend import DeltasMessage, aggregate, encode_deltas, negated, period_keys, scope_partition, spend_key, split_key
 from streams.spend_state import SpendState
-from streams.anomaly import AnomalyConfig, AnomalyEngine, BatchSummary
+from streams.anomaly import AnomalyConfig, AnomalyEngine
 from streams.anomaly_state import SWEEP_KEY, AnomalyState
 from streams.changelog import is_marker
 from streams.topics import ANNOUNCED_TABLE, DETECTORS_TABLE, SPEND_TABLE
 
 log = logging.getLogger(__name__)
-V = TypeVar("V")
 
 faust_fixes.install()
 settings = Settings()
 codec = default_codec()
-enricher = Enricher(
-    codec,
-    Pricer(PriceBook.load(settings.price_book) if settings.price_book else None),
-    Router.from_file(settings.routing_rules) if settings.routing_rules else Router(),
-    settings.limits(),
-)
+enrich_stage = EnrichStage(settings)
 anomaly = AnomalyEngine(AnomalyConfig.load(settings.anomaly_config) if settings.anomaly_config else None)
 sink = ClickHouseSink(
     lambda: clickhouse.connect(settings), topic=settings.priced_topic, database=settings.clickhouse_database
@@ -133,70 +121,55 @@ async def enrich(stream: faust.StreamT) -> None:
     """Decode, validate, price and attribute; publish rows, spend deltas and dead letters.
 
     A poll's messages are enriched in chunks of bounded size (an SDK envelope carries
-    hundreds of events), and acknowledged once every chunk's output is on Kafka.
+    hundreds of events) by the enrich stage's child process (:mod:`streams.enrich_stage`),
+    all chunks submitted at once and published in order; the messages are acknowledged
+    once every chunk's output is on Kafka.
     """
     async for events in stream.take_events(settings.enrich_batch_max, settings.enrich_batch_within):
         marks.setdefault("first_message_at", time.time())
         with faust_fixes.unacked_unless_done(events):
-            for chunk in chunks_by_size(events, settings.enrich_chunk_bytes):
-                batch = enricher.enrich(
-                    SourceMessage(e.message.partition, e.message.offset, e.message.value) for e in chunk
-                )
-                await _publish(batch)
+            pending = [
+                enrich_stage.submit([(e.message.partition, e.message.offset, e.message.value) for e in chunk])
+                for chunk in chunks_by_size(events, settings.enrich_chunk_bytes)
+            ]
+            for chunk in pending:
+                prepared = await chunk
+                await _publish(prepared)
                 stats.update(
-                    events=len(batch.rows) + len(batch.dead_letters), priced=len(batch.rows) - batch.unpriced,
-                    unpriced=batch.unpriced, dead_letters=len(batch.dead_letters),
+                    events=prepared.rows + len(prepared.dead_letters) + prepared.duplicates,
+                    priced=prepared.rows - prepared.unpriced, unpriced=prepared.unpriced,
+                    dead_letters=len(prepared.dead_letters), duplicates_in_batch=prepared.duplicates,
                 )
             await faust_fixes.commit_batch(stream, events, settings.usage_topic)
-        stats.update(messages=len(events))
+        stats.update(messages=len(events), enrich_batches=1)
+        marks["last_enriched_at"] = time.time()
 
 
-async def _publish(batch: EnrichedBatch) -> None:
-    """Send a chunk's dead letters, priced rows (per team) and spend deltas (per partition)."""
-    sent = [await _send_dead_letter(dead) for dead in batch.dead_letters]
-    for team, rows in rows_by_team(batch.rows, settings.priced_message_rows):
-        sent.append(await app.producer.send(settings.priced_topic, team.encode(), priced.encode(rows), None, None, None))
-    if batch.rows:
-        sent += await _send_spend(batch.rows)
-        summaries = anomaly.summarize(batch.rows).split(lambda scope: scope_partition(scope, settings.partitions))
-        for partition, summary in summaries.items():
-            for value in in_pieces(summary.buckets, partial(_summary_value, summary.watermark), settings.message_max_bytes):
-                sent.append(await app.producer.send(settings.anomaly_topic, None, value, partition, None, None))
+@app.task
+async def start_enrich_stage() -> None:
+    await enrich_stage.start()
+
+
+async def _publish(prepared: Prepared) -> None:
+    """Send a chunk's dead letters, priced rows (per team), spend deltas and anomaly
+    summaries (per partition), and wait for all of them."""
+    sent = [await _send_dead_letter(dead) for dead in prepared.dead_letters]
+    for team, value in prepared.priced:
+        sent.append(await app.producer.send(settings.priced_topic, team.encode(), value, None, None, None))
+    for partition, value in prepared.deltas:
+        sent.append(await app.producer.send(settings.deltas_topic, None, value, partition, None, None))
+    for partition, value in prepared.summaries:
+        sent.append(await app.producer.send(settings.anomaly_topic, None, value, partition, None, None))
     await asyncio.gather(*sent)
 
 
-async def _send_spend(rows: list[dict[str, Any]], *, taken_back: bool = False) -> list[Any]:
-    """Send the rows' spend deltas (negated if ``taken_back``), one message per partition."""
+async def _take_back(rows: list[dict[str, Any]]) -> None:
+    """Send negative spend deltas for events the sink found counted twice, and wait."""
     at = max(row["occurred_at"] for row in rows)
-    deltas = aggregate(rows, settings.tz)
-    sent = []
-    for partition, part in by_partition(negated(deltas) if taken_back else deltas, settings.partitions).items():
-        for value in in_pieces(part, partial(_deltas_value, at), settings.message_max_bytes):
-            sent.append(await app.producer.send(settings.deltas_topic, None, value, partition, None, None))
-    return sent
-
-
-def _deltas_value(at: datetime, deltas: dict[str, Delta]) -> bytes:
-    return encode_deltas(DeltasMessage(at, deltas))
-
-
-def _summary_value(watermark: datetime | None, buckets: dict[str, Any]) -> bytes:
-    return BatchSummary(watermark, buckets).encode()
-
-
-def in_pieces(mapping: dict[str, V], encode: Callable[[dict[str, V]], bytes], max_bytes: int) -> list[bytes]:
-    """``encode(mapping)``, halved until each message is at most ``max_bytes``.
-
-    A chunk of calls by thousands of users or agents has that many spend keys and
-    detector keys; all of one partition's in one message could exceed the broker's
-    message size limit, and the worker would crash on it at every restart.
-    """
-    value = encode(mapping)
-    if len(value) <= max_bytes or len(mapping) <= 1:
-        return [value]
-    items = list(mapping.items())
-    half = len(items) // 2
-    return in_pieces(dict(items[:half]), encode, max_bytes) + in_pieces(dict(items[half:]), encode, max_bytes)
+    messages = deltas_messages(negated(aggregate(rows, settings.tz)), at, settings)
+    await asyncio.gather(*[
+        await app.producer.send(settings.deltas_topic, None, value, partition, None, None) for partition, value in messages
+    ])
 
 
 async def _send_dead_letter(dead: DeadLetter) -> Any:
@@ -322,9 +295,10 @@ async def sink_to_clickhouse(stream: faust.StreamT) -> None:
                 [PricedMessage(e.message.partition, e.message.offset, e.message.value) for e in events]
             )
             if result.repeats:
-                await asyncio.gather(*await _send_spend(result.repeats, taken_back=True))
-        stats.update(rows_inserted=result.inserted, duplicates_dropped=result.duplicates,
-                     repeats_taken_back=len(result.repeats), rollup_repairs=result.repaired)
+                await _take_back(result.repeats)
+        stats.update(rows_inserted=result.inserted, duplicates_dropped=result.duplicates, sink_inserts=1,
+                     sink_messages=len(events), repeats_taken_back=len(result.repeats),
+                     rollup_repairs=result.repaired)
         marks["last_insert_at"] = time.time()
 
 

@@ -38,11 +38,9 @@ def worker() -> None:
     if settings.heap_trim_interval > 0:
         allocator.start_trimming(settings.heap_trim_interval)
 
-    import faust
-
     from streams.app import app
 
-    faust.Worker(app, loglevel="WARNING").execute_from_commandline()
+    tuning.worker(app).execute_from_commandline()
 
 
 @cli.group()

@@ -1,9 +1,15 @@
 """Enrich: decode, validate, price and attribute one batch of usage messages.
 
 This is the per-event part of the flow, so it is written to pay per batch where it can:
-the codec decodes straight from the message bytes, the pricer memoizes rate cards, and the
-result is plain dicts ready for the priced topic. Nothing here touches Kafka; the enrich
+the codec decodes straight from the message bytes, the pricer memoizes rate cards, each
+priced row is one tuple, and the batch becomes one Arrow table of the priced topic's
+schema, built column by column (no dict per row). Nothing here touches Kafka; the enrich
 agent in :mod:`streams.app` feeds it a poll's worth of messages and publishes the result.
+
+An event whose ``event_id`` came earlier in the same call (an SDK envelope, or a poll,
+carrying it twice) is dropped and counted: the spend tables downstream add every row they
+get, so a repeat inside a batch would count twice. Repeats across batches are the sink's
+and the spend state's business.
 
 A message is either one ``UsageEvent`` or a ``UsageBatch`` envelope of many (what the
 producer SDK sends). Whatever cannot be processed becomes a :class:`DeadLetter` with a
@@ -13,10 +19,13 @@ reason; nothing is dropped.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
+import pyarrow as pa
+
+from streams import priced
 from streams.attribution import Router
 from streams.codec import USAGE_BATCH, USAGE_EVENT, Codec, DecodeError
 from streams.pricing import Pricer
@@ -46,9 +55,12 @@ class DeadLetter:
 
 @dataclass(slots=True)
 class EnrichedBatch:
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    unpriced: int = 0
+    """What one enrich call made of its messages."""
+
+    priced: pa.Table  # priced rows in arrival order, in the priced topic's schema
+    dead_letters: list[DeadLetter]
+    unpriced: int  # rows among ``priced`` that could not be priced
+    duplicates: int  # events dropped because an earlier one in the call had their event_id
 
 
 def _utcnow() -> datetime:
@@ -74,13 +86,16 @@ class Enricher:
         self._providers_seen: set[str] = set()
 
     def enrich(self, messages: Iterable[SourceMessage]) -> EnrichedBatch:
-        batch = EnrichedBatch()
+        rows: list[tuple[Any, ...]] = []
+        dead_letters: list[DeadLetter] = []
+        seen: set[str] = set()
+        unpriced = duplicates = 0
         now = self.clock()
         for message in messages:
             try:
                 events, enveloped = self._events_of(message)
             except DecodeError as exc:
-                batch.dead_letters.append(
+                dead_letters.append(
                     DeadLetter(exc.code, exc.reason, message.partition, message.offset, message.value or b"")
                 )
                 continue
@@ -92,16 +107,21 @@ class Enricher:
                     # An event of a batch envelope is dead-lettered alone, re-encoded, so it
                     # can be fixed and re-submitted by itself.
                     original = self.codec.encode(USAGE_EVENT, event) if enveloped else message.value
-                    batch.dead_letters.append(
+                    dead_letters.append(
                         DeadLetter(exc.code, exc.reason, message.partition, message.offset,
                                    original or b"", (event.get("event_id") or "")[: self.limits.max_identifier_length] or None)
                     )
                     continue
+                event_id = event["event_id"]
+                if event_id in seen:
+                    duplicates += 1
+                    continue
+                seen.add(event_id)
                 row = self._priced_row(event, message)
-                if not row["priced"]:
-                    batch.unpriced += 1
-                batch.rows.append(row)
-        return batch
+                if not row[_PRICED]:
+                    unpriced += 1
+                rows.append(row)
+        return EnrichedBatch(priced.from_tuples(rows), dead_letters, unpriced, duplicates)
 
     def _known_provider(self, provider: str) -> None:
         """An unknown model is priced as unpriced; an unknown provider is most likely a typo."""
@@ -122,7 +142,8 @@ class Enricher:
             return record["events"], True
         raise DecodeError("unexpected_schema", f"{name} is not a usage event or usage batch")
 
-    def _priced_row(self, event: dict[str, Any], message: SourceMessage) -> dict[str, Any]:
+    def _priced_row(self, event: dict[str, Any], message: SourceMessage) -> tuple[Any, ...]:
+        """One priced row: the values of :data:`streams.priced.COLUMNS`, in that order."""
         usage = event["usage"]
         tags = event["attribution"]
         cost = self.pricer.price(
@@ -139,44 +160,48 @@ class Enricher:
         owner = self.router.attribute(
             team=tags["team"], api_key_id=tags["api_key_id"], service=tags["service"], user_id=tags["user_id"]
         )
-        return {
-            "event_id": event["event_id"],
-            "occurred_at": event["occurred_at"],
-            "provider": event["provider"],
-            "model": event["model"],
-            "service_tier": event["service_tier"],
-            "team": owner.team,
-            "attributed_by": owner.attributed_by,
-            "feature": tags["feature"] or "",
-            "environment": tags["environment"] or "",
-            "user_id": tags["user_id"] or "",
-            "project": tags["project"] or "",
-            "agent_id": tags["agent_id"] or "",
-            "session_id": tags["session_id"] or "",
-            "trace_id": tags["trace_id"] or "",
-            "api_key_id": tags["api_key_id"] or "",
-            "service": tags["service"] or "",
-            "tags": event["tags"],
-            "request_fingerprint": event["request_fingerprint"] or "",
-            "input_tokens": usage["input_tokens"],
-            "output_tokens": usage["output_tokens"],
-            "cache_read_tokens": usage["cache_read_tokens"],
-            "cache_write_tokens": usage["cache_write_tokens"],
-            "reasoning_tokens": usage["reasoning_tokens"],
-            "other_units": usage["other_units"],
-            "cost_input": cost.input,
-            "cost_output": cost.output,
-            "cost_cache_read": cost.cache_read,
-            "cost_cache_write": cost.cache_write,
-            "cost_other": cost.other,
-            "cost_total": cost.total,
-            "currency": cost.currency,
-            "priced": cost.priced,
-            "unpriced_reason": cost.unpriced_reason,
-            "price_version": cost.price_version,
-            "source_partition": message.partition,
-            "source_offset": message.offset,
-        }
+        return (
+            event["event_id"],
+            event["occurred_at"],
+            event["provider"],
+            event["model"],
+            event["service_tier"],
+            owner.team,
+            owner.attributed_by,
+            tags["feature"] or "",
+            tags["environment"] or "",
+            tags["user_id"] or "",
+            tags["project"] or "",
+            tags["agent_id"] or "",
+            tags["session_id"] or "",
+            tags["trace_id"] or "",
+            tags["api_key_id"] or "",
+            tags["service"] or "",
+            event["tags"],
+            event["request_fingerprint"] or "",
+            usage["input_tokens"],
+            usage["output_tokens"],
+            usage["cache_read_tokens"],
+            usage["cache_write_tokens"],
+            usage["reasoning_tokens"],
+            usage["other_units"],
+            cost.input,
+            cost.output,
+            cost.cache_read,
+            cost.cache_write,
+            cost.other,
+            cost.total,
+            cost.currency,
+            cost.priced,
+            cost.unpriced_reason,
+            cost.price_version,
+            message.partition,
+            message.offset,
+        )
+
+
+# The row tuple's layout is the priced schema's: a test holds _priced_row to it.
+_PRICED = priced.COLUMNS.index("priced")
 
 
 T = TypeVar("T")
@@ -195,13 +220,3 @@ def chunks_by_size(events: Sequence[T], max_bytes: int) -> Iterator[Sequence[T]]
             start, size = i + 1, 0
     if start < len(events):
         yield events[start:]
-
-
-def rows_by_team(rows: list[dict[str, Any]], max_rows: int) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """Group rows by team, in runs of at most ``max_rows`` (one priced-topic message each)."""
-    grouped: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        grouped.setdefault(row["team"], []).append(row)
-    for team, team_rows in grouped.items():
-        for start in range(0, len(team_rows), max_rows):
-            yield team, team_rows[start : start + max_rows]

@@ -35,7 +35,7 @@ from itertools import accumulate
 from statistics import median
 from typing import Any, Literal
 
-from streams.anomaly import AlertDecision, AnomalyEngine, BlockDecision, instant, minute_of
+from streams.anomaly import AlertDecision, AnomalyEngine, BlockDecision, instant, minute_of, scope_of
 
 #: A Monday, so the first week of a scenario is a whole ISO week.
 START = datetime(2026, 3, 2, tzinfo=UTC)
@@ -366,11 +366,12 @@ def replay(
         result.rows += len(rows)
         summary = engine.summarize(rows)
         _apply(result, engine.process(summary, {key: states.get(key) for key in summary.keys()}, position=position))
+        by_incident: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             if "incident" in row:
-                result.incident_scopes[row["incident"]].update(
-                    scope for detector in engine.detectors.values() for scope, _ in detector.contributions(row)
-                )
+                by_incident.setdefault(row["incident"], []).append(row)
+        for name, incident_rows in by_incident.items():  # the scopes the detectors count them towards
+            result.incident_scopes[name].update(scope_of(key) for key in engine.summarize(incident_rows).keys())
         minute = minute_of(end)
         next_sweep = next_sweep or minute
         if minute >= next_sweep:

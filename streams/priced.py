@@ -12,9 +12,12 @@ Any Arrow library reads these messages; the schema below is the contract.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 MONEY = pa.decimal128(38, 12)
 _TEXT = pa.string()
@@ -64,15 +67,40 @@ COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 
 
 def to_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Priced row dicts (as :mod:`streams.enrich` makes them) as an Arrow table."""
+    """Priced row dicts (as ``decode(value).to_pylist()`` gives them) as an Arrow table."""
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
-def encode(rows: list[dict[str, Any]]) -> bytes:
+def from_tuples(rows: Sequence[tuple[Any, ...]]) -> pa.Table:
+    """Priced rows as tuples in :data:`COLUMNS` order, as an Arrow table.
+
+    The enrich hot path: a tuple per row is the cheapest thing Python can build, ``zip``
+    transposes them into columns in C, and each column converts in one call (about a
+    third of the cost of ``from_pylist`` over dicts, which looks up every key per row).
+    """
+    if not rows:
+        return SCHEMA.empty_table()
+    columns = zip(*rows, strict=True)
+    return pa.Table.from_arrays([pa.array(column, f.type) for column, f in zip(columns, SCHEMA)], schema=SCHEMA)
+
+
+def by_team(table: pa.Table, max_rows: int) -> Iterator[tuple[str, pa.Table]]:
+    """Split priced rows by team, in runs of at most ``max_rows``: one priced message each.
+
+    Rows keep their order within a team (the sink keeps the first of a repeated event id).
+    """
+    teams = table.column("team")
+    for team in pc.unique(teams).to_pylist():
+        rows = table.filter(pc.equal(teams, team))
+        for start in range(0, rows.num_rows, max_rows):
+            yield team, rows.slice(start, max_rows)
+
+
+def encode(table: pa.Table) -> bytes:
     """One priced-topic message value: an Arrow IPC stream holding one record batch."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, SCHEMA) as writer:
-        writer.write_table(to_table(rows))
+        writer.write_table(table)
     return sink.getvalue().to_pybytes()
 
 
@@ -82,3 +110,8 @@ def decode(value: bytes) -> pa.Table:
     if not table.schema.equals(SCHEMA):
         raise ValueError(f"priced message has schema {table.schema}, expected {SCHEMA}")
     return table
+
+
+def latest(table: pa.Table) -> datetime:
+    """The latest ``occurred_at`` of some priced rows: a batch's event-time watermark."""
+    return pc.max(table.column("occurred_at")).as_py()

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     enrich_batch_max: int = Field(2000, ge=1, description="Kafka messages per enrich batch.")
     enrich_batch_within: float = Field(0.2, gt=0, description="Seconds to wait to fill a batch.")
     enrich_chunk_bytes: int = Field(2_000_000, ge=1, description="Usage bytes enriched at once (memory bound).")
+    enrich_processes: int = Field(
+        1, ge=0, description="Child processes that enrich (0: on the event loop). See streams.enrich_stage."
+    )
     priced_message_rows: int = Field(2000, ge=1, description="Priced rows per priced-topic message.")
     message_max_bytes: int = Field(
         900_000, ge=1000, description="Largest deltas or anomaly message sent (Kafka refuses over 1 MB by default)."

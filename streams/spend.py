@@ -10,7 +10,8 @@ replayed events. Old periods are pruned by event time instead (:func:`is_expired
 
 The enrich agent folds a whole batch into one :class:`Delta` per (scope, period) and sends
 the deltas, grouped by the partition of their scope, to the spend agent, which adds each
-to the spend table once per batch: nothing per event crosses Kafka or a changelog.
+to the spend table once per batch: nothing per event crosses Kafka or a changelog. The
+fold itself is an Arrow group-by per scope kind (:func:`aggregate`): no Python per row.
 """
 
 from __future__ import annotations
@@ -19,10 +20,15 @@ import json
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from streams import priced
 
 PERIOD_KINDS = ("day", "week", "month")
 
@@ -115,29 +121,58 @@ def split_key(key: str) -> tuple[str, str]:
 
 
 def aggregate(
-    rows: Iterable[dict[str, Any]], tz: ZoneInfo, scope_kinds: tuple[tuple[str, ...], ...] = DEFAULT_SCOPES
+    rows: pa.Table | Iterable[dict[str, Any]], tz: ZoneInfo, scope_kinds: tuple[tuple[str, ...], ...] = DEFAULT_SCOPES
 ) -> dict[str, Delta]:
-    """Fold priced rows into one delta per spend key."""
+    """Fold priced rows into one delta per spend key.
+
+    ``rows`` is an Arrow table of the priced schema (the enrich agent's batch, or a priced
+    message the sink decoded), or row dicts as ``priced.decode(value).to_pylist()`` gives
+    them. Rows are grouped per scope kind by (quarter hour, scope values) in Arrow; only
+    the groups reach Python, where each quarter hour becomes its calendar periods (every
+    time zone's offset is a whole number of quarter hours). Sums are exact decimals.
+    """
+    table = rows if isinstance(rows, pa.Table) else priced.to_table(list(rows))
+    if table.num_rows == 0:
+        return {}
+    # Quarter hours of UTC time, as epoch milliseconds (a naive timestamp floors without
+    # time-zone look-ups); and only the columns the fold reads, so filters copy little.
+    instants = table.column("occurred_at").cast(pa.timestamp("ms"))
+    quarter = pc.floor_temporal(instants, 15, "minute").cast(pa.int64())
+    wanted = sorted({SCOPE_FIELDS[kind] for kinds in scope_kinds for kind in kinds})
+    table = table.select([*wanted, "cost_total"]).append_column("_quarter", quarter)
+    periods_memo: dict[int, tuple[str, ...]] = {}
     deltas: dict[str, Delta] = {}
-    periods_memo: dict[tuple[int, int, int, int], tuple[str, ...]] = {}
-    for row in rows:
-        at = row["occurred_at"]
-        # Rows of a batch share a handful of hours: convert each hour to periods once.
-        hour = (at.year, at.month, at.day, at.hour)
-        periods = periods_memo.get(hour)
-        if periods is None:
-            periods = periods_memo[hour] = period_keys(at, tz)
-        cost = row["cost_total"]
-        for scope in scopes_of(row, scope_kinds):
+    for kinds in scope_kinds:
+        fields = [SCOPE_FIELDS[kind] for kind in kinds]
+        present = None
+        for name in fields:  # a scope needs every one of its values (scope_of)
+            has = pc.not_equal(table.column(name), "")
+            present = has if present is None else pc.and_(present, has)
+        groups = (
+            table.filter(present)
+            .group_by(["_quarter", *fields], use_threads=False)
+            .aggregate([("cost_total", "sum"), ([], "count_all")])
+            .to_pydict()
+        )
+        values = zip(*(groups[name] for name in fields))
+        sums = zip(groups["_quarter"], values, groups["cost_total_sum"], groups["count_all"])
+        for quarter_ms, scope_values, cost, calls in sums:
+            periods = periods_memo.get(quarter_ms)
+            if periods is None:
+                periods = periods_memo[quarter_ms] = period_keys(_EPOCH + timedelta(milliseconds=quarter_ms), tz)
+            scope = ",".join(f"{kind}={value}" for kind, value in zip(kinds, scope_values))
             for period in periods:
                 key = f"{scope}@{period}"
                 delta = deltas.get(key)
                 if delta is None:
-                    deltas[key] = Delta(cost, 1)
+                    deltas[key] = Delta(cost, calls)
                 else:
                     delta.cost += cost
-                    delta.calls += 1
+                    delta.calls += calls
     return deltas
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def scope_partition(scope: str, partitions: int) -> int:

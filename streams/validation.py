@@ -14,6 +14,7 @@ from typing import Any
 
 SERVICE_TIERS = frozenset({"standard", "batch", "priority", "flex"})
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+REQUIRED_FIELDS = ("event_id", "provider", "model")
 ATTRIBUTION_FIELDS = (
     "team", "feature", "environment", "user_id", "project",
     "agent_id", "session_id", "trace_id", "api_key_id", "service",
@@ -44,10 +45,16 @@ class Limits:
 
 
 def validate(event: dict[str, Any], now: datetime, limits: Limits) -> None:
-    """Raise :class:`InvalidEvent` for the first thing wrong with ``event``."""
-    _identifier(event["event_id"], "event_id", limits, required=True)
-    _identifier(event["provider"], "provider", limits, required=True)
-    _identifier(event["model"], "model", limits, required=True)
+    """Raise :class:`InvalidEvent` for the first thing wrong with ``event``.
+
+    Runs for every event, so the common case is inline length checks; the helpers that
+    say what is wrong run only for a value that fails them.
+    """
+    longest = limits.max_identifier_length
+    for name in REQUIRED_FIELDS:
+        value = event[name]
+        if not value or len(value) > longest:
+            _identifier(value, name, limits, required=True)
     if event["service_tier"] not in SERVICE_TIERS:
         raise InvalidEvent(
             "invalid_field",
@@ -57,7 +64,9 @@ def validate(event: dict[str, Any], now: datetime, limits: Limits) -> None:
     _usage(event["usage"], limits)
     attribution = event["attribution"]
     for name in ATTRIBUTION_FIELDS:
-        _identifier(attribution[name], f"attribution.{name}", limits, required=False)
+        value = attribution[name]
+        if value and len(value) > longest:
+            _identifier(value, f"attribution.{name}", limits, required=False)
     for name in limits.required_attribution:
         if not attribution.get(name):
             raise InvalidEvent("missing_attribution", f"attribution.{name} is required and missing")

@@ -151,7 +151,7 @@ def priced_usage(count: int, *, seed: int, start: datetime, days: int) -> list[d
     )
     batch = enricher.enrich(SourceMessage(0, n, codec.encode(USAGE_EVENT, e)) for n, e in enumerate(events))
     assert not batch.dead_letters
-    return batch.rows
+    return batch.priced.to_pylist()
 
 
 @pytest.fixture(scope="session")

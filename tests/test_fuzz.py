@@ -28,7 +28,8 @@ OPTIONAL_TEXT = st.none() | TEXT
 def accounted(value: bytes) -> tuple[int, int]:
     """Enrich one message; check what came out; count rows and dead letters."""
     batch = ENRICHER.enrich([SourceMessage(0, 0, value)])
-    for row in batch.rows:
+    rows = batch.priced.to_pylist()
+    for row in rows:
         assert isinstance(row["cost_total"], Decimal)
         assert row["cost_total"] == (row["cost_input"] + row["cost_output"] + row["cost_cache_read"]
                                      + row["cost_cache_write"] + row["cost_other"])
@@ -39,7 +40,7 @@ def accounted(value: bytes) -> tuple[int, int]:
             assert dead.original == value  # the message exactly as received
         else:
             assert default_codec().decode(dead.original)[0] == USAGE_EVENT  # re-submittable
-    return len(batch.rows), len(batch.dead_letters)
+    return len(rows), len(batch.dead_letters)
 
 
 @st.composite

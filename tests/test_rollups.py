@@ -52,6 +52,12 @@ def stored_rollup(client: Client, table: str, bucket: str) -> dict[tuple, tuple]
     return {tuple(row[: len(DIMENSIONS) + 1]): tuple(row[len(DIMENSIONS) + 1 :]) for row in rows}
 
 
+def priced_messages(rows: list[dict[str, Any]], size: int) -> list[PricedMessage]:
+    """Rows as the priced topic carries them: Arrow messages of ``size`` rows, partition 0."""
+    return [PricedMessage(0, n, priced.encode(priced.to_table(rows[i : i + size])))
+            for n, i in enumerate(range(0, len(rows), size))]
+
+
 def new_sink(settings: Settings) -> ClickHouseSink:
     return ClickHouseSink(lambda: connect(settings), topic=settings.priced_topic, database=settings.clickhouse_database)
 
@@ -106,7 +112,7 @@ async def test_rollups_equal_raw_after_the_sink_got_the_same_messages_again(
     migrated: Client, settings: Settings, ledger_rows: list[dict[str, Any]]
 ) -> None:
     rows = ledger_rows[:3000]
-    messages = [PricedMessage(0, n, priced.encode(rows[i : i + 250])) for n, i in enumerate(range(0, len(rows), 250))]
+    messages = priced_messages(rows, 250)
     sink = new_sink(settings)
     try:
         first = await sink.write(messages)
@@ -195,7 +201,7 @@ async def test_the_sink_repairs_rollups_when_a_batch_comes_again(
     migrated: Client, settings: Settings, ledger_rows: list[dict[str, Any]]
 ) -> None:
     rows = ledger_rows[:1000]
-    messages = [PricedMessage(0, n, priced.encode(rows[i : i + 250])) for n, i in enumerate(range(0, len(rows), 250))]
+    messages = priced_messages(rows, 250)
     migrated.command("DETACH TABLE usage_daily_by_user_mv")
     insert_priced(migrated, priced.to_table(rows), dedup_token="killed-before-the-views")
     migrated.command("ATTACH TABLE usage_daily_by_user_mv")
@@ -215,8 +221,9 @@ async def test_events_produced_twice_are_written_once_and_handed_back_once(
     rows = ledger_rows[:600]
     # The same events in other usage messages (produced again), some twice within a batch.
     again = [{**row, "source_partition": 3, "source_offset": 10_000 + i} for i, row in enumerate(rows[:200])]
-    first = [PricedMessage(0, 0, priced.encode(rows))]
-    second = [PricedMessage(0, 1, priced.encode(again[:100] + again[:50])), PricedMessage(1, 0, priced.encode(again[100:]))]
+    first = [PricedMessage(0, 0, priced.encode(priced.to_table(rows)))]
+    second = [PricedMessage(0, 1, priced.encode(priced.to_table(again[:100] + again[:50]))),
+              PricedMessage(1, 0, priced.encode(priced.to_table(again[100:])))]
     sink = new_sink(settings)
     try:
         one = await sink.write(first)

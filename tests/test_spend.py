@@ -75,3 +75,30 @@ def test_expiry_is_by_event_time_and_keeps_closed_periods() -> None:
     assert not is_expired("week:2026-11-02", today, 3)
     assert not is_expired("week:2026-10-26", today, 3)
     assert is_expired("week:2026-10-19", today, 3)
+
+
+def test_aggregate_takes_arrow_tables_and_row_dicts_alike() -> None:
+    from streams import priced
+
+    rows = [
+        {**row("a", "0.25", datetime(2026, 11, 22, 18, 10, tzinfo=timezone.utc)), "feature": "x", "environment": ""},
+        {**row("a", "0.50", datetime(2026, 11, 22, 18, 40, tzinfo=timezone.utc)), "feature": "", "environment": "prod"},
+    ]
+    table = priced.to_table(rows)
+    assert aggregate(table, UTC) == aggregate(table.to_pylist(), UTC) == aggregate(rows, UTC)
+    deltas = aggregate(rows, UTC)
+    assert set(deltas) == {
+        f"{scope}@{period}" for scope in ("team=a", "team=a,feature=x", "environment=prod")
+        for period in ("day:2026-11-22", "week:2026-11-16", "month:2026-11")
+    }
+    assert (deltas["team=a@month:2026-11"].cost, deltas["team=a@month:2026-11"].calls) == (Decimal("0.75"), 2)
+
+
+def test_aggregate_splits_an_hour_that_straddles_local_midnight() -> None:
+    # 18:00-19:00 UTC is 23:30-00:30 in Kolkata: the hour's rows fall on two local days.
+    kolkata = ZoneInfo("Asia/Kolkata")
+    rows = [row("a", "1", datetime(2026, 11, 22, 18, 10, tzinfo=timezone.utc)),
+            row("a", "2", datetime(2026, 11, 22, 18, 40, tzinfo=timezone.utc))]
+    deltas = aggregate(rows, kolkata, (("team",),))
+    assert deltas["team=a@day:2026-11-22"].cost == Decimal("1")
+    assert deltas["team=a@day:2026-11-23"].cost == Decimal("2")
