@@ -49,14 +49,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fnmatch import fnmatchcase
-from functools import lru_cache
+from functools import lru_cache, reduce
 from pathlib import Path
 from statistics import median
 from string import Formatter
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 import pyarrow as pa
-import pyarrow.acero as acero
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -504,22 +503,41 @@ def _top(drivers: Mapping[str, list[Any]], dimension: str, count: int = 3) -> st
 
 
 # --- What rows contribute ----------------------------------------------------------------------
-# A detector says once, as templates over a row's text fields and Arrow conditions, which
-# scope each row counts towards and which driver labels it adds; the engine evaluates them
-# over a whole batch at once (see _Fold).
+# A detector says once, as templates over a row's text fields and conditions on its fields,
+# which scope each row counts towards and which driver labels it adds; the engine
+# evaluates them over a whole batch at once (see _Fold).
 
-Expression = pc.Expression
-_field = pc.field
-_ALWAYS = pc.scalar(True)
+Test = tuple[str, str, frozenset[str], bool]  # (field, "given" | "set" | "in", values, holds)
 
 
-def _given(name: str) -> Expression:
-    """Whether a text field has a value (an empty one does not)."""
-    return pc.not_equal(_field(name), pc.scalar(""))
+class When(NamedTuple):
+    """The rows that pass every one of ``tests``: a text field is ``given`` (not empty), a
+    flag is ``set``, or a field is ``in`` some values; ``holds`` False negates a test.
+    Evaluated once per distinct test and batch, with one Arrow call each (_Batch.mask)."""
+
+    tests: frozenset[Test] = frozenset()
+
+    def __and__(self, other: When) -> When:
+        return When(self.tests | other.tests)
+
+    def __invert__(self) -> When:
+        [(name, test, values, holds)] = self.tests  # only a single test is negated
+        return When(frozenset({(name, test, values, not holds)}))
 
 
-def _one_of(name: str, values: Iterable[str]) -> Expression:
-    return pc.is_in(_field(name), value_set=pa.array(sorted(values), pa.string()))
+_ALWAYS = When()
+
+
+def _given(name: str) -> When:
+    return When(frozenset({(name, "given", frozenset(), True)}))
+
+
+def _set(name: str) -> When:
+    return When(frozenset({(name, "set", frozenset(), True)}))
+
+
+def _one_of(name: str, values: Iterable[str]) -> When:
+    return When(frozenset({(name, "in", frozenset(values), True)}))
 
 
 class Text(NamedTuple):
@@ -527,7 +545,7 @@ class Text(NamedTuple):
     ``"model={provider}/{model}"``, for the rows where ``when`` holds."""
 
     template: str
-    when: Expression = _ALWAYS
+    when: When = _ALWAYS
 
 
 class Contribution(NamedTuple):
@@ -571,9 +589,9 @@ class Detector:
     def bucket_of(self, minute: int) -> int:
         return (minute + self.offset) // self.length
 
-    def buckets_of(self, minutes: Expression) -> Expression:
+    def buckets_of(self, minutes: pa.Array) -> pa.Array:
         """:meth:`bucket_of` of epoch minutes (positive: plain integer division floors)."""
-        return pc.divide(pc.add(minutes, pc.scalar(self.offset)), pc.scalar(self.length))
+        return pc.divide(pc.add(minutes, self.offset), self.length) if self.length > 1 else minutes
 
     def new_state(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -1119,7 +1137,7 @@ class DriftDetector(CalendarDetector):
     offset = _ISO_WEEK_OFFSET
 
     def contributions(self) -> list[Contribution]:
-        counted = _field("priced") & _given("feature")
+        counted = _set("priced") & _given("feature")
         return [Contribution(Text("feature={feature}", counted), (Text("model={provider}/{model}"),))]
 
     def check(self, state: Mapping[str, Any], scope: str, settings: DriftSettings) -> Finding | None:
@@ -1188,8 +1206,8 @@ class NonProductionDetector(CalendarDetector):
         """The most specific production declaration names the scope: key, service, team."""
         flagged = _one_of("_environment", self.environments)
         key = _one_of("api_key_id", self.api_keys)
-        service = ~key & _field("_production_service")
-        team = ~key & ~_field("_production_service") & _one_of("team", self.teams)
+        service = ~key & _set("_production_service")
+        team = ~key & ~_set("_production_service") & _one_of("team", self.teams)
         labels = (
             Text("environment={_environment}"), Text("user={user_id}", _given("user_id")),
             Text("service={service}", _given("service")), Text("feature={feature}", _given("feature")),
@@ -1241,7 +1259,7 @@ class UnpricedDetector(CalendarDetector):
 
     def contributions(self) -> list[Contribution]:
         return [Contribution(
-            Text("provider={provider},model={model}", ~_field("priced")),
+            Text("provider={provider},model={model}", ~_set("priced")),
             (Text("team={team}"), Text("reason={unpriced_reason}")),
         )]
 
@@ -1371,7 +1389,7 @@ class _Part(NamedTuple):
     detector: int
     scope: Text
     label: Text | None  # None: the scope's own total
-    condition: str  # the projected column that says which rows count
+    when: When  # the rows that count
 
 
 class _Fold:
@@ -1379,8 +1397,8 @@ class _Fold:
 
     1. Every text field a template names is dictionary-encoded once: a row's scope or
        label is then a pair of small integers, not a string built per row.
-    2. One projection evaluates every part's condition (which rows count towards a scope,
-       or a label) and every detector's time bucket.
+    2. Each part's condition (which rows count towards a scope, or a label) and each
+       detector's time bucket is evaluated over the batch, one Arrow call per distinct test.
     3. The parts are stacked into three integer-keyed tables, totals (part, bucket, scope
        codes), labels (also label codes) and fingerprints, and each is grouped once.
     4. Only the groups reach Python, where templates are filled from the dictionaries,
@@ -1391,30 +1409,22 @@ class _Fold:
 
     def __init__(self, detectors: list[Detector]) -> None:
         self.detectors = detectors
-        projection: dict[str, Expression] = {}
         self.totals: list[_Part] = []
         self.labels: list[_Part] = []
         self.fingerprints: list[_Part] = []
         for d, detector in enumerate(detectors):
-            projection[f"bucket{d}"] = detector.buckets_of(_field("_minute"))
             for contribution in detector.contributions():
-                counted = f"scope{len(self.totals)}"
-                projection[counted] = contribution.scope.when
-                self.totals.append(_Part(d, contribution.scope, None, counted))
-                for label in contribution.labels:
-                    counted = f"label{len(self.labels)}"
-                    projection[counted] = contribution.scope.when & label.when
-                    self.labels.append(_Part(d, contribution.scope, label, counted))
+                scope = contribution.scope
+                self.totals.append(_Part(d, scope, None, scope.when))
+                self.labels += [_Part(d, scope, label, scope.when & label.when) for label in contribution.labels]
                 if contribution.fingerprints:
-                    counted = f"print{len(self.fingerprints)}"
-                    projection[counted] = contribution.scope.when & _given("request_fingerprint")
-                    self.fingerprints.append(_Part(d, contribution.scope, Text("{request_fingerprint}"), counted))
+                    fingerprint = Text("{request_fingerprint}", _given("request_fingerprint"))
+                    self.fingerprints.append(_Part(d, scope, fingerprint, scope.when & fingerprint.when))
         self.prefixes = [f"{detector.name}:" for detector in detectors]
         self.fields = sorted({
             name for part in self.totals + self.labels + self.fingerprints
             for text in (part.scope, part.label) if text is not None for name in _fields_of(text.template)
         })
-        self.projection = acero.ProjectNodeOptions(list(projection.values()), list(projection))
 
     def summarize(self, rows: pa.Table) -> BatchSummary:
         summary = BatchSummary()
@@ -1422,7 +1432,6 @@ class _Fold:
             return summary
         occurred_at = rows.column("occurred_at")
         summary.watermark = pc.max(occurred_at).as_py()
-        rows = rows.append_column("_minute", _minutes(occurred_at))
         for detector in self.detectors:
             for name, values in detector.batch_fields(rows).items():
                 rows = rows.append_column(name, values)
@@ -1430,11 +1439,8 @@ class _Fold:
             column = rows.column(name)
             if column.null_count:
                 rows = rows.set_column(rows.schema.get_field_index(name), name, pc.fill_null(column, ""))
-        evaluated = acero.Declaration.from_sequence([
-            acero.Declaration("table_source", acero.TableSourceNodeOptions(rows)),
-            acero.Declaration("project", self.projection),
-        ]).to_table(use_threads=False)
-        batch = _Batch(rows, evaluated, self.fields)
+        minutes = _minutes(occurred_at).combine_chunks()
+        batch = _Batch(rows, [detector.buckets_of(minutes) for detector in self.detectors], self.fields)
         texts = _Texts(batch)
         for (part, index, s0, s1, _, _), (cost, square, calls) in batch.groups(self.totals, with_square=True):
             found = summary.bucket(texts.key(self.prefixes[part.detector], part.scope, s0, s1), index)
@@ -1460,14 +1466,17 @@ class _Fold:
 class _Batch:
     """A batch's columns as the fold reads them: codes of its text fields, conditions, buckets."""
 
-    def __init__(self, rows: pa.Table, evaluated: pa.Table, fields: list[str]) -> None:
+    def __init__(self, rows: pa.Table, buckets: list[pa.Array], fields: list[str]) -> None:
+        self.rows = rows
+        self.buckets = buckets  # per detector
         self.length = rows.num_rows
         self.codes: dict[str, pa.Array] = {}
         self.dictionaries: dict[str, pa.Array] = {}
         for name in fields:
             encoded = pc.dictionary_encode(rows.column(name).combine_chunks())
             self.codes[name], self.dictionaries[name] = encoded.indices, encoded.dictionary
-        self.evaluated = {name: evaluated.column(name).combine_chunks() for name in evaluated.column_names}
+        self._tests: dict[Test, pa.Array] = {}
+        self._masks: dict[frozenset[Test], pa.Array] = {}
         self.cost = rows.column("cost_total").combine_chunks()
         self.row = pa.array(range(self.length), pa.int64())
         self.none = pa.repeat(pa.scalar(0, pa.int32()), self.length)
@@ -1479,6 +1488,29 @@ class _Batch:
             wide = self.cost.cast(_WIDE_MONEY)
             self._square = pc.multiply(wide, wide)
         return self._square
+
+    def mask(self, when: When) -> pa.Array:
+        """Which rows pass ``when`` (every distinct test and conjunction computed once)."""
+        found = self._masks.get(when.tests)
+        if found is None:
+            tests = [self._test(test) for test in sorted(when.tests)]
+            found = reduce(pc.and_, tests) if tests else pa.repeat(pa.scalar(True), self.length)
+            self._masks[when.tests] = found
+        return found
+
+    def _test(self, test: Test) -> pa.Array:
+        found = self._tests.get(test)
+        if found is None:
+            name, kind, values, holds = test
+            column = self.rows.column(name).combine_chunks()
+            if kind == "given":
+                found = pc.not_equal(column, "")
+            elif kind == "set":
+                found = pc.fill_null(column, False)
+            else:
+                found = pc.is_in(column, value_set=pa.array(sorted(values), column.type))
+            self._tests[test] = found = found if holds else pc.invert(found)
+        return found
 
     def text_codes(self, text: Text | None) -> tuple[pa.Array, pa.Array]:
         """The codes of a template's first two fields (a constant for a missing one)."""
@@ -1501,8 +1533,8 @@ class _Batch:
             s0, s1 = self.text_codes(part.scope)
             l0, l1 = self.text_codes(part.label)
             values = (
-                pa.repeat(pa.scalar(n, pa.int32()), self.length), self.evaluated[f"bucket{part.detector}"],
-                s0, s1, l0, l1, self.cost, self.row, self.evaluated[part.condition],
+                pa.repeat(pa.scalar(n, pa.int32()), self.length), self.buckets[part.detector],
+                s0, s1, l0, l1, self.cost, self.row, self.mask(part.when),
             )
             for name, value in zip(names, values):
                 columns[name].append(value)

@@ -336,6 +336,28 @@ def test_summaries_merge_encode_and_split_by_scope(config: AnomalyConfig) -> Non
     assert whole.watermark == max(row["occurred_at"] for row in rows)
 
 
+def test_summaries_of_an_arrow_batch_and_of_its_rows_agree(config: AnomalyConfig) -> None:
+    from streams import priced
+
+    engine = AnomalyEngine(config)
+    rows = [row for _, batch in Traffic(0.05, seed=5).batches(1) for row in batch]
+    for row in rows:  # the priced topic keeps milliseconds
+        row["occurred_at"] = row["occurred_at"].replace(microsecond=row["occurred_at"].microsecond // 1000 * 1000)
+    assert engine.summarize(priced.to_table(rows)) == engine.summarize(rows)
+
+
+def test_labels_that_read_alike_are_one_driver(config: AnomalyConfig) -> None:
+    """Templates are filled per group of field values; two groups that spell the same label
+    (or key) add up, as they did when labels were strings built per row."""
+    at = START + timedelta(days=1, hours=12)
+    rows = [_row(at, provider="a/b", model="c"), _row(at, provider="a", model="b/c"), _row(at, feature="")]
+    summary = AnomalyEngine(config).summarize(rows)
+    [bucket] = summary.buckets["spike:team=search"].values()
+    assert bucket.drivers["model=a/b/c"] == [Decimal("0.02"), 2]
+    assert bucket.calls == 3 and bucket.cost == Decimal("0.03") and "feature=" not in bucket.drivers
+    assert "spike:feature=" not in summary.buckets and summary.buckets["spike:feature=answers"]
+
+
 def test_non_production_traffic_is_defined_by_what_is_declared_production(tmp_path: Path) -> None:
     path = tmp_path / "anomaly.toml"
     path.write_text('[production]\napi_keys = ["key-prod"]\nservices = ["billing-*"]\nteams = ["support"]\n')
