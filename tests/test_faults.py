@@ -233,27 +233,36 @@ def ledger(worker: WorkerProcess) -> Ledger:
     return Ledger(int(rows), int(unique), Decimal(cost), rollups)
 
 
-def settled_ledger(worker: WorkerProcess, distinct: int, *, timeout: float = SETTLE_TIMEOUT,
-                   idle: float = 15.0) -> Ledger:
-    """The ledger once it holds ``distinct`` rows and the worker has gone quiet.
-
-    Gives up early when nothing moved for ``idle`` seconds (rows lost: no point waiting
-    the full ``timeout``); a caller expecting a long backoff passes a longer ``idle``.
-    """
+def until_quiet(read: Any, reached: Any, *, timeout: float, idle: float, quiet_after: float) -> None:
+    """Poll ``read()`` until ``reached(value)`` holds and the value stopped moving for
+    ``quiet_after`` seconds, or it has not moved for ``idle`` seconds (stuck: no point
+    waiting the full ``timeout``)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     moved = time.monotonic()
     while time.monotonic() < deadline:
-        s = stats(worker)
-        now = (ledger(worker).rows, s.get("rows_inserted", 0), s.get("duplicates_dropped", 0), s.get("priced", 0))
+        now = read()
         if now != last:
             last, moved = now, time.monotonic()
-        # Reached the count and quiet for a while (a double count would land after the
-        # count is reached), or stuck below it.
         quiet = time.monotonic() - moved
-        if (now[0] >= distinct and quiet >= 2.5) or quiet >= idle:
-            break
+        if (reached(now) and quiet >= quiet_after) or quiet >= idle:
+            return
         time.sleep(0.25)
+
+
+def settled_ledger(worker: WorkerProcess, distinct: int, *, timeout: float = SETTLE_TIMEOUT,
+                   idle: float = 15.0) -> Ledger:
+    """The ledger once it holds ``distinct`` rows and the worker has gone quiet.
+
+    Gives up early when nothing moved for ``idle`` seconds (rows lost); a caller expecting
+    a long backoff passes a longer ``idle``. Quiet for a while after reaching the count,
+    because a double count would land after the count is reached.
+    """
+    def progress() -> tuple[int, ...]:
+        s = stats(worker)
+        return (ledger(worker).rows, s.get("rows_inserted", 0), s.get("duplicates_dropped", 0), s.get("priced", 0))
+
+    until_quiet(progress, lambda now: now[0] >= distinct, timeout=timeout, idle=idle, quiet_after=2.5)
     return ledger(worker)
 
 
@@ -266,16 +275,7 @@ def live_spend(worker: WorkerProcess) -> tuple[Decimal, int]:
 
 def settled_spend(worker: WorkerProcess, calls: int, *, timeout: float = 60.0, idle: float = 10.0) -> tuple[Decimal, int]:
     """The live spend once it has at least ``calls`` calls and stopped moving (or is stuck)."""
-    deadline = time.monotonic() + timeout
-    last, moved = None, time.monotonic()
-    while time.monotonic() < deadline:
-        now = live_spend(worker)
-        if now != last:
-            last, moved = now, time.monotonic()
-        quiet = time.monotonic() - moved
-        if (now[1] >= calls and quiet >= 1.5) or quiet >= idle:
-            break
-        time.sleep(0.25)
+    until_quiet(lambda: live_spend(worker), lambda now: now[1] >= calls, timeout=timeout, idle=idle, quiet_after=1.5)
     return live_spend(worker)
 
 
