@@ -1,4 +1,4 @@
-"""Three places where Faust's at-least-once delivery is weaker than the ledger needs.
+"""Four places where Faust's at-least-once delivery is weaker than the ledger needs.
 
 Each was found by the fault-injection tests (``tests/test_faults.py``) and is fixed here
 rather than worked around in the agents:
@@ -20,20 +20,34 @@ rather than worked around in the agents:
    (2.8 s), so a crash replays everything processed since: many batches. The enrich
    agent calls :func:`commit_batch` after each batch, so a crash replays at most the
    batch in progress; that is the bound on the live spend tables' over-count.
+
+4. **A partition never committed is not sought.** After a rebalance Faust "seeks to the
+   committed offsets", but aiokafka's ``seek_to_committed`` skips a partition whose
+   committed offset is missing (or 0) and leaves it where the consumer's position is.
+   That position can already be past messages no agent saw: Faust drops the records of
+   a fetch that a new rebalance generation interrupts, or that belong to a paused
+   partition. The SIGKILL test caught a restarted worker whose priced partition, never
+   committed (the worker before it lived under one commit interval), started at the end
+   of the log: the rows in between never reached ClickHouse. :func:`install` makes the
+   seek put such partitions back at their beginning, as
+   ``consumer_auto_offset_reset="earliest"`` promises.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import faust
 from faust.tables.recovery import Recovery
+from faust.transport.consumer import ThreadDelegateConsumer
+from faust.types import TP
 
 
 def install() -> None:
-    """Patch Faust's recovery to seek before it resumes (fix 1). Idempotent."""
+    """Patch Faust's recovery to seek before it resumes (fix 1), and its seek to place
+    every stream partition (fix 4). Idempotent."""
     if getattr(Recovery.on_recovery_completed, "seeks_first", False):
         return
     completed = Recovery.on_recovery_completed
@@ -53,6 +67,20 @@ def install() -> None:
 
     on_recovery_completed.seeks_first = True  # type: ignore[attr-defined]
     Recovery.on_recovery_completed = on_recovery_completed  # type: ignore[method-assign]
+
+    seek_to_committed = ThreadDelegateConsumer.seek_to_committed
+
+    async def seek_to_committed_or_beginning(self: ThreadDelegateConsumer) -> Mapping[TP, int]:
+        committed = await seek_to_committed(self)
+        # A stream partition with no committed offset goes back to its start. Table
+        # changelogs are left alone: recovery and standbys position those.
+        changelogs = self.app.tables.changelog_topics
+        unplaced = [tp for tp, offset in committed.items() if not offset and tp.topic not in changelogs]
+        if unplaced:
+            await self._thread.seek_to_beginning(*unplaced)  # type: ignore[attr-defined]
+        return committed
+
+    ThreadDelegateConsumer.seek_to_committed = seek_to_committed_or_beginning  # type: ignore[method-assign]
 
 
 @contextmanager
