@@ -128,8 +128,8 @@ class ClickHouseSink:
         client = self._connected()
         if rows.num_rows == 0:
             return SinkResult(0, 0)
-        keep, repeats = _first_of_each_id(rows)                                  # 2
         ids = rows.column("event_id").to_pylist()
+        keep, repeats = _first_of_each_id(rows, ids)                             # 2
         since = pc.min(rows.column("occurred_at")).as_py() - self.dedup_horizon
         stored = clickhouse.stored_copies(client, [ids[i] for i in keep], since)  # 3
         new, redelivered = [], []
@@ -195,11 +195,12 @@ def _source(rows: pa.Table, index: int) -> tuple[int, int]:
     return rows.column("source_partition")[index].as_py(), rows.column("source_offset")[index].as_py()
 
 
-def _first_of_each_id(rows: pa.Table) -> tuple[list[int], list[_Repeat]]:
-    """Indices of each id's first row, and the later rows that came from another message."""
+def _first_of_each_id(rows: pa.Table, ids: list[str]) -> tuple[list[int], list[_Repeat]]:
+    """Indices of each id's first row, and the later rows that came from another message
+    (``ids``: the rows' event ids, in order)."""
     first: dict[str, int] = {}
     repeats = []
-    for index, event_id in enumerate(rows.column("event_id").to_pylist()):
+    for index, event_id in enumerate(ids):
         kept = first.setdefault(event_id, index)
         if kept != index and (source := _source(rows, kept)) != _source(rows, index):
             repeats.append(_Repeat(index, source))

@@ -92,13 +92,15 @@ def period_bounds(period: str, tz: ZoneInfo) -> tuple[datetime, datetime]:
 
 def scope_of(values: dict[str, str], kinds: tuple[str, ...]) -> str | None:
     """``team=search,feature=answers`` from attribution values, or None if one is missing."""
-    parts = []
-    for kind in kinds:
-        value = values.get(SCOPE_FIELDS[kind])
-        if not value:
-            return None
-        parts.append(f"{kind}={value}")
-    return ",".join(parts)
+    scope_values = [values.get(SCOPE_FIELDS[kind]) for kind in kinds]
+    if not all(scope_values):
+        return None
+    return scope_text(kinds, scope_values)
+
+
+def scope_text(kinds: Iterable[str], values: Iterable[Any]) -> str:
+    """``team=search,feature=answers`` from the kinds and their (present) values."""
+    return ",".join(f"{kind}={value}" for kind, value in zip(kinds, values))
 
 
 def scope_kinds(scope: str) -> tuple[str, ...]:
@@ -160,7 +162,7 @@ def aggregate(
             periods = periods_memo.get(quarter_ms)
             if periods is None:
                 periods = periods_memo[quarter_ms] = period_keys(_EPOCH + timedelta(milliseconds=quarter_ms), tz)
-            scope = ",".join(f"{kind}={value}" for kind, value in zip(kinds, scope_values))
+            scope = scope_text(kinds, scope_values)
             for period in periods:
                 key = f"{scope}@{period}"
                 delta = deltas.get(key)
