@@ -21,11 +21,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 
 from streams.cli import format_table
 from streams.localstack import EmbeddedBroker, WorkerProcess, settings_from, worker_environment
-from streams.producer import UsageProducer
+from streams.producer import UsageProducer, publish_raw
 from streams.query import query_worker
 from streams.settings import Settings
 from streams.synthetic import generate
@@ -72,7 +71,7 @@ async def drive(settings: Settings, events: int, rate: float) -> None:
     started = time.monotonic()
     produced = 0
     async with UsageProducer(settings) as producer:
-        await publish_bad_messages(settings)
+        await publish_raw(settings, BAD_MESSAGES)
         next_draw = 0.0
         for event in generate(events):
             await producer.send(event)
@@ -91,16 +90,6 @@ async def drive(settings: Settings, events: int, rate: float) -> None:
             break
         await asyncio.sleep(0.5)
     draw(settings, produced, events, final=True)
-
-
-async def publish_bad_messages(settings: Settings) -> None:
-    producer = AIOKafkaProducer(**settings.kafka_client_options())
-    await producer.start()
-    try:
-        for value in BAD_MESSAGES:
-            await producer.send_and_wait(settings.usage_topic, value)
-    finally:
-        await producer.stop()
 
 
 def draw(settings: Settings, produced: int, total: int, *, final: bool = False) -> dict[str, Any]:

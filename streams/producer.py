@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from datetime import datetime, timezone
 from typing import Any
@@ -200,3 +200,16 @@ class SyncUsageProducer:
 async def _make_async_producer(settings: Settings | None, options: dict[str, Any]) -> UsageProducer:
     # AIOKafkaProducer binds to the running loop when created: create it on the thread's loop.
     return UsageProducer(settings, **options)
+
+
+async def publish_raw(settings: Settings, values: Iterable[bytes], **options: Any) -> None:
+    """Publish message values to the usage topic exactly as given, one at a time, each
+    acknowledged before the next: for bytes the SDK would not make (malformed input in
+    the demo and the fault tests). ``options`` go to ``AIOKafkaProducer``."""
+    producer = AIOKafkaProducer(**settings.kafka_client_options(), **options)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(settings.usage_topic, value)
+    finally:
+        await producer.stop()

@@ -66,11 +66,11 @@ from urllib.parse import quote, urlencode
 
 import fastavro
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from streams.codec import SCHEMAS_DIR, USAGE_BATCH, USAGE_EVENT, default_codec
 from streams.localstack import EmbeddedBroker, WorkerProcess
-from streams.producer import UsageProducer, usage_event
+from streams.producer import UsageProducer, publish_raw, usage_event
 from streams.settings import Settings
 from streams.sink import FAULT_CLICKHOUSE_DOWN_ENV, ClickHouseSink
 from tests.conftest import get_json, settings_of
@@ -142,16 +142,6 @@ async def _produce(settings: Settings, events: list[dict[str, Any]], per_message
 
 def produce(settings: Settings, events: list[dict[str, Any]], per_message: int = EVENTS_PER_MESSAGE) -> None:
     asyncio.run(_produce(settings, events, per_message))
-
-
-async def _produce_raw(settings: Settings, values: list[bytes]) -> None:
-    producer = AIOKafkaProducer(**settings.kafka_client_options(), acks="all", max_request_size=4 * 1024 * 1024)
-    await producer.start()
-    try:
-        for value in values:
-            await producer.send_and_wait(settings.usage_topic, value)
-    finally:
-        await producer.stop()
 
 
 class Traffic:
@@ -679,11 +669,11 @@ def scenario_bad_input(env: dict[str, str], workdir: Path) -> Figures:
         values.append(codec.encode(USAGE_BATCH, {"events": mixed[:2] + [inner_bad] + mixed[2:]}))
         expected.append(("bad event in an envelope", codec.encode(USAGE_EVENT, inner_bad), "invalid_usage"))
         good += mixed
-        asyncio.run(_produce_raw(settings, values))
+        asyncio.run(publish_raw(settings, values, acks="all", max_request_size=4 * 1024 * 1024))
         wait_until(lambda: (s := stats(worker)).get("dead_letters", 0) >= len(expected)
                    and s.get("rows_inserted", 0) >= len(good), 60, "the first round in ClickHouse and the dead-letter topic")
 
-        asyncio.run(_produce_raw(settings, interleaved(rounds[1], "good-2")))
+        asyncio.run(publish_raw(settings, interleaved(rounds[1], "good-2"), acks="all", max_request_size=4 * 1024 * 1024))
         after = [good_event("after", n) for n in range(200)]  # and the worker still takes new traffic
         produce(settings, after)
         good += after

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from genai_prices import Usage, calc_price
 
 from streams.codec import USAGE_EVENT, default_codec
 from streams.localstack import WorkerProcess
-from streams.producer import UsageProducer, usage_event
+from streams.producer import UsageProducer, publish_raw, usage_event
 from streams.synthetic import generate
 from tests.conftest import get_json, settings_of
 
@@ -132,13 +132,7 @@ async def produce(settings: Any, events: list[dict[str, Any]], singles: list[dic
     async with UsageProducer(settings, batched=False) as single:
         for event in singles:
             await single.send(event)
-    raw = AIOKafkaProducer(**settings.kafka_client_options())
-    await raw.start()
-    try:
-        for value in bad:
-            await raw.send_and_wait(settings.usage_topic, value)
-    finally:
-        await raw.stop()
+    await publish_raw(settings, bad)
 
 
 async def read_dead_letters(settings: Any, count: int) -> list[tuple[dict[str, Any], dict[str, bytes]]]:
@@ -237,16 +231,7 @@ def test_an_enormous_event_is_dead_lettered_and_the_worker_goes_on(worker: Worke
     fine = codec.encode(USAGE_EVENT, usage_event(provider="openai", model="gpt-4o", input_tokens=5,
                                                  output_tokens=5, team="search"))
 
-    async def send() -> None:
-        producer = AIOKafkaProducer(**settings.kafka_client_options(), max_request_size=8 << 20)
-        await producer.start()
-        try:
-            for value in (huge, fine):
-                await producer.send_and_wait(settings.usage_topic, value)
-        finally:
-            await producer.stop()
-
-    asyncio.run(send())
+    asyncio.run(publish_raw(settings, [huge, fine], max_request_size=8 << 20))
     stats = wait_until(lambda: (s := get_json(f"{worker.web_url}/stats")).get("rows_inserted") == 1 and s,
                        60, "the event after the enormous one in ClickHouse")
     assert stats["dead_letters"] == 1
