@@ -26,6 +26,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .pricebook import format_validation_errors, read_toml_without_floats
@@ -186,6 +188,24 @@ class Router:
         if user_id and (hit := self._by_user.get(user_id.strip())) is not None:
             return hit
         return self._unattributed
+
+    def attribute_columns(
+        self, team: pa.Array, api_key_id: pa.Array, service: pa.Array, user_id: pa.Array
+    ) -> tuple[pa.Array, pa.Array]:
+        """:meth:`attribute` over columns: (team, attributed_by). One look-up per distinct
+        team tag; only the rows without a usable tag go through the other rules one by one."""
+        tags = pc.dictionary_encode(team)
+        by_tag = [self._by_tag(tag) if tag else None for tag in tags.dictionary.to_pylist()]
+        hits = [None if code is None else by_tag[code] for code in tags.indices.to_pylist()]
+        untagged = [row for row, hit in enumerate(hits) if hit is None]
+        if untagged:
+            rows = pa.array(untagged, pa.int64())
+            others = zip(api_key_id.take(rows).to_pylist(), service.take(rows).to_pylist(),
+                         user_id.take(rows).to_pylist(), strict=True)
+            for row, (key, name, user) in zip(untagged, others, strict=True):
+                hits[row] = self.attribute(team=None, api_key_id=key, service=name, user_id=user)
+        return (pa.array([hit.team for hit in hits], pa.string()),  # type: ignore[union-attr]
+                pa.array([hit.attributed_by for hit in hits], pa.string()))  # type: ignore[union-attr]
 
     def _tagged(self, team: str) -> Attributed | None:
         name = normalise_team(team)

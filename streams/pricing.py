@@ -54,7 +54,7 @@ from genai_prices.validation import validate_priced_units
 
 from .pricebook import UNIT_REGISTRY, PriceBook, PriceValue, Tier, TieredPrice
 
-__all__ = ["COST_SCALE", "CATALOG_VERSION", "Cost", "Pricer", "normalise_tier", "tier_price_context"]
+__all__ = ["COST_SCALE", "CATALOG_VERSION", "ColumnRates", "Cost", "Pricer", "normalise_tier", "tier_price_context"]
 
 COST_SCALE = Decimal("1e-12")
 CATALOG_VERSION = f"genai-prices {genai_prices.__version__}"
@@ -72,6 +72,9 @@ _FAST_MAX_COUNT = 10**_FAST_COUNT_DIGITS - 1
 _FAST_RATE_DIGITS = 15
 _FAST_RATE_LIMIT = Decimal(1000)
 _FAST_MIN_PREC = _FAST_COUNT_DIGITS + _FAST_RATE_DIGITS + 1
+# Column arithmetic (streams.price_columns) is exact when a rate has at most this many
+# decimal places: count x rate then needs no rounding at COST_SCALE.
+_COST_PLACES = -COST_SCALE.as_tuple().exponent
 _ZERO = Decimal(0)
 _ZERO_COST = _ZERO.quantize(COST_SCALE)  # a priced zero part, at the same scale as the others
 _ROUND = ROUND_HALF_EVEN
@@ -133,6 +136,28 @@ def _make_cost(
     s_reason(cost, unpriced_reason)
     s_version(cost, price_version)
     return cost
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnRates:
+    """One rate card bracket as :mod:`streams.price_columns` multiplies it over columns.
+
+    Every amount is per token (``other`` per call), below ``_FAST_RATE_LIMIT`` (1,000) and
+    has at most ``COST_SCALE``'s twelve decimal places, so ``count * rate`` is exact at that
+    scale with no rounding: the same parts, to the last digit, as
+    :meth:`_RateCard._price_tokens`. ``None`` is "no such line" with the per-event path's
+    meaning (cache tokens then bill at the input rate).
+    """
+
+    input: Decimal | None
+    output: Decimal | None
+    cache_read: Decimal | None
+    cache_write: Decimal | None
+    other: Decimal  # charged once per call (a ``requests`` price), already at COST_SCALE
+    currency: str
+    priced: bool
+    unpriced_reason: str
+    price_version: str
 
 
 def normalise_tier(service_tier: str | None) -> str:
@@ -262,6 +287,23 @@ class _RateCard:
             return self._price_units(input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, other_units)
         return self._price_tokens(input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
 
+    def column_brackets(self) -> tuple[tuple[int, ColumnRates], ...] | None:
+        """``((start, rates for calls of more than start input tokens), ...)`` by descending
+        start, the last start -1; ``None`` when the card's events must be priced one by one
+        (rates :class:`ColumnRates` cannot hold exactly, or units priced per hour)."""
+        if self.unpriced is not None:
+            u = self.unpriced
+            return ((-1, ColumnRates(None, None, None, None, _ZERO_COST, u.currency, False, u.unpriced_reason,
+                                     u.price_version)),)
+        brackets = (*self._tier_rates, (-1, self._base_rates))
+        amounts = [rate for _, rates in brackets for rate in rates if rate is not None]
+        if not self._fast or not all(_fits_columns(amount) for amount in (*amounts, self._fixed_other)):
+            return None
+        return tuple(
+            (start, ColumnRates(*rates, self._fixed_other, self.currency, True, "", self.version))
+            for start, rates in brackets
+        )
+
     def _price_tokens(self, i: int, o: int, cr: int, cw: int) -> Cost:
         """The hot path: the four token counts, flat or tiered per-token rates.
 
@@ -350,6 +392,12 @@ def _fits_fast_path(line: _Line) -> bool:
         if len(rate.as_tuple().digits) > _FAST_RATE_DIGITS or rate >= _FAST_RATE_LIMIT:
             return False
     return True
+
+
+def _fits_columns(amount: Decimal) -> bool:
+    """Whether ``amount`` fits :class:`ColumnRates`: exact at COST_SCALE, below _FAST_RATE_LIMIT."""
+    exponent = amount.as_tuple().exponent
+    return isinstance(exponent, int) and exponent >= -_COST_PLACES and abs(amount) < _FAST_RATE_LIMIT
 
 
 def _token_problem(i: int, o: int, cr: int, cw: int) -> str:
@@ -508,13 +556,18 @@ class Pricer:
         other_units: Mapping[str, int] | None = None,
     ) -> Cost:
         """The exact cost of one event. Never raises for an unknown model or bad counts."""
+        card = self.rate_card(provider, model, service_tier, occurred_at)
+        return card.price(input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, other_units)
+
+    def rate_card(self, provider: str, model: str, service_tier: str, occurred_at: datetime) -> _RateCard:
+        """The prices in force for this provider, model and tier in the minute of ``occurred_at``
+        (memoized): :meth:`_RateCard.price` prices one event, ``column_brackets`` many."""
         t = occurred_at
         tz = t.tzinfo
         if tz is not UTC and tz is not None:
             t = t.astimezone(UTC)  # naive datetimes are UTC already
         # The minute as separate fields: a cheaper memo key than datetime.replace().
-        card = self._card(provider, model, service_tier, t.year, t.month, t.day, t.hour, t.minute)
-        return card.price(input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, other_units)
+        return self._card(provider, model, service_tier, t.year, t.month, t.day, t.hour, t.minute)
 
     # --- resolution (memo misses only) ---------------------------------------------------
 

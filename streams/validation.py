@@ -4,13 +4,24 @@ Avro guarantees types, not sense: a negative token count, a timestamp a year in 
 future or a megabyte-long team name decode fine and would poison every total downstream.
 Each failed check raises :class:`InvalidEvent` with a stable code and a sentence saying
 what to fix; the enrich agent sends the event to the dead-letter topic with both.
+
+The enrich stage checks a chunk's events as Arrow columns first (:func:`suspects`, a few
+calls per column instead of a function call per event) and runs :func:`validate` only on
+the rows those checks flag, to say why. So :func:`suspects` must flag every row that
+:func:`validate` would refuse (it may flag more; a property test holds it to that): a
+change to one is a change to both.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 SERVICE_TIERS = frozenset({"standard", "batch", "priority", "flex"})
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
@@ -128,3 +139,49 @@ def _tags(tags: dict[str, str], limits: Limits) -> None:
     for key, value in tags.items():
         if not key or len(key) > limits.max_identifier_length or len(value) > limits.max_tag_length:
             raise InvalidEvent("invalid_field", f"tag {key[:40]!r} has an empty or over-long name or value")
+
+
+def suspects(events: Mapping[str, pa.Array], now: datetime, limits: Limits) -> pa.BooleanArray:
+    """Rows of decoded events (as columns, usage and attribution fields unnested) that
+    :func:`validate` might refuse: the same checks, column-wise, in its order."""
+    longest = limits.max_identifier_length
+    micros = pa.timestamp("us", tz="UTC")  # datetime's own precision: the same bounds exactly
+    occurred_at = events["occurred_at"].cast(micros)
+    flags = [
+        pc.is_in(events["service_tier"], value_set=pa.array(sorted(SERVICE_TIERS))),
+        pc.less_equal(occurred_at, pa.scalar(now + limits.max_future, micros)),
+        pc.greater_equal(occurred_at, pa.scalar(now - limits.max_age, micros)),
+        pc.less_equal(pc.add(events["cache_read_tokens"], events["cache_write_tokens"]), events["input_tokens"]),
+        pc.less_equal(events["reasoning_tokens"], events["output_tokens"]),
+        pc.equal(map_sizes(events["other_units"]), 0),  # each unit is checked one by one
+        pc.less_equal(map_sizes(events["tags"]), limits.max_tags),
+    ]
+    for name in REQUIRED_FIELDS:
+        length = pc.utf8_length(events[name])
+        flags.append(pc.and_(pc.greater(length, 0), pc.less_equal(length, longest)))
+    for name in TOKEN_FIELDS:
+        flags.append(pc.and_(pc.greater_equal(events[name], 0), pc.less_equal(events[name], limits.max_tokens)))
+    for name in (*ATTRIBUTION_FIELDS, "request_fingerprint"):
+        flags.append(pc.fill_null(pc.less_equal(pc.utf8_length(events[name]), longest), True))
+    for name in limits.required_attribution:
+        flags.append(pc.fill_null(pc.greater(pc.utf8_length(events[name]), 0), False))
+    ok = flags[0]
+    for flag in flags[1:]:
+        ok = pc.and_(ok, flag)
+    suspect = pc.invert(ok)
+    tags = events["tags"]
+    bad_tags = pc.invert(pc.and_(
+        pc.and_(pc.greater(pc.utf8_length(tags.keys), 0), pc.less_equal(pc.utf8_length(tags.keys), longest)),
+        pc.less_equal(pc.utf8_length(tags.items), limits.max_tag_length),
+    ))
+    if pc.any(bad_tags).as_py():  # rare: find their rows in Python (``list_parent_indices`` takes no maps)
+        starts = tags.offsets.to_pylist()
+        rows = {bisect_right(starts, entry) - 1 for entry in pc.indices_nonzero(bad_tags).to_pylist()}
+        suspect = pc.or_(suspect, pa.array([row in rows for row in range(len(tags))], pa.bool_()))
+    return suspect
+
+
+def map_sizes(column: pa.MapArray) -> pa.Array:
+    """The number of entries of each map (Arrow's ``list_value_length`` takes no maps)."""
+    offsets = column.offsets
+    return pc.subtract(offsets[1:], offsets[:-1])
