@@ -17,7 +17,7 @@ Avro producer in any language sends them), the benchmark:
    then how the median worker run moved the events: messages per enrich batch, rows per
    ClickHouse insert, and the messages it wrote to each internal topic and changelog.
 
-    .venv/bin/python bench/run.py --events 200000
+    .venv/bin/python bench/run.py --events 300000 [--runs 3] [--only sdk|single]
 """
 
 from __future__ import annotations
@@ -226,15 +226,21 @@ def run_mode(label: str, batched: bool, events: int, runs: int) -> list[Figure]:
         return figures
 
 
+MODES = {"sdk": ("SDK batches", True), "single": ("one event per message", False)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3, help="runs of each variant, median taken")
+    parser.add_argument("--only", choices=sorted(MODES), help="measure one way events arrive, not both")
     args = parser.parse_args(argv)
     print(f"{args.events} events, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     rows: list[Any] = []
     flows: list[str] = []
-    for label, batched in (("SDK batches", True), ("one event per message", False)):
+    for name, (label, batched) in MODES.items():
+        if args.only not in (None, name):
+            continue
         figures = run_mode(label, batched, args.events, args.runs)
         limit, empty = figures[0].events_per_s, figures[1].events_per_s
         for figure in figures:

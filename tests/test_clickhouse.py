@@ -242,14 +242,17 @@ def test_stored_copies_say_where_each_id_came_from(migrated: Client) -> None:
     insert_rows(
         migrated,
         [priced_row("old", occurred_at=day - timedelta(days=40)), priced_row("a", occurred_at=day, source_offset=7),
-         priced_row("b'quote", occurred_at=day, source_offset=8)],
+         priced_row("b'quote", occurred_at=day, source_offset=8),
+         priced_row("c,\\ \n\té\u0000", occurred_at=day, source_offset=9)],
         dedup_token="t",
     )
 
-    asked = ["a", "b'quote", "new", "old", "a"]
+    asked = ["a", "b'quote", "new", "old", "a", "c,\\ \n\té\u0000", "c,\\"]
     recent = stored_copies(migrated, asked, since=day - timedelta(days=1))
-    assert {event_id: offset for event_id, (_, offset) in recent.items()} == {"a": 7, "b'quote": 8}
-    assert set(stored_copies(migrated, asked, since=day - timedelta(days=60))) == {"a", "b'quote", "old"}
+    assert {event_id: offset for event_id, (_, offset) in recent.items()} == {
+        "a": 7, "b'quote": 8, "c,\\ \n\té\u0000": 9}
+    assert set(stored_copies(migrated, asked, since=day - timedelta(days=60))) == {
+        "a", "b'quote", "c,\\ \n\té\u0000", "old"}
     assert stored_copies(migrated, [], since=day) == {}
 
 
