@@ -10,7 +10,7 @@
 Every agent takes a poll's worth of messages at a time (``take_events``) and pays per
 batch: one decode loop, memoized prices, one aggregate per (scope, period), one message
 per team or partition downstream, one ClickHouse insert. The enrich agent's per-event work
-runs in a child process (:mod:`streams.enrich_stage`), so this event loop keeps its core
+runs in child processes (:mod:`streams.enrich_stage`), so this event loop keeps its core
 for Faust, Kafka and the other agents. Messages are acknowledged only after the batch's
 output is on Kafka (or in ClickHouse, for the sink), so a crash replays the batch rather
 than losing it; :mod:`streams.faust_fixes` closes the gaps Faust leaves in that (see
@@ -121,16 +121,16 @@ async def enrich(stream: faust.StreamT) -> None:
     """Decode, validate, price and attribute; publish rows, spend deltas and dead letters.
 
     A poll's messages are enriched in chunks of bounded size (an SDK envelope carries
-    hundreds of events) by the enrich stage's child process (:mod:`streams.enrich_stage`),
-    all chunks submitted at once and published in order; the messages are acknowledged
+    hundreds of events) by the enrich stage's child processes (:mod:`streams.enrich_stage`,
+    in turn), all chunks submitted at once and published in order; the messages are acknowledged
     once every chunk's output is on Kafka.
     """
     async for events in stream.take_events(settings.enrich_batch_max, settings.enrich_batch_within):
         marks.setdefault("first_message_at", time.time())
         with faust_fixes.unacked_unless_done(events):
             pending = [
-                enrich_stage.submit([(e.message.partition, e.message.offset, e.message.value) for e in chunk])
-                for chunk in chunks_by_size(events, settings.enrich_chunk_bytes)
+                enrich_stage.submit([(e.message.partition, e.message.offset, e.message.value) for e in chunk], turn)
+                for turn, chunk in enumerate(chunks_by_size(events, settings.enrich_chunk_bytes))
             ]
             for chunk in pending:
                 prepared = await chunk

@@ -72,14 +72,16 @@ class Settings(BaseSettings):
     enrich_batch_within: float = Field(0.2, gt=0, description="Seconds to wait to fill a batch.")
     enrich_chunk_bytes: int = Field(2_000_000, ge=1, description="Usage bytes enriched at once (memory bound).")
     enrich_processes: int = Field(
-        1, ge=0, description="Child processes that enrich (0: on the event loop). See streams.enrich_stage."
+        2, ge=0, description="Child processes that enrich (0: on the event loop). See streams.enrich_stage."
     )
     priced_message_rows: int = Field(2000, ge=1, description="Priced rows per priced-topic message.")
     message_max_bytes: int = Field(
         900_000, ge=1000, description="Largest deltas or anomaly message sent (Kafka refuses over 1 MB by default)."
     )
     sink_batch_max: int = Field(50, ge=1, description="Priced-topic messages per ClickHouse insert.")
-    sink_batch_within: float = Field(1.0, gt=0)
+    sink_batch_within: float = Field(
+        0.5, gt=0, description="Seconds to gather priced messages: at most two inserts a second, each every row so far."
+    )
     spend_batch_max: int = Field(500, ge=1, description="Deltas messages per spend-table batch.")
     spend_batch_within: float = Field(0.1, gt=0)
     anomaly_batch_max: int = Field(1000, ge=1, description="Summaries per anomaly batch.")
