@@ -10,8 +10,9 @@ within 20% of its RSS after 200k. The benchmark:
    the worker runs, generating and encoding one piece at a time and staying at most
    ``--lead`` events ahead of the rows in ClickHouse, as live traffic would (a backlog the worker has
    not read yet sits in the broker, not in this process nor in the worker);
-3. samples the worker's RSS (``VmRSS`` of ``/proc/<pid>/status``) against its ``GET
-   /stats`` counters every ``--every`` seconds, until every event is in ClickHouse;
+3. samples the worker's RSS (``VmRSS`` of ``/proc/<pid>/status``, its enrich children's
+   added) against its ``GET /stats`` counters every ``--every`` seconds, until every
+   event is in ClickHouse;
 4. measures the RSS the goal compares at two points, ``--baseline`` events (200k) and the
    end: publishing stops there until every event is in ClickHouse, and the median RSS of
    the next ``--settle`` seconds is taken. A sample taken mid-flow depends on how large
@@ -68,10 +69,14 @@ class Sample:
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    """RSS of the worker and its children (the enrich stage's processes), summed."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    total = 0.0
+    for process in [pid, *map(int, children)]:
+        for line in Path(f"/proc/{process}/status").read_text().splitlines():
+            if line.startswith("VmRSS"):
+                total += int(line.split()[1]) / 1024
+    return total
 
 
 class Sampler(threading.Thread):
