@@ -61,7 +61,7 @@ import threading
 import time
 import urllib.error
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -712,31 +712,18 @@ def scenario_clickhouse_down(env: dict[str, str], workdir: Path, *, outage: floa
 def scenario_broker_pause(env: dict[str, str], workdir: Path, broker: EmbeddedBroker,
                           *, pause: float = PAUSE_SECONDS) -> Figures:
     """Freeze the broker (SIGSTOP) for ``pause`` seconds mid-stream, then resume it (SIGCONT)."""
-    assert broker.proc is not None
-    env = {**env, "SPENDSTREAM_ENRICH_BATCH_MAX": str(BATCH_MESSAGES)}  # a rebalance may replay one batch
-    settings = settings_of(env)
-    figures = Figures(f"broker paused {pause:.0f}s")
-    workers = Workers(env, workdir)
-    with workers.running(figures):
-        worker = workers.start()
-        with Traffic(settings, "pause") as traffic:
-            time.sleep(3)
-            before = len(traffic.produced)
-            priced = stats(worker).get("priced", 0)
-            broker.proc.send_signal(signal.SIGSTOP)
-            try:
-                time.sleep(pause)
-            finally:
-                broker.proc.send_signal(signal.SIGCONT)
-            recovery = recovered(figures, worker, "the broker pause")
-        if recovery is None:
-            return figures
-        figures.notes.append(f"paused after ~{before} events ({recovery.at_return - priced} priced during the pause); "
-                             f"after SIGCONT {recovery}")
-        # Re-deliveries after a pause (a rebalance, a failed commit) may over-count the
-        # spend table like a crash does, never more than one batch.
-        finish(figures, worker, workers, traffic.produced, spend_bound=one_batch_bound(settings))
-    return figures
+    process = broker.proc
+    assert process is not None
+
+    def freeze(figures: Figures) -> str:
+        process.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(pause)
+        finally:
+            process.send_signal(signal.SIGCONT)
+        return f"frozen for {pause:.0f}s"
+
+    return broker_fault(env, workdir, f"broker paused {pause:.0f}s", "the broker pause", freeze, prefix="pause")
 
 
 def scenario_broker_restart(env: dict[str, str], workdir: Path, broker: EmbeddedBroker, proxy: RestartableProxy,
@@ -750,34 +737,50 @@ def scenario_broker_restart(env: dict[str, str], workdir: Path, broker: Embedded
     (:func:`broker_behind_proxy`); it keeps running throughout.
     """
     assert broker.bootstrap == f"127.0.0.1:{proxy.port}", "the broker must advertise the proxy"
-    env = {**env, "SPENDSTREAM_ENRICH_BATCH_MAX": str(BATCH_MESSAGES)}  # a rebalance may replay one batch
+
+    def restart(figures: Figures) -> str:
+        dropped = proxy.down()
+        try:
+            refused = refuses_connections(proxy.port)
+            time.sleep(downtime)
+        finally:
+            proxy.up()
+        if not refused:
+            figures.problems.append("a connect while the broker was down was not refused: no restart was played")
+        return f"{dropped} connections reset, connects refused for {downtime:.0f}s"
+
+    return broker_fault(env, workdir, f"broker restarted ({downtime:.0f}s down)", "the broker restart", restart,
+                        prefix="restart")
+
+
+def broker_fault(env: dict[str, str], workdir: Path, title: str, fault_name: str,
+                 fault: Callable[[Figures], str], *, prefix: str) -> Figures:
+    """Traffic through a worker, ``fault`` played 3 s in (it returns once the broker is
+    back, saying what it did), then the worker's recovery and the ledger checked; the
+    events' ids start with ``prefix``.
+
+    Re-deliveries after the fault (a rebalance, a commit lost with its connection) may
+    over-count the spend table like a crash does, never by more than one batch: the enrich
+    batch is set to ``BATCH_MESSAGES`` messages so that the bound is smaller than the run.
+    """
+    env = {**env, "SPENDSTREAM_ENRICH_BATCH_MAX": str(BATCH_MESSAGES)}
     settings = settings_of(env)
-    figures = Figures(f"broker restarted ({downtime:.0f}s down)")
+    figures = Figures(title)
     workers = Workers(env, workdir)
     with workers.running(figures):
         worker = workers.start()
-        with Traffic(settings, "restart") as traffic:
+        with Traffic(settings, prefix) as traffic:
             time.sleep(3)
             before = len(traffic.produced)
             priced = stats(worker).get("priced", 0)
-            dropped = proxy.down()
-            try:
-                refused = refuses_connections(proxy.port)
-                time.sleep(downtime)
-            finally:
-                proxy.up()
-            if not refused:
-                figures.problems.append("a connect while the broker was down was not refused: no restart was played")
-            recovery = recovered(figures, worker, "the broker restart")
+            done = fault(figures)
+            recovery = recovered(figures, worker, fault_name)
         if recovery is None:
             return figures
         figures.notes.append(
-            f"down after ~{before} events: {dropped} connections reset, connects refused for {downtime:.0f}s "
-            f"({recovery.at_return - priced} priced meanwhile; the test's producer failed {traffic.failed_sends} "
-            f"send(s) and sent them again); after the restart {recovery}"
+            f"after ~{before} events, {done} ({recovery.at_return - priced} priced meanwhile; the test's producer "
+            f"failed {traffic.failed_sends} send(s) and sent them again); after {fault_name} {recovery}"
         )
-        # Re-deliveries after the reconnect (a rebalance, a commit lost with its connection)
-        # may over-count the spend table like a crash does, never more than one batch.
         finish(figures, worker, workers, traffic.produced, spend_bound=one_batch_bound(settings))
     return figures
 
