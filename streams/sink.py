@@ -142,7 +142,8 @@ class ClickHouseSink:
             else:
                 repeats.append(_Repeat(i, copy))
         token = _dedup_token(ranges)
-        inserted = clickhouse.insert_priced(client, rows if len(new) == rows.num_rows else rows.take(pa.array(new, pa.int64())), dedup_token=token)  # 4
+        new_rows = rows if len(new) == rows.num_rows else rows.take(pa.array(new, pa.int64()))
+        inserted = clickhouse.insert_priced(client, new_rows, dedup_token=token)  # 4
         damaged = _teams_and_days(rows, redelivered)
         rollup_repair.repair(client, self.database, damaged)                       # 5
         fresh = self._record_repeats(client, rows, repeats)                        # 6

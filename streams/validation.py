@@ -170,8 +170,9 @@ def suspects(events: Mapping[str, pa.Array], now: datetime, limits: Limits) -> p
         ok = pc.and_(ok, flag)
     suspect = pc.invert(ok)
     tags = events["tags"]
+    key_length = pc.utf8_length(tags.keys)
     bad_tags = pc.invert(pc.and_(
-        pc.and_(pc.greater(pc.utf8_length(tags.keys), 0), pc.less_equal(pc.utf8_length(tags.keys), longest)),
+        pc.and_(pc.greater(key_length, 0), pc.less_equal(key_length, longest)),
         pc.less_equal(pc.utf8_length(tags.items), limits.max_tag_length),
     ))
     if pc.any(bad_tags).as_py():  # rare: find their rows in Python (``list_parent_indices`` takes no maps)
