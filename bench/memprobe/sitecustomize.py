@@ -25,6 +25,11 @@ EVERY = float(os.environ.get("SPENDSTREAM_MEMORY_PROBE_EVERY", "10"))
 # Diagnosis only: after each sample call malloc_trim(0) and record what it gave back (the
 # heap memory glibc kept although nothing uses it). It changes what it measures.
 TRIM = os.environ.get("SPENDSTREAM_MEMORY_PROBE_TRIM") == "1"
+# Diagnosis only: trace Python allocations (tracemalloc, slows the worker) and record the
+# bytes Python holds, and the lines whose holdings grew most since the first sample at or
+# past this many events. Python's own memory apart from ClickHouse's and the libraries'.
+TRACE_FROM = int(os.environ.get("SPENDSTREAM_MEMORY_PROBE_TRACE_FROM", "0"))
+_baseline: list = []
 
 
 class _MallInfo2(ctypes.Structure):
@@ -52,12 +57,12 @@ def _rss_mb() -> float:
     return 0.0
 
 
-def _structures() -> dict[str, int]:
+def _structures(scan_gc: bool) -> dict[str, int]:
     out: dict[str, int] = {}
     app = sys.modules.get("streams.app")
     if app is None:
         return out
-    for obj in gc.get_objects():
+    for obj in gc.get_objects() if scan_gc else ():
         name = type(obj).__name__
         if name == "SpendState":
             shadow = getattr(obj, "shadow", None) or getattr(obj, "_shadow", None)
@@ -68,25 +73,46 @@ def _structures() -> dict[str, int]:
             out[f"table_{table}_keys"] = len(getattr(app, table).data)
         except Exception:  # noqa: BLE001 - a probe never takes the worker down
             pass
-    out["enricher_providers_seen"] = len(getattr(app.enricher, "_providers_seen", ()))
     return out
 
 
 def _sample(n: int) -> dict[str, object]:
     line: dict[str, object] = {"at": time.time(), "rss_mb": _rss_mb(), **_mallinfo(),
                                "pymalloc_blocks": sys.getallocatedblocks()}
-    objects = gc.get_objects()
-    line["gc_objects"] = len(objects)
-    if n % 3 == 0:
-        line["types"] = Counter(type(o).__name__ for o in objects).most_common(12)
-    del objects
-    line.update(_structures())
+    if not TRACE_FROM:
+        # gc.get_objects() from this thread can catch a tuple the worker is still building,
+        # and CPython then fails the worker's tuple() with a SystemError (two probe runs of
+        # 2026-11-23 died so, in spend.scope_kinds); tracing runs need no counts and skip it.
+        objects = gc.get_objects()
+        line["gc_objects"] = len(objects)
+        if n % 3 == 0:
+            line["types"] = Counter(type(o).__name__ for o in objects).most_common(12)
+        del objects
+    line.update(_structures(scan_gc=not TRACE_FROM))
     try:
         stats = sys.modules["streams.app"].stats
         line["events"], line["rows"] = stats.get("events", 0), stats.get("rows_inserted", 0)
     except (KeyError, AttributeError):
         pass
+    if TRACE_FROM:
+        _traced(line)
     return line
+
+
+def _traced(line: dict[str, object]) -> None:
+    import tracemalloc
+
+    line["traced_mb"] = tracemalloc.get_traced_memory()[0] / (1 << 20)
+    if int(line.get("events", 0)) < TRACE_FROM:  # type: ignore[call-overload]
+        return
+    snapshot = tracemalloc.take_snapshot()
+    if not _baseline:
+        _baseline.append(snapshot)
+        return
+    line["grown"] = [
+        [str(stat.traceback), round(stat.size_diff / (1 << 20), 1), round(stat.size / (1 << 20), 1)]
+        for stat in snapshot.compare_to(_baseline[0], "lineno")[:15]
+    ]
 
 
 def _run() -> None:
@@ -106,4 +132,8 @@ def _run() -> None:
 
 
 if PATH and sys.argv[1:2] == ["worker"]:
+    if TRACE_FROM:
+        import tracemalloc
+
+        tracemalloc.start()
     threading.Thread(target=_run, name="memory-probe", daemon=True).start()
