@@ -18,6 +18,7 @@ import os
 import sys
 import threading
 import time
+import tracemalloc
 from collections import Counter
 
 PATH = os.environ.get("SPENDSTREAM_MEMORY_PROBE")
@@ -29,7 +30,7 @@ TRIM = os.environ.get("SPENDSTREAM_MEMORY_PROBE_TRIM") == "1"
 # bytes Python holds, and the lines whose holdings grew most since the first sample at or
 # past this many events. Python's own memory apart from ClickHouse's and the libraries'.
 TRACE_FROM = int(os.environ.get("SPENDSTREAM_MEMORY_PROBE_TRACE_FROM", "0"))
-_baseline: list = []
+_baseline: tracemalloc.Snapshot | None = None  # taken at the first sample past TRACE_FROM
 
 
 class _MallInfo2(ctypes.Structure):
@@ -100,18 +101,17 @@ def _sample(n: int) -> dict[str, object]:
 
 
 def _traced(line: dict[str, object]) -> None:
-    import tracemalloc
-
+    global _baseline
     line["traced_mb"] = tracemalloc.get_traced_memory()[0] / (1 << 20)
     if int(line.get("events", 0)) < TRACE_FROM:  # type: ignore[call-overload]
         return
     snapshot = tracemalloc.take_snapshot()
-    if not _baseline:
-        _baseline.append(snapshot)
+    if _baseline is None:
+        _baseline = snapshot
         return
     line["grown"] = [
         [str(stat.traceback), round(stat.size_diff / (1 << 20), 1), round(stat.size / (1 << 20), 1)]
-        for stat in snapshot.compare_to(_baseline[0], "lineno")[:15]
+        for stat in snapshot.compare_to(_baseline, "lineno")[:15]
     ]
 
 
@@ -133,7 +133,5 @@ def _run() -> None:
 
 if PATH and sys.argv[1:2] == ["worker"]:
     if TRACE_FROM:
-        import tracemalloc
-
         tracemalloc.start()
     threading.Thread(target=_run, name="memory-probe", daemon=True).start()
