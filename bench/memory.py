@@ -50,6 +50,7 @@ from aiokafka import AIOKafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.run import process_tree, status_mb  # noqa: E402
 from streams.codec import USAGE_BATCH, default_codec  # noqa: E402
 from streams.demo import fetch  # noqa: E402
 from streams.localstack import EmbeddedBroker, WorkerProcess, settings_from, worker_environment  # noqa: E402
@@ -70,13 +71,7 @@ class Sample:
 
 def rss_mb(pid: int) -> float:
     """RSS of the worker and its children (the enrich stage's processes), summed."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    total = 0.0
-    for process in [pid, *map(int, children)]:
-        for line in Path(f"/proc/{process}/status").read_text().splitlines():
-            if line.startswith("VmRSS"):
-                total += int(line.split()[1]) / 1024
-    return total
+    return sum(status_mb(process, "VmRSS") for process in process_tree(pid))
 
 
 class Sampler(threading.Thread):

@@ -105,15 +105,27 @@ async def plain_decode_rate(settings: Settings, expected_events: int) -> Figure:
         await consumer.stop()
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and its live children (the worker and its enrich stage's processes)."""
+    return [pid, *map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+
+
+def status_mb(pid: int, field: str) -> float:
+    """A memory figure of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``) in MB; 0 for a
+    process that has none (one that has exited but not been reaped holds no memory)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def process_tree_cpu_and_rss(pid: int) -> tuple[float, float]:
     """CPU seconds and peak RSS (MB) of a process and its live children, summed."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     cpu = rss = 0.0
-    for process in [pid, *map(int, children)]:
+    for process in process_tree(pid):
         fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
         cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        status = Path(f"/proc/{process}/status").read_text().splitlines()
-        rss += int(next(line for line in status if line.startswith("VmHWM")).split()[1]) / 1024
+        rss += status_mb(process, "VmHWM")
     return cpu, rss
 
 
