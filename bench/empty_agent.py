@@ -37,6 +37,7 @@ def main() -> None:
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
         consumer_auto_offset_reset="earliest",
         stream_buffer_maxsize=65536,
+        datadir=str(settings.worker_data_dir),  # the benchmark's temporary directory, not the checkout
         broker_session_timeout=settings.broker_session_timeout,
         web_enabled=False,
     )

@@ -30,6 +30,8 @@ TRIM = os.environ.get("SPENDSTREAM_MEMORY_PROBE_TRIM") == "1"
 # bytes Python holds, and the lines whose holdings grew most since the first sample at or
 # past this many events. Python's own memory apart from ClickHouse's and the libraries'.
 TRACE_FROM = int(os.environ.get("SPENDSTREAM_MEMORY_PROBE_TRACE_FROM", "0"))
+# The gc scan (object counts, scope-structure sizes) can crash the worker; see _sample.
+GC_SCAN = os.environ.get("SPENDSTREAM_MEMORY_PROBE_GC", "1") == "1"
 _baseline: tracemalloc.Snapshot | None = None  # taken at the first sample past TRACE_FROM
 
 
@@ -74,13 +76,20 @@ def _structures(scan_gc: bool) -> dict[str, int]:
             out[f"table_{table}_keys"] = len(getattr(app, table).data)
         except Exception:  # noqa: BLE001 - a probe never takes the worker down
             pass
+    try:  # events waiting in each agent's stream buffer (Faust's channel queues), per topic
+        depths: Counter[str] = Counter()
+        for channel in list(app.app.topics._topics):
+            depths[",".join(channel.topics)] += channel.queue.qsize()
+        out.update({f"queued_{name}": depth for name, depth in depths.items()})
+    except Exception:  # noqa: BLE001
+        pass
     return out
 
 
 def _sample(n: int) -> dict[str, object]:
     line: dict[str, object] = {"at": time.time(), "rss_mb": _rss_mb(), **_mallinfo(),
                                "pymalloc_blocks": sys.getallocatedblocks()}
-    if not TRACE_FROM:
+    if not TRACE_FROM and GC_SCAN:
         # gc.get_objects() from this thread can catch a tuple the worker is still building,
         # and CPython then fails the worker's tuple() with a SystemError (two probe runs of
         # 2026-11-23 died so, in spend.scope_kinds); tracing runs need no counts and skip it.
@@ -89,7 +98,7 @@ def _sample(n: int) -> dict[str, object]:
         if n % 3 == 0:
             line["types"] = Counter(type(o).__name__ for o in objects).most_common(12)
         del objects
-    line.update(_structures(scan_gc=not TRACE_FROM))
+    line.update(_structures(scan_gc=GC_SCAN and not TRACE_FROM))
     try:
         stats = sys.modules["streams.app"].stats
         line["events"], line["rows"] = stats.get("events", 0), stats.get("rows_inserted", 0)
