@@ -14,8 +14,9 @@ within 20% of its RSS after 200k. The benchmark:
    added) against its ``GET /stats`` counters every ``--every`` seconds, until every
    event is in ClickHouse;
 4. measures the RSS the goal compares at two points, ``--baseline`` events (200k) and the
-   end: publishing stops there until every event is in ClickHouse, and the median RSS of
-   the next ``--settle`` seconds is taken. A sample taken mid-flow depends on how large
+   end: publishing stops there until every event is in ClickHouse and the spend and
+   anomaly agents have applied everything sent to them, and the median RSS of the next
+   ``--settle`` seconds is taken. A sample taken mid-flow depends on how large
    the batches in flight happen to be at that instant (they swing by hundreds of MB);
    a settled worker holds its state and nothing else, which is what "after 200k events"
    and "after 2 million" mean;
@@ -50,7 +51,7 @@ from aiokafka import AIOKafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.run import process_tree, status_mb  # noqa: E402
+from bench.run import caught_up, process_tree, status_mb  # noqa: E402
 from streams.codec import USAGE_BATCH, default_codec  # noqa: E402
 from streams.demo import fetch  # noqa: E402
 from streams.localstack import EmbeddedBroker, WorkerProcess, settings_from, worker_environment  # noqa: E402
@@ -67,6 +68,7 @@ class Sample:
     events: int  # the worker's 'events' counter (rows + dead letters enriched)
     rows: int  # rows inserted into ClickHouse
     rss_mb: float
+    stats: dict[str, Any]  # the worker's /stats
 
 
 def rss_mb(pid: int) -> float:
@@ -87,12 +89,12 @@ class Sampler(threading.Thread):
     def take(self) -> Sample:
         stats = fetch(self.settings, "/stats")
         sample = Sample(time.monotonic() - self.started, int(stats.get("events", 0)),
-                        int(stats.get("rows_inserted", 0)), rss_mb(self.pid))
+                        int(stats.get("rows_inserted", 0)), rss_mb(self.pid), stats)
         self.samples.append(sample)
         return sample
 
     def latest(self) -> Sample:
-        return self.samples[-1] if self.samples else Sample(0, 0, 0, 0)
+        return self.samples[-1] if self.samples else Sample(0, 0, 0, 0, {})
 
     def run(self) -> None:
         while not self.done.wait(self.every):
@@ -181,10 +183,11 @@ def run(args: argparse.Namespace) -> float:
 
 
 def settled_rss(worker: WorkerProcess, sampler: Sampler, rows: int, args: argparse.Namespace) -> float:
-    """Wait until ``rows`` rows are in ClickHouse, then the median RSS over ``args.settle`` s."""
+    """Wait until ``rows`` rows are in ClickHouse and the spend and anomaly agents have caught
+    up, then the median RSS over ``args.settle`` s."""
     assert worker.proc is not None
     deadline = time.monotonic() + args.timeout
-    while sampler.latest().rows < rows:
+    while not caught_up(sampler.latest().stats, rows):
         if worker.proc.poll() is not None:
             raise RuntimeError(f"worker exited with {worker.proc.returncode} at {sampler.latest()}")
         if time.monotonic() > deadline:

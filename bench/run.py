@@ -8,9 +8,10 @@ Avro producer in any language sends them), the benchmark:
    (median of several runs);
 3. measures an empty Faust agent over the same messages (Faust's own per-message
    ceiling, the reference for single-event messages);
-4. starts a worker on the backlog and measures events/s from its first message to the
-   last row in ClickHouse (decode → validate → price → attribute → spend tables →
-   ClickHouse insert), with the CPU seconds and peak RSS of the worker and its enrich
+4. starts a worker on the backlog and measures events/s from its first message until the
+   whole flow is done: the last row in ClickHouse, and the spend and anomaly agents'
+   last batch once they have applied every message sent to them (decode → validate →
+   price → attribute → ClickHouse insert, spend tables and cap checks, anomaly checks), with the CPU seconds and peak RSS of the worker and its enrich
    process; several runs, each a fresh worker (its own consumer group, internal topics
    and ClickHouse), median taken;
 5. prints one table with each rate and its ratio to the limit and to the empty agent,
@@ -140,6 +141,14 @@ def fresh_worker(env: dict[str, str], workdir: Path, run: int) -> dict[str, str]
     return fresh
 
 
+def caught_up(stats: dict[str, Any], events: int) -> bool:
+    """Every event is in ClickHouse (or a dead letter), and the spend and anomaly agents have
+    applied every message sent to them: the whole flow, not only the sink, is done."""
+    return (stats.get("rows_inserted", 0) + stats.get("dead_letters", 0) >= events
+            and stats.get("deltas_applied", 0) >= stats.get("deltas_sent", 0)
+            and stats.get("summaries_applied", 0) >= stats.get("summaries_sent", 0))
+
+
 def worker_rate(env: dict[str, str], events: int, workdir: Path) -> Figure:
     worker = WorkerProcess(env, log=workdir / "worker.log")
     settings = settings_from(env)
@@ -151,13 +160,14 @@ def worker_rate(env: dict[str, str], events: int, workdir: Path) -> Figure:
         deadline = time.monotonic() + 600
         while True:
             stats = fetch(settings, "/stats")
-            if stats.get("rows_inserted", 0) + stats.get("dead_letters", 0) >= events:
+            if caught_up(stats, events):
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"worker processed {stats} of {events} events")
             time.sleep(0.2)
         cpu, rss = process_tree_cpu_and_rss(worker.proc.pid)
-        rate = events / (stats["last_insert_at"] - stats["first_message_at"])
+        done_at = max(stats["last_insert_at"], stats.get("last_spend_at", 0), stats.get("last_anomaly_at", 0))
+        rate = events / (done_at - stats["first_message_at"])
         written = asyncio.run(topic_messages(settings))
         return Figure("worker end to end", rate, cpu - cpu_at_start, rss, flow(stats, written, events))
     except Exception:
@@ -192,7 +202,9 @@ def flow(stats: dict[str, Any], written: dict[str, int], events: int) -> list[st
     return [
         f"enrich: {stats['messages']:,} usage messages in {stats['enrich_batches']:,} batches "
         f"({stats['messages'] / stats['enrich_batches']:,.0f} per batch), all published after "
-        f"{stats['last_enriched_at'] - started:.1f} s; last ClickHouse insert after {stats['last_insert_at'] - started:.1f} s",
+        f"{stats['last_enriched_at'] - started:.1f} s; last ClickHouse insert after {stats['last_insert_at'] - started:.1f} s, "
+        f"spend and anomaly caught up after {stats.get('last_spend_at', 0) - started:.1f} and "
+        f"{stats.get('last_anomaly_at', 0) - started:.1f} s",
         f"ClickHouse: {stats['rows_inserted']:,} rows in {inserts:,} inserts ({stats['rows_inserted'] / inserts:,.0f} "
         f"rows, {stats.get('sink_messages', 0) / inserts:,.1f} priced messages per insert)",
         f"messages written per 1,000 events: {per_thousand} (total {sum(written.values()) * 1000 / events:.1f})",

@@ -7,8 +7,9 @@
                       └───> anomaly topic (per-batch summaries) ──detect_anomalies──> alerts, cap state
                       └───> dead-letter topic (reason + original bytes)
 
-Every agent takes a poll's worth of messages at a time (``take_events``) and pays per
-batch: one decode loop, memoized prices, one aggregate per (scope, period), one message
+Every agent takes a poll's worth of messages at a time (``take_events``; the enrich
+agent :func:`~streams.read_ahead.take_ahead`, which lets Faust read the next batch while
+this one is enriched) and pays per batch: one decode loop, memoized prices, one aggregate per (scope, period), one message
 per team or partition downstream, one ClickHouse insert. The enrich agent's per-event work
 runs in child processes (:mod:`streams.enrich_stage`), so this event loop keeps its core
 for Faust, Kafka and the other agents. Messages are acknowledged only after the batch's
@@ -41,6 +42,7 @@ from streams.codec import ALERT, CAP_STATE, DEAD_LETTER, default_codec
 from streams.compacted import CompactedView
 from streams.enrich import DeadLetter, chunks_by_size
 from streams.enrich_stage import EnrichStage, Prepared, deltas_messages
+from streams.read_ahead import take_ahead
 from streams.settings import Settings
 from streams.sink import ClickHouseSink, PricedMessage
 from streams.serialize import jsonable
@@ -98,10 +100,22 @@ app = faust.App(
 
 # --- Topics ------------------------------------------------------------------------------
 raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+
+def _chunk_topic(name: str) -> faust.TopicT:
+    """A topic whose messages each carry a chunk's worth (thousands of rows, scopes or
+    keys): its agent buffers few, so that an agent falling behind leaves its backlog in
+    Kafka, not in memory. ``app.topic`` drops its ``maxsize`` argument (faust-streaming
+    0.15.3), so the bound is set on the topic, where its agent's buffer reads it."""
+    topic = app.topic(name, **raw)
+    topic.maxsize = settings.internal_buffer_messages
+    return topic
+
+
 usage_topic = app.topic(settings.usage_topic, **raw)
-priced_topic = app.topic(settings.priced_topic, **raw)
-deltas_topic = app.topic(settings.deltas_topic, **raw)
-anomaly_topic = app.topic(settings.anomaly_topic, **raw)
+priced_topic = _chunk_topic(settings.priced_topic)
+deltas_topic = _chunk_topic(settings.deltas_topic)
+anomaly_topic = _chunk_topic(settings.anomaly_topic)
 
 # --- Tables ------------------------------------------------------------------------------
 # spend["team=search@day:2026-11-22"] = [exact decimal string, calls]
@@ -123,9 +137,10 @@ async def enrich(stream: faust.StreamT) -> None:
     A poll's messages are enriched in chunks of bounded size (an SDK envelope carries
     hundreds of events) by the enrich stage's child processes (:mod:`streams.enrich_stage`,
     in turn), all chunks submitted at once and published in order; the messages are acknowledged
-    once every chunk's output is on Kafka.
+    once every chunk's output is on Kafka. Meanwhile Faust reads the next batch
+    (:mod:`streams.read_ahead`), which has no output until this one is committed.
     """
-    async for events in stream.take_events(settings.enrich_batch_max, settings.enrich_batch_within):
+    async for events in take_ahead(stream, settings.enrich_batch_max, settings.enrich_batch_within):
         marks.setdefault("first_message_at", time.time())
         with faust_fixes.unacked_unless_done(events):
             pending = [
@@ -161,6 +176,7 @@ async def _publish(prepared: Prepared) -> None:
     for partition, value in prepared.summaries:
         sent.append(await app.producer.send(settings.anomaly_topic, None, value, partition, None, None))
     await asyncio.gather(*sent)
+    stats.update(deltas_sent=len(prepared.deltas), summaries_sent=len(prepared.summaries))
 
 
 async def _take_back(rows: list[dict[str, Any]]) -> None:
@@ -170,6 +186,7 @@ async def _take_back(rows: list[dict[str, Any]]) -> None:
     await asyncio.gather(*[
         await app.producer.send(settings.deltas_topic, None, value, partition, None, None) for partition, value in messages
     ])
+    stats.update(deltas_sent=len(messages))
 
 
 async def _send_dead_letter(dead: DeadLetter) -> Any:
@@ -200,6 +217,8 @@ async def count_spend(stream: faust.StreamT) -> None:
     async for events in stream.take_events(settings.spend_batch_max, settings.spend_batch_within):
         with faust_fixes.unacked_unless_done(events):
             await state.apply(events, make_current)
+        stats.update(deltas_applied=len(events))
+        marks["last_spend_at"] = time.time()
         stats["shadow_scopes"], stats["shadow_evictions"] = len(state.shadow), state.shadow.evictions
 
 
@@ -223,6 +242,8 @@ async def detect_anomalies(stream: faust.StreamT) -> None:
     async for events in stream.take_events(settings.anomaly_batch_max, settings.anomaly_batch_within):
         with faust_fixes.unacked_unless_done(events):
             await state.apply(events, make_current)
+        stats.update(summaries_applied=len(events))
+        marks["last_anomaly_at"] = time.time()
 
 
 def make_current(event: Any) -> None:
@@ -244,6 +265,7 @@ async def sweep() -> None:
     for tp in app.consumer.assignment():
         if tp.topic == settings.anomaly_topic:
             await app.producer.send(settings.anomaly_topic, SWEEP_KEY, now, tp.partition, None, None)
+            stats.update(summaries_sent=1)
 
 
 @app.timer(settings.cap_tick_interval)
@@ -257,6 +279,7 @@ async def tick() -> None:
 async def _send_tick(partition: int) -> None:
     value = encode_deltas(DeltasMessage(datetime.now(timezone.utc), {}, tick=True))
     await app.producer.send(settings.deltas_topic, None, value, partition, None, None)
+    stats.update(deltas_sent=1)
 
 
 def _on_budget_change(budget_id: str, budget: Budget | None) -> None:

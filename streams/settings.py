@@ -78,13 +78,21 @@ class Settings(BaseSettings):
     message_max_bytes: int = Field(
         900_000, ge=1000, description="Largest deltas or anomaly message sent (Kafka refuses over 1 MB by default)."
     )
+    internal_buffer_messages: int = Field(
+        64, ge=1,
+        description="Messages of the priced, deltas and anomaly topics (each a chunk's worth) an agent holds "
+                    "in memory beyond its batch; past that Faust stops fetching the partition, and a backlog "
+                    "waits in Kafka rather than in the worker.",
+    )
     sink_batch_max: int = Field(50, ge=1, description="Priced-topic messages per ClickHouse insert.")
     sink_batch_within: float = Field(
         0.5, gt=0, description="Seconds to gather priced messages: at most two inserts a second, each every row so far."
     )
     spend_batch_max: int = Field(500, ge=1, description="Deltas messages per spend-table batch.")
     spend_batch_within: float = Field(0.1, gt=0)
-    anomaly_batch_max: int = Field(1000, ge=1, description="Summaries per anomaly batch.")
+    anomaly_batch_max: int = Field(
+        100, ge=1, description="Summaries per anomaly batch (each up to message_max_bytes: a memory bound)."
+    )
     anomaly_batch_within: float = Field(
         1.0, gt=0, description="Seconds to gather summaries: detectors work in minutes, states are written per batch."
     )
