@@ -7,9 +7,8 @@
                       └───> anomaly topic (per-batch summaries) ──detect_anomalies──> alerts, cap state
                       └───> dead-letter topic (reason + original bytes)
 
-Every agent takes a poll's worth of messages at a time (``take_events``; the enrich
-agent :func:`~streams.read_ahead.take_ahead`, which lets Faust read the next batch while
-this one is enriched) and pays per batch: one decode loop, memoized prices, one aggregate per (scope, period), one message
+Every agent takes a poll's worth of messages at a time (``take_events``) and pays per
+batch: one decode loop, memoized prices, one aggregate per (scope, period), one message
 per team or partition downstream, one ClickHouse insert. The enrich agent's per-event work
 runs in child processes (:mod:`streams.enrich_stage`), so this event loop keeps its core
 for Faust, Kafka and the other agents. Messages are acknowledged only after the batch's
@@ -42,7 +41,6 @@ from streams.codec import ALERT, CAP_STATE, DEAD_LETTER, default_codec
 from streams.compacted import CompactedView
 from streams.enrich import DeadLetter, chunks_by_size
 from streams.enrich_stage import EnrichStage, Prepared, deltas_messages
-from streams.read_ahead import take_ahead
 from streams.settings import Settings
 from streams.sink import ClickHouseSink, PricedMessage
 from streams.serialize import jsonable
@@ -137,10 +135,9 @@ async def enrich(stream: faust.StreamT) -> None:
     A poll's messages are enriched in chunks of bounded size (an SDK envelope carries
     hundreds of events) by the enrich stage's child processes (:mod:`streams.enrich_stage`,
     in turn), all chunks submitted at once and published in order; the messages are acknowledged
-    once every chunk's output is on Kafka. Meanwhile Faust reads the next batch
-    (:mod:`streams.read_ahead`), which has no output until this one is committed.
+    once every chunk's output is on Kafka.
     """
-    async for events in take_ahead(stream, settings.enrich_batch_max, settings.enrich_batch_within):
+    async for events in stream.take_events(settings.enrich_batch_max, settings.enrich_batch_within):
         marks.setdefault("first_message_at", time.time())
         with faust_fixes.unacked_unless_done(events):
             pending = [
