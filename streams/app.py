@@ -168,22 +168,31 @@ async def _publish(prepared: Prepared) -> None:
     sent = [await _send_dead_letter(dead) for dead in prepared.dead_letters]
     for team, value in prepared.priced:
         sent.append(await app.producer.send(settings.priced_topic, team.encode(), value, None, None, None))
-    for partition, value in prepared.deltas:
-        sent.append(await app.producer.send(settings.deltas_topic, None, value, partition, None, None))
-    for partition, value in prepared.summaries:
-        sent.append(await app.producer.send(settings.anomaly_topic, None, value, partition, None, None))
+    sent += [await _send_deltas(partition, value) for partition, value in prepared.deltas]
+    sent += [await _send_summary(partition, value) for partition, value in prepared.summaries]
     await asyncio.gather(*sent)
-    stats.update(deltas_sent=len(prepared.deltas), summaries_sent=len(prepared.summaries))
+
+
+async def _send_deltas(partition: int, value: bytes) -> Any:
+    """Queue a deltas message (await the returned future for Kafka's acknowledgement),
+    counted in ``/stats`` as ``deltas_sent``: the benchmarks wait until count_spend's
+    ``deltas_applied`` has caught up with it."""
+    stats["deltas_sent"] += 1
+    return await app.producer.send(settings.deltas_topic, None, value, partition, None, None)
+
+
+async def _send_summary(partition: int, value: bytes, key: bytes | None = None) -> Any:
+    """Queue an anomaly summary (or a sweep, keyed ``SWEEP_KEY``), counted in ``/stats`` as
+    ``summaries_sent`` against detect_anomalies' ``summaries_applied``."""
+    stats["summaries_sent"] += 1
+    return await app.producer.send(settings.anomaly_topic, key, value, partition, None, None)
 
 
 async def _take_back(rows: list[dict[str, Any]]) -> None:
     """Send negative spend deltas for events the sink found counted twice, and wait."""
     at = max(row["occurred_at"] for row in rows)
     messages = deltas_messages(negated(aggregate(rows, settings.tz)), at, settings)
-    await asyncio.gather(*[
-        await app.producer.send(settings.deltas_topic, None, value, partition, None, None) for partition, value in messages
-    ])
-    stats.update(deltas_sent=len(messages))
+    await asyncio.gather(*[await _send_deltas(partition, value) for partition, value in messages])
 
 
 async def _send_dead_letter(dead: DeadLetter) -> Any:
@@ -261,8 +270,7 @@ async def sweep() -> None:
     now = datetime.now(timezone.utc).isoformat().encode()
     for tp in app.consumer.assignment():
         if tp.topic == settings.anomaly_topic:
-            await app.producer.send(settings.anomaly_topic, SWEEP_KEY, now, tp.partition, None, None)
-            stats.update(summaries_sent=1)
+            await _send_summary(tp.partition, now, SWEEP_KEY)
 
 
 @app.timer(settings.cap_tick_interval)
@@ -275,8 +283,7 @@ async def tick() -> None:
 
 async def _send_tick(partition: int) -> None:
     value = encode_deltas(DeltasMessage(datetime.now(timezone.utc), {}, tick=True))
-    await app.producer.send(settings.deltas_topic, None, value, partition, None, None)
-    stats.update(deltas_sent=1)
+    await _send_deltas(partition, value)
 
 
 def _on_budget_change(budget_id: str, budget: Budget | None) -> None:
