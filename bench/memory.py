@@ -65,10 +65,18 @@ GOAL = 1.20
 @dataclass
 class Sample:
     at: float  # seconds since the worker was ready
-    events: int  # the worker's 'events' counter (rows + dead letters enriched)
-    rows: int  # rows inserted into ClickHouse
     rss_mb: float
     stats: dict[str, Any]  # the worker's /stats
+
+    @property
+    def events(self) -> int:
+        """The worker's 'events' counter (rows + dead letters enriched)."""
+        return int(self.stats.get("events", 0))
+
+    @property
+    def rows(self) -> int:
+        """Rows inserted into ClickHouse."""
+        return int(self.stats.get("rows_inserted", 0))
 
 
 def rss_mb(pid: int) -> float:
@@ -87,14 +95,12 @@ class Sampler(threading.Thread):
         self.done = threading.Event()
 
     def take(self) -> Sample:
-        stats = fetch(self.settings, "/stats")
-        sample = Sample(time.monotonic() - self.started, int(stats.get("events", 0)),
-                        int(stats.get("rows_inserted", 0)), rss_mb(self.pid), stats)
+        sample = Sample(time.monotonic() - self.started, rss_mb(self.pid), fetch(self.settings, "/stats"))
         self.samples.append(sample)
         return sample
 
     def latest(self) -> Sample:
-        return self.samples[-1] if self.samples else Sample(0, 0, 0, 0, {})
+        return self.samples[-1] if self.samples else Sample(0, 0, {})
 
     def run(self) -> None:
         while not self.done.wait(self.every):

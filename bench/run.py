@@ -11,8 +11,8 @@ Avro producer in any language sends them), the benchmark:
 4. starts a worker on the backlog and measures events/s from its first message until the
    whole flow is done: the last row in ClickHouse, and the spend and anomaly agents'
    last batch once they have applied every message sent to them (decode → validate →
-   price → attribute → ClickHouse insert, spend tables and cap checks, anomaly checks), with the CPU seconds and peak RSS of the worker and its enrich
-   process; several runs, each a fresh worker (its own consumer group, internal topics
+   price → attribute → ClickHouse insert, spend tables and cap checks, anomaly checks),
+   with the CPU seconds and peak RSS of the worker and its enrich process; several runs, each a fresh worker (its own consumer group, internal topics
    and ClickHouse), median taken;
 5. prints one table with each rate and its ratio to the limit and to the empty agent,
    then how the median worker run moved the events: messages per enrich batch, rows per

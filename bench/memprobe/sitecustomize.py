@@ -30,8 +30,11 @@ TRIM = os.environ.get("SPENDSTREAM_MEMORY_PROBE_TRIM") == "1"
 # bytes Python holds, and the lines whose holdings grew most since the first sample at or
 # past this many events. Python's own memory apart from ClickHouse's and the libraries'.
 TRACE_FROM = int(os.environ.get("SPENDSTREAM_MEMORY_PROBE_TRACE_FROM", "0"))
-# The gc scan (object counts, scope-structure sizes) can crash the worker; see _sample.
-GC_SCAN = os.environ.get("SPENDSTREAM_MEMORY_PROBE_GC", "1") == "1"
+# The gc scan (object counts, scope-structure sizes), unless switched off or tracing (whose
+# runs need no counts). gc.get_objects() from this thread can catch a tuple the worker is
+# still building, and CPython then fails the worker's tuple() with a SystemError (two probe
+# runs of 2026-11-23 died so, in spend.scope_kinds): SPENDSTREAM_MEMORY_PROBE_GC=0 avoids it.
+SCAN_GC = os.environ.get("SPENDSTREAM_MEMORY_PROBE_GC", "1") == "1" and not TRACE_FROM
 _baseline: tracemalloc.Snapshot | None = None  # taken at the first sample past TRACE_FROM
 
 
@@ -60,12 +63,12 @@ def _rss_mb() -> float:
     return 0.0
 
 
-def _structures(scan_gc: bool) -> dict[str, int]:
+def _structures() -> dict[str, int]:
     out: dict[str, int] = {}
     app = sys.modules.get("streams.app")
     if app is None:
         return out
-    for obj in gc.get_objects() if scan_gc else ():
+    for obj in gc.get_objects() if SCAN_GC else ():
         name = type(obj).__name__
         if name == "SpendState":
             shadow = getattr(obj, "shadow", None) or getattr(obj, "_shadow", None)
@@ -89,16 +92,13 @@ def _structures(scan_gc: bool) -> dict[str, int]:
 def _sample(n: int) -> dict[str, object]:
     line: dict[str, object] = {"at": time.time(), "rss_mb": _rss_mb(), **_mallinfo(),
                                "pymalloc_blocks": sys.getallocatedblocks()}
-    if not TRACE_FROM and GC_SCAN:
-        # gc.get_objects() from this thread can catch a tuple the worker is still building,
-        # and CPython then fails the worker's tuple() with a SystemError (two probe runs of
-        # 2026-11-23 died so, in spend.scope_kinds); tracing runs need no counts and skip it.
+    if SCAN_GC:
         objects = gc.get_objects()
         line["gc_objects"] = len(objects)
         if n % 3 == 0:
             line["types"] = Counter(type(o).__name__ for o in objects).most_common(12)
         del objects
-    line.update(_structures(scan_gc=GC_SCAN and not TRACE_FROM))
+    line.update(_structures())
     try:
         stats = sys.modules["streams.app"].stats
         line["events"], line["rows"] = stats.get("events", 0), stats.get("rows_inserted", 0)
