@@ -7,8 +7,8 @@
                       └───> anomaly topic (per-batch summaries) ──detect_anomalies──> alerts, cap state
                       └───> dead-letter topic (reason + original bytes)
 
-Every agent takes a poll's worth of messages at a time (``take_events``) and pays per
-batch: one decode loop, memoized prices, one aggregate per (scope, period), one message
+Every agent takes a poll's worth of messages at a time (``take_events``; the enrich agent
+:func:`~streams.batching.take_batches`, bounded by bytes too) and pays per batch: one decode loop, memoized prices, one aggregate per (scope, period), one message
 per team or partition downstream, one ClickHouse insert. The enrich agent's per-event work
 runs in child processes (:mod:`streams.enrich_stage`), so this event loop keeps its core
 for Faust, Kafka and the other agents. Messages are acknowledged only after the batch's
@@ -36,6 +36,7 @@ from faust.web import Request, Response, View
 from mode.supervisors import CrashingSupervisor
 
 from streams import clickhouse, faust_fixes
+from streams.batching import take_batches
 from streams.budgets import Budget, BudgetIndex
 from streams.codec import ALERT, CAP_STATE, DEAD_LETTER, default_codec
 from streams.compacted import CompactedView
@@ -132,12 +133,13 @@ budgets = BudgetIndex()
 async def enrich(stream: faust.StreamT) -> None:
     """Decode, validate, price and attribute; publish rows, spend deltas and dead letters.
 
-    A poll's messages are enriched in chunks of bounded size (an SDK envelope carries
-    hundreds of events) by the enrich stage's child processes (:mod:`streams.enrich_stage`,
+    A batch (up to 10,000 messages or 16 MB by default: per-batch costs downstream are
+    what bound single-event throughput) is enriched in chunks of bounded size by the enrich stage's child processes (:mod:`streams.enrich_stage`,
     in turn), all chunks submitted at once and published in order; the messages are acknowledged
     once every chunk's output is on Kafka.
     """
-    async for events in stream.take_events(settings.enrich_batch_max, settings.enrich_batch_within):
+    batches = take_batches(stream, settings.enrich_batch_max, settings.enrich_batch_bytes, settings.enrich_batch_within)
+    async for events in batches:
         marks.setdefault("first_message_at", time.time())
         with faust_fixes.unacked_unless_done(events):
             pending = [
@@ -154,6 +156,8 @@ async def enrich(stream: faust.StreamT) -> None:
                 )
             await faust_fixes.commit_batch(stream, events, settings.usage_topic)
         stats.update(messages=len(events), enrich_batches=1)
+        batch_bytes = sum(len(event.message.value or b"") for event in events)
+        stats["enrich_batch_bytes_max"] = max(stats["enrich_batch_bytes_max"], batch_bytes)
         marks["last_enriched_at"] = time.time()
 
 

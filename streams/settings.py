@@ -68,7 +68,10 @@ class Settings(BaseSettings):
         10.0, ge=0, description="Seconds between checks that return free C heap memory to the system (0: never)."
     )
 
-    enrich_batch_max: int = Field(2000, ge=1, description="Kafka messages per enrich batch.")
+    enrich_batch_max: int = Field(10_000, ge=1, description="Kafka messages per enrich batch.")
+    enrich_batch_bytes: int = Field(
+        16_000_000, ge=1, description="Usage bytes per enrich batch: the bound for SDK envelopes (streams.batching)."
+    )
     enrich_batch_within: float = Field(0.2, gt=0, description="Seconds to wait to fill a batch.")
     enrich_chunk_bytes: int = Field(2_000_000, ge=1, description="Usage bytes enriched at once (memory bound).")
     enrich_processes: int = Field(

@@ -18,10 +18,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from genai_prices import Usage, calc_price
 
-from streams.codec import USAGE_EVENT, default_codec
+from streams.codec import USAGE_BATCH, USAGE_EVENT, default_codec
 from streams.localstack import WorkerProcess
 from streams.producer import UsageProducer, publish_raw, usage_event
 from streams.synthetic import generate
+from streams.topics import create_topics
 from tests.conftest import get_json, settings_of
 
 pytestmark = pytest.mark.integration
@@ -268,3 +269,25 @@ def test_a_chunk_of_many_distinct_users_fits_in_messages(worker: WorkerProcess, 
                        "the crowd's calls in the spend table")
     assert Decimal(month["spent"]) == sum((expected_cost(e) for e in events), Decimal(0))
     assert worker.proc is not None and worker.proc.poll() is None
+
+
+def test_a_backlog_of_envelopes_is_enriched_in_batches_bounded_by_bytes(stack_env: dict[str, str], tmp_path: Path) -> None:
+    """SDK envelopes waiting when the worker starts fill each enrich batch up to its byte
+    bound (plus at most one message), not up to its message bound; nothing is lost."""
+    settings = settings_of(stack_env)
+    codec = default_codec()
+    events = list(generate(6000, seed=21))
+    envelopes = [codec.encode(USAGE_BATCH, {"events": events[i : i + 100]}) for i in range(0, len(events), 100)]
+    bound = 4 * max(map(len, envelopes))
+    asyncio.run(create_topics(settings))  # as the worker would, with their partition counts
+    asyncio.run(publish_raw(settings, envelopes))
+    worker = WorkerProcess({**stack_env, "SPENDSTREAM_ENRICH_BATCH_BYTES": str(bound)}, log=tmp_path / "worker.log")
+    try:
+        worker.start()
+        stats = wait_until(lambda: (s := get_json(f"{worker.web_url}/stats")).get("rows_inserted") == len(events) and s,
+                           120, "every event in ClickHouse")
+    finally:
+        worker.stop()
+    assert stats["messages"] == len(envelopes)
+    assert bound // 2 < stats["enrich_batch_bytes_max"] <= bound + max(map(len, envelopes))
+    assert stats["enrich_batches"] >= sum(map(len, envelopes)) / (bound + max(map(len, envelopes)))
