@@ -8,8 +8,9 @@
                       └───> dead-letter topic (reason + original bytes)
 
 Every agent takes a poll's worth of messages at a time (``take_events``; the enrich agent
-:func:`~streams.batching.take_batches`, bounded by bytes too) and pays per batch: one decode loop, memoized prices, one aggregate per (scope, period), one message
-per team or partition downstream, one ClickHouse insert. The enrich agent's per-event work
+:func:`~streams.batching.take_batches`, bounded by bytes too) and pays per batch: one
+decode loop, memoized prices, one aggregate per (scope, period), one message per team or
+partition downstream, one ClickHouse insert. The enrich agent's per-event work
 runs in child processes (:mod:`streams.enrich_stage`), so this event loop keeps its core
 for Faust, Kafka and the other agents. Messages are acknowledged only after the batch's
 output is on Kafka (or in ClickHouse, for the sink), so a crash replays the batch rather
@@ -134,9 +135,10 @@ async def enrich(stream: faust.StreamT) -> None:
     """Decode, validate, price and attribute; publish rows, spend deltas and dead letters.
 
     A batch (up to 10,000 messages or 16 MB by default: per-batch costs downstream are
-    what bound single-event throughput) is enriched in chunks of bounded size by the enrich stage's child processes (:mod:`streams.enrich_stage`,
-    in turn), all chunks submitted at once and published in order; the messages are acknowledged
-    once every chunk's output is on Kafka.
+    what bound single-event throughput) is enriched in chunks of bounded size by the
+    enrich stage's child processes (:mod:`streams.enrich_stage`, in turn), all chunks
+    submitted at once and published in order; the messages are acknowledged once every
+    chunk's output is on Kafka.
     """
     batches = take_batches(stream, settings.enrich_batch_max, settings.enrich_batch_bytes, settings.enrich_batch_within)
     async for events in batches:
