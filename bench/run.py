@@ -4,19 +4,22 @@ For each way events arrive (SDK batch envelopes; one event per Kafka message, as
 Avro producer in any language sends them), the benchmark:
 
 1. starts an embedded broker and publishes a backlog of synthetic usage events;
-2. measures the limit: a plain aiokafka consumer that only decodes the same messages
-   (median of several runs);
-3. measures an empty Faust agent over the same messages (Faust's own per-message
-   ceiling, the reference for single-event messages);
-4. starts a worker on the backlog and measures events/s from its first message until the
-   whole flow is done: the last row in ClickHouse, and the spend and anomaly agents'
-   last batch once they have applied every message sent to them (decode → validate →
-   price → attribute → ClickHouse insert, spend tables and cap checks, anomaly checks),
-   with the CPU seconds and peak RSS of the worker and its enrich process; several runs, each a fresh worker (its own consumer group, internal topics
-   and ClickHouse), median taken;
-5. prints one table with each rate and its ratio to the limit and to the empty agent,
-   then how the median worker run moved the events: messages per enrich batch, rows per
-   ClickHouse insert, and the messages it wrote to each internal topic and changelog.
+2. runs rounds; each round measures, one after the other over the same messages:
+   a. the limit: a plain aiokafka consumer that only decodes them;
+   b. an empty Faust agent (Faust's own per-message ceiling, the reference for
+      single-event messages);
+   c. a fresh worker (its own consumer group, internal topics and ClickHouse), from its
+      first message until the whole flow is done: the last row in ClickHouse, and the
+      spend and anomaly agents' last batch once they have applied every message sent to
+      them (decode → validate → price → attribute → ClickHouse insert, spend tables and
+      cap checks, anomaly checks), with the CPU seconds and peak RSS of the worker and
+      its enrich processes;
+3. takes each variant's median rate, and each ratio as the median of the rounds' own
+   ratios: the virtual machine's speed drifts by tens of percent over minutes, and a
+   round's three figures are minutes apart, not a whole run;
+4. prints one table, each round's worker ratios, then how the median worker run moved
+   the events: messages per enrich batch, rows per ClickHouse insert, and the messages
+   it wrote to each internal topic and changelog.
 
     .venv/bin/python bench/run.py --events 300000 [--runs 3] [--only sdk|single]
 """
@@ -27,6 +30,7 @@ import argparse
 import asyncio
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -225,11 +229,19 @@ def empty_agent_rate(env: dict[str, str], messages: int, events_per_message: int
     return Figure("empty Faust agent", rate * events_per_message, cpu, rss)
 
 
-def median(figures: list[Figure]) -> Figure:
-    return sorted(figures, key=lambda figure: figure.events_per_s)[len(figures) // 2]
+@dataclass
+class Round:
+    """The three variants measured one after the other, so they share the machine's pace."""
+
+    limit: Figure
+    empty: Figure
+    worker: Figure
+
+    def ratios(self, figure: Figure) -> tuple[float, float]:
+        return figure.events_per_s / self.limit.events_per_s, figure.events_per_s / self.empty.events_per_s
 
 
-def run_mode(label: str, batched: bool, events: int, runs: int) -> list[Figure]:
+def run_mode(batched: bool, events: int, runs: int) -> list[Round]:
     values = backlog(events, batched)
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         env = worker_environment(broker.bootstrap, Path(tmp), app_id=f"bench-{uuid.uuid4().hex[:8]}")
@@ -240,14 +252,14 @@ def run_mode(label: str, batched: bool, events: int, runs: int) -> list[Figure]:
         asyncio.run(create_topics(settings))
         asyncio.run(publish(settings, values))
         per_message = ENVELOPE_SIZE if batched else 1
-        figures = [
-            median([asyncio.run(plain_decode_rate(settings, events)) for _ in range(runs)]),
-            median([empty_agent_rate(env, len(values), per_message) for _ in range(runs)]),
-            median([worker_rate(fresh_worker(env, Path(tmp), n), events, Path(tmp)) for n in range(runs)]),
+        return [
+            Round(
+                limit=asyncio.run(plain_decode_rate(settings, events)),
+                empty=empty_agent_rate(env, len(values), per_message),
+                worker=worker_rate(fresh_worker(env, Path(tmp), n), events, Path(tmp)),
+            )
+            for n in range(runs)
         ]
-        for figure in figures:
-            figure.variant = f"{label}: {figure.variant}"
-        return figures
 
 
 MODES = {"sdk": ("SDK batches", True), "single": ("one event per message", False)}
@@ -256,32 +268,39 @@ MODES = {"sdk": ("SDK batches", True), "single": ("one event per message", False
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=300_000, help="the issue measured its table over 300k")
-    parser.add_argument("--runs", type=int, default=3, help="runs of each variant, median taken")
+    parser.add_argument("--runs", type=int, default=3, help="rounds of the three variants, medians taken")
     parser.add_argument("--only", choices=sorted(MODES), help="measure one way events arrive, not both")
     args = parser.parse_args(argv)
     print(f"{args.events} events, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
-    rows: list[Any] = []
-    flows: list[str] = []
+    rows: list[list[str]] = []
+    notes: list[str] = []
     for name, (label, batched) in MODES.items():
         if args.only not in (None, name):
             continue
-        figures = run_mode(label, batched, args.events, args.runs)
-        limit, empty = figures[0].events_per_s, figures[1].events_per_s
-        for figure in figures:
-            rows.append(figure_row(figure, limit, empty))
-            flows += [f"{figure.variant}: {line}" for line in figure.flow or ()]
+        rounds = run_mode(batched, args.events, args.runs)
+        for variant in ("limit", "empty", "worker"):
+            rows.append(variant_row(label, rounds, variant))
+        notes.append(f"{label}: worker per round, ratio to limit / to empty agent: " + ", ".join(
+            "{:.2f} / {:.2f}".format(*r.ratios(r.worker)) for r in rounds))
+        typical = sorted(rounds, key=lambda r: r.worker.events_per_s)[len(rounds) // 2].worker
+        notes += [f"{label}: {line}" for line in typical.flow or ()]
     print_table(["variant", "events/s", "ratio to limit", "ratio to empty agent", "CPU s", "peak RSS MB"], rows)
-    print("\n" + "\n".join(flows))
+    print("\n" + "\n".join(notes))
 
 
-def figure_row(figure: Figure, limit: float, empty: float) -> list[str]:
+def variant_row(label: str, rounds: list[Round], variant: str) -> list[str]:
+    """A variant's median rate, the medians of its per-round ratios, and the CPU and RSS of
+    its median run."""
+    figures = [getattr(r, variant) for r in rounds]
+    typical = sorted(figures, key=lambda figure: figure.events_per_s)[len(figures) // 2]
+    to_limit, to_empty = zip(*(r.ratios(figure) for r, figure in zip(rounds, figures)))
     return [
-        figure.variant,
-        f"{figure.events_per_s:,.0f}",
-        f"{figure.events_per_s / limit:.2f}",
-        f"{figure.events_per_s / empty:.2f}",
-        "" if figure.cpu_s is None else f"{figure.cpu_s:.1f}",
-        "" if figure.rss_mb is None else f"{figure.rss_mb:.0f}",
+        f"{label}: {typical.variant}",
+        f"{typical.events_per_s:,.0f}",
+        f"{statistics.median(to_limit):.2f}",
+        f"{statistics.median(to_empty):.2f}",
+        "" if typical.cpu_s is None else f"{typical.cpu_s:.1f}",
+        "" if typical.rss_mb is None else f"{typical.rss_mb:.0f}",
     ]
 
 
