@@ -338,7 +338,10 @@ async def sink_to_clickhouse(stream: faust.StreamT) -> None:
 # --- HTTP, bound to localhost by default ---------------------------------------------------
 @app.page("/ready")
 async def ready(web: View, request: Request) -> Response:
-    is_ready = app.tables.recovery.completed.is_set() and not app.rebalancing and bool(app.consumer.assignment())
+    """Ready once the tables are recovered, the partitions assigned and the enrich stage's
+    children started (a first chunk would otherwise wait seconds for their imports)."""
+    is_ready = (app.tables.recovery.completed.is_set() and not app.rebalancing and bool(app.consumer.assignment())
+                and enrich_stage.started)
     return web.json({"ready": is_ready}, status=200 if is_ready else 503)
 
 

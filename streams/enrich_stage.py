@@ -145,11 +145,13 @@ class EnrichStage:
         ]
         if not self._children:
             self._local = Chunks(settings)
+        self.started = not self._children
 
     async def start(self) -> None:
         """Start the children now (imports and price tables take a second or two), not on
-        their first chunk."""
+        their first chunk; the worker is not ready until they are."""
         await asyncio.gather(*(asyncio.wrap_future(child.submit(_prepare_in_child, [])) for child in self._children))
+        self.started = True
 
     def submit(self, messages: Sequence[RawMessage], turn: int = 0) -> asyncio.Future[Prepared]:
         """Start preparing a chunk, the ``turn``-th of its batch; await the result (in
