@@ -573,6 +573,10 @@ class Detector:
     kind: ClassVar[str]  # alert kind
     length: ClassVar[int] = 1  # minutes per time bucket
     offset: ClassVar[int] = 0  # minutes added before dividing, so buckets start where they should
+    # Buckets whose drivers the detector only ever reads summed: the fold sums them under
+    # the first bucket of each such span, so a batch carries one driver label per span,
+    # not per bucket (a backlog's batch covers many minutes, each with every user's label).
+    drivers_span: ClassVar[int] = 1
 
     def __init__(self, config: AnomalyConfig) -> None:
         self.currency = config.currency
@@ -592,6 +596,11 @@ class Detector:
     def buckets_of(self, minutes: pa.Array) -> pa.Array:
         """:meth:`bucket_of` of epoch minutes (positive: plain integer division floors)."""
         return pc.divide(pc.add(minutes, self.offset), self.length) if self.length > 1 else minutes
+
+    def driver_buckets_of(self, buckets: pa.Array) -> pa.Array:
+        """The bucket each row's drivers are summed under: the first of its span."""
+        span = self.drivers_span
+        return pc.multiply(pc.divide(buckets, span), span) if span > 1 else buckets
 
     def new_state(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -711,6 +720,7 @@ class SpikeDetector(Detector):
 
     name = "spike"
     kind = "spend_spike"
+    drivers_span = HOUR  # drivers are kept per hour (_add sums an hour's buckets)
 
     def contributions(self) -> list[Contribution]:
         team, model = Text("team={team}"), Text("model={provider}/{model}")
@@ -766,7 +776,7 @@ class SpikeDetector(Detector):
             state["hours"] = ",".join(hours)
         recent = (state["t"] or max(buckets)) - s.window_minutes
         for minute, bucket in buckets.items():
-            if minute > recent:
+            if minute > recent and bucket.calls:  # not a bucket that only carries the hour's drivers
                 cost, calls = state["m"].get(str(minute), ("0", 0))
                 state["m"][str(minute)] = [str(Decimal(cost) + bucket.cost), calls + bucket.calls]
         state["last"] = max(state["last"] or 0, max(buckets))
@@ -1400,7 +1410,9 @@ class _Fold:
     2. Each part's condition (which rows count towards a scope, or a label) and each
        detector's time bucket is evaluated over the batch, one Arrow call per distinct test.
     3. The parts are stacked into three integer-keyed tables, totals (part, bucket, scope
-       codes), labels (also label codes) and fingerprints, and each is grouped once.
+       codes), labels (also label codes; by the detector's ``drivers_span``, so a spike
+       key's drivers are one group per hour, not per minute) and fingerprints, and each is
+       grouped once.
     4. Only the groups reach Python, where templates are filled from the dictionaries,
        in the order a row-by-row fold would meet them (first row, then part), so ties in
        the states' top-N trimming fall the same way. Sums are exact decimals; squares of
@@ -1440,15 +1452,17 @@ class _Fold:
             if column.null_count:
                 rows = rows.set_column(rows.schema.get_field_index(name), name, pc.fill_null(column, ""))
         minutes = _minutes(occurred_at).combine_chunks()
-        batch = _Batch(rows, [detector.buckets_of(minutes) for detector in self.detectors], self.fields)
+        buckets = [detector.buckets_of(minutes) for detector in self.detectors]
+        driver_buckets = [d.driver_buckets_of(b) for d, b in zip(self.detectors, buckets, strict=True)]
+        batch = _Batch(rows, self.fields)
         texts = _Texts(batch)
-        for (part, index, s0, s1, _, _), (cost, square, calls) in batch.groups(self.totals, with_square=True):
+        for (part, index, s0, s1, _, _), (cost, square, calls) in batch.groups(self.totals, buckets, with_square=True):
             found = summary.bucket(texts.key(self.prefixes[part.detector], part.scope, s0, s1), index)
             found.cost += cost
             found.cost_sq += square
             found.calls += calls
-        for (part, index, s0, s1, l0, l1), (cost, calls) in batch.groups(self.labels):
-            drivers = summary.buckets[texts.key(self.prefixes[part.detector], part.scope, s0, s1)][index].drivers
+        for (part, index, s0, s1, l0, l1), (cost, calls) in batch.groups(self.labels, driver_buckets):
+            drivers = summary.bucket(texts.key(self.prefixes[part.detector], part.scope, s0, s1), index).drivers
             label = texts.fill(part.label, l0, l1)
             entry = drivers.get(label)
             if entry is None:
@@ -1456,7 +1470,7 @@ class _Fold:
             else:
                 entry[0] += cost
                 entry[1] += calls
-        for (part, index, s0, s1, l0, _), (_, calls) in batch.groups(self.fingerprints):
+        for (part, index, s0, s1, l0, _), (_, calls) in batch.groups(self.fingerprints, buckets):
             prints = summary.buckets[texts.key(self.prefixes[part.detector], part.scope, s0, s1)][index].fingerprints
             fingerprint = texts.fill(part.label, l0, None)
             prints[fingerprint] = prints.get(fingerprint, 0) + calls
@@ -1464,11 +1478,10 @@ class _Fold:
 
 
 class _Batch:
-    """A batch's columns as the fold reads them: codes of its text fields, conditions, buckets."""
+    """A batch's columns as the fold reads them: codes of its text fields, conditions."""
 
-    def __init__(self, rows: pa.Table, buckets: list[pa.Array], fields: list[str]) -> None:
+    def __init__(self, rows: pa.Table, fields: list[str]) -> None:
         self.rows = rows
-        self.buckets = buckets  # per detector
         self.length = rows.num_rows
         self.codes: dict[str, pa.Array] = {}
         self.dictionaries: dict[str, pa.Array] = {}
@@ -1519,10 +1532,11 @@ class _Batch:
         return codes[0], codes[1]
 
     def groups(
-        self, parts: list[_Part], *, with_square: bool = False
+        self, parts: list[_Part], buckets: list[pa.Array], *, with_square: bool = False
     ) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...]]]:
         """``((part, bucket, scope codes, label codes), (sums..., rows))`` per group of rows
-        of the parts, in the order of each group's first row, then part."""
+        of the parts, in the order of each group's first row, then part; ``buckets`` are
+        the rows' buckets per detector."""
         if not parts:
             return
         names = ("part", "bucket", "s0", "s1", "l0", "l1", "cost", "row", "counted")
@@ -1533,7 +1547,7 @@ class _Batch:
             s0, s1 = self.text_codes(part.scope)
             l0, l1 = self.text_codes(part.label)
             values = (
-                pa.repeat(pa.scalar(n, pa.int32()), self.length), self.buckets[part.detector],
+                pa.repeat(pa.scalar(n, pa.int32()), self.length), buckets[part.detector],
                 s0, s1, l0, l1, self.cost, self.row, self.mask(part.when),
             )
             for name, value in zip(names, values):

@@ -358,6 +358,39 @@ def test_labels_that_read_alike_are_one_driver(config: AnomalyConfig) -> None:
     assert "spike:feature=" not in summary.buckets and summary.buckets["spike:feature=answers"]
 
 
+def test_a_spike_keys_drivers_are_summed_per_hour_and_a_runaway_keys_per_minute(config: AnomalyConfig) -> None:
+    """A backlog's batch spans many minutes; the spike detector reads a key's drivers per
+    hour, so the summary carries them once per hour (under the hour's first minute), while
+    its spend stays per minute and the runaway detector keeps its drivers per minute."""
+    engine = AnomalyEngine(config)
+    hour = START + timedelta(days=1, hours=12)
+    rows = [
+        _row(hour + timedelta(minutes=7), user_id="u1", agent_id="a1"),
+        _row(hour + timedelta(minutes=8), user_id="u2", agent_id="a1", cost_total=Decimal("0.03")),
+        _row(hour + timedelta(minutes=8), user_id="u1", agent_id="a1"),
+        _row(hour + timedelta(minutes=61), user_id="u2", agent_id="a1"),
+    ]
+    summary = engine.summarize(rows)
+    first = minute_of(hour)
+    spike = summary.buckets["spike:team=search"]
+    assert sorted(spike) == [first, first + 7, first + 8, first + 60, first + 61]
+    assert [(spike[m].calls, spike[m].cost) for m in (first + 7, first + 8, first + 61)] == [
+        (1, Decimal("0.01")), (2, Decimal("0.04")), (1, Decimal("0.01"))]
+    assert spike[first].calls == 0 and spike[first].drivers["user=u1"] == [Decimal("0.02"), 2]
+    assert spike[first].drivers["user=u2"] == [Decimal("0.03"), 1]
+    assert spike[first + 60].drivers == {"feature=answers": [Decimal("0.01"), 1], "model=openai/gpt-4o": [
+        Decimal("0.01"), 1], "user=u2": [Decimal("0.01"), 1]}
+    assert not any(spike[m].drivers for m in (first + 7, first + 8, first + 61))
+    runaway = summary.buckets["runaway:agent=a1"]
+    assert sorted(runaway) == [first + 7, first + 8, first + 61]
+    assert runaway[first + 8].drivers["team=search"] == [Decimal("0.04"), 2]
+
+    state = engine.process(summary, {}).states["spike:team=search"]
+    assert {label: Decimal(cost) for label, cost in state["drivers"].items()} == {
+        "feature=answers": Decimal("0.01"), "model=openai/gpt-4o": Decimal("0.01"), "user=u2": Decimal("0.01")}
+    assert sorted(state["m"]) == [str(first + 61)]  # the window's minutes, not the drivers' empty one
+
+
 def test_non_production_traffic_is_defined_by_what_is_declared_production(tmp_path: Path) -> None:
     path = tmp_path / "anomaly.toml"
     path.write_text('[production]\napi_keys = ["key-prod"]\nservices = ["billing-*"]\nteams = ["support"]\n')
