@@ -140,6 +140,7 @@ async def enrich(stream: faust.StreamT) -> None:
     submitted at once and published in order; the messages are acknowledged once every
     chunk's output is on Kafka.
     """
+    await enrich_stage.start()  # while the worker joins its group, not after it is ready
     batches = take_batches(stream, settings.enrich_batch_max, settings.enrich_batch_bytes, settings.enrich_batch_within)
     async for events in batches:
         marks.setdefault("first_message_at", time.time())
@@ -161,11 +162,6 @@ async def enrich(stream: faust.StreamT) -> None:
         batch_bytes = sum(len(event.message.value or b"") for event in events)
         stats["enrich_batch_bytes_max"] = max(stats["enrich_batch_bytes_max"], batch_bytes)
         marks["last_enriched_at"] = time.time()
-
-
-@app.task
-async def start_enrich_stage() -> None:
-    await enrich_stage.start()
 
 
 async def _publish(prepared: Prepared) -> None:

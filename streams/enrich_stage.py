@@ -149,7 +149,8 @@ class EnrichStage:
 
     async def start(self) -> None:
         """Start the children now (imports and price tables take a second or two), not on
-        their first chunk; the worker is not ready until they are."""
+        their first chunk; the worker is not ready until they are. The enrich agent calls
+        this as it starts, so that the children start while the worker joins its group."""
         await asyncio.gather(*(asyncio.wrap_future(child.submit(_prepare_in_child, [])) for child in self._children))
         self.started = True
 
