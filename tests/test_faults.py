@@ -36,7 +36,7 @@ set ``enrich_batch_max`` to ``BATCH_MESSAGES`` so that the bound is smaller than
 and the check can fail. Events produced twice are exact in the spend table too: the sink
 takes the second copy's deltas back out (see ``streams.sink``).
 
-Durations: ``OUTAGE_SECONDS`` is 20 s here so the module stays within a few minutes;
+Durations: ``OUTAGE_SECONDS`` is 10 s here (five failed inserts) so the module stays short;
 ``SPENDSTREAM_SOAK_OUTAGE_SECONDS=60`` lengthens it (``bench/soak.py`` takes 60 s). The gap
 between the two copies of a duplicated event is ``DUPLICATE_GAP_SECONDS`` (3 s here,
 ``SPENDSTREAM_SOAK_DUPLICATE_GAP_SECONDS`` to lengthen it): the sink's dedup does not
@@ -91,8 +91,8 @@ EVENTS_PER_MESSAGE = 20          # events per SDK envelope (one Kafka message)
 TRAFFIC_INTERVAL = 0.1           # seconds between messages: ~200 events/s
 KILLS = 3
 BATCH_MESSAGES = 10              # enrich batch size in the crash scenarios: the over-count bound
-OUTAGE_SECONDS = float(os.environ.get("SPENDSTREAM_SOAK_OUTAGE_SECONDS", "20"))
-PAUSE_SECONDS = 15.0
+OUTAGE_SECONDS = float(os.environ.get("SPENDSTREAM_SOAK_OUTAGE_SECONDS", "10"))
+PAUSE_SECONDS = 10.0
 RESTART_SECONDS = 8.0            # a broker restart: connections dropped, new ones refused this long
 RECOVERY_TIMEOUT = 60.0          # longest wait for the worker to price again after a broker fault
 DUPLICATE_GAP_SECONDS = float(os.environ.get("SPENDSTREAM_SOAK_DUPLICATE_GAP_SECONDS", "3"))
@@ -1058,7 +1058,7 @@ def test_clickhouse_outage_pauses_the_sink_then_drains(stack_env: dict[str, str]
 
 
 def test_broker_pause_and_resume(stack_env: dict[str, str], tmp_path: Path) -> None:
-    """The broker frozen for 15 s, then resumed: the worker reconnects, nothing lost or doubled.
+    """The broker frozen for 10 s, then resumed: the worker reconnects, nothing lost or doubled.
 
     SIGSTOP/SIGCONT is one half of what clients see of a broker restart: the embedded
     broker (tansu) keeps its topics in memory only, so a real restart would lose every
