@@ -12,6 +12,13 @@ batches of up to 2,000 messages, 0.92 with 10,000).
 Otherwise it behaves as ``take_events``: a batch is handed over when it is full or
 ``within`` seconds after the agent asked for it, and nothing is read into the next batch
 while the agent works on one, so a quiet stream waits at most ``within``.
+
+With one exception: while Kafka holds enough to fill the batch (a backlog), it reads on
+for up to ``BACKLOG_WINDOWS`` windows. How much one window reads depends on how fast the
+machine runs Faust: on a virtual machine half as fast as usual, 0.2 s windows held about
+2,500 single-event messages and the worker measured 0.70, 0.76 and 0.87 of the empty
+agent; reading on, batches held 8,300 to 9,700 and it measured 0.86 and 0.99
+(``bench/run.py --only single``, interleaved runs).
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ from collections.abc import AsyncIterator
 
 import faust
 
+# How many ``within`` windows a batch may keep reading while a backlog can fill it.
+BACKLOG_WINDOWS = 10
+
 
 def take_batches(
     stream: faust.StreamT, max_messages: int, max_bytes: int, within: float
@@ -29,7 +39,10 @@ def take_batches(
     message values (a batch is full once it reaches either; one message can overshoot).
 
     1. The agent asks for a batch: reading resumes, and it waits until the batch is full
-       or ``within`` passes.
+       or ``within`` passes. While Kafka holds enough messages on the batch's partitions
+       to fill it (a backlog), it waits another ``within``, up to ``BACKLOG_WINDOWS`` in
+       all: a backlog is taken in full batches however fast this machine reads, and a
+       steady stream, a few messages behind at most, still waits only ``within``.
     2. A stream processor adds each event to the batch; once the batch is full, or handed
        over, it waits until the agent asks for the next one.
     3. Events read before a rebalance are dropped: Faust seeks the partitions back to
@@ -44,6 +57,13 @@ def take_batches(
     batches = _take_batches(stream, max_messages, max_bytes, within)
     stream._active_agens.add(batches)  # type: ignore[attr-defined]  # the stream's stop closes it
     return batches
+
+
+def _waiting(stream: faust.StreamT, batch: list[faust.EventT]) -> int:
+    """Messages in Kafka past the batch's last one on each of its partitions, as of the
+    consumer's last fetch (its highwater)."""
+    last = {event.message.tp: event.message.offset for event in batch}
+    return sum(max((stream.app.consumer.highwater(tp) or 0) - offset - 1, 0) for tp, offset in last.items())
 
 
 async def _take_batches(
@@ -72,6 +92,10 @@ async def _take_batches(
         while not stream.should_stop:
             reading.set()  # step 1
             await stream.wait_for_stopped(full, timeout=within)  # type: ignore[arg-type]
+            for _ in range(BACKLOG_WINDOWS - 1):
+                if full.is_set() or stream.should_stop or _waiting(stream, batch) < max_messages - len(batch):
+                    break
+                await stream.wait_for_stopped(full, timeout=within)  # type: ignore[arg-type]
             reading.clear()
             handed = batch.copy()
             batch.clear()

@@ -292,3 +292,31 @@ def test_a_backlog_of_envelopes_is_enriched_in_batches_bounded_by_bytes(stack_en
     assert stats["messages"] == len(envelopes)
     assert bound // 2 < stats["enrich_batch_bytes_max"] <= bound + largest
     assert stats["enrich_batches"] >= sum(map(len, envelopes)) / (bound + largest)
+
+
+def test_a_backlog_of_single_events_is_enriched_in_full_batches(stack_env: dict[str, str], tmp_path: Path) -> None:
+    """One event per message, waiting when the worker starts: the enrich agent reads on
+    past its ``within`` window while Kafka holds enough to fill the batch, so a batch
+    is thousands of messages, not what one window reads (a 0.05 s window read 667 on
+    average here, on two cores, without the reading on)."""
+    settings = settings_of(stack_env)
+    events = list(generate(20_000, seed=22))
+    asyncio.run(create_topics(settings))
+
+    async def send() -> None:
+        async with UsageProducer(settings, batched=False) as producer:
+            for event in events:
+                await producer.send(event)
+
+    asyncio.run(send())
+    worker = WorkerProcess({**stack_env, "SPENDSTREAM_ENRICH_BATCH_MAX": "5000", "SPENDSTREAM_ENRICH_BATCH_WITHIN": "0.05"},
+                           log=tmp_path / "worker.log")
+    try:
+        worker.start()
+        stats = wait_until(lambda: (s := get_json(f"{worker.web_url}/stats")).get("rows_inserted") == len(events) and s,
+                           120, "every event in ClickHouse")
+    finally:
+        worker.stop()
+    print(f"{stats['enrich_batches']} enrich batches for {len(events)} messages")
+    assert stats["messages"] == len(events)
+    assert stats["enrich_batches"] <= len(events) / 2000, f"{stats['enrich_batches']} batches for {len(events)} messages"
