@@ -282,13 +282,7 @@ def test_a_backlog_of_envelopes_is_enriched_in_batches_bounded_by_bytes(stack_en
     bound = 4 * largest
     asyncio.run(create_topics(settings))  # as the worker would, with their partition counts
     asyncio.run(publish_raw(settings, envelopes))
-    worker = WorkerProcess({**stack_env, "SPENDSTREAM_ENRICH_BATCH_BYTES": str(bound)}, log=tmp_path / "worker.log")
-    try:
-        worker.start()
-        stats = wait_until(lambda: (s := get_json(f"{worker.web_url}/stats")).get("rows_inserted") == len(events) and s,
-                           120, "every event in ClickHouse")
-    finally:
-        worker.stop()
+    stats = stats_after_backlog(stack_env, tmp_path, {"SPENDSTREAM_ENRICH_BATCH_BYTES": str(bound)}, len(events))
     assert stats["messages"] == len(envelopes)
     assert bound // 2 < stats["enrich_batch_bytes_max"] <= bound + largest
     assert stats["enrich_batches"] >= sum(map(len, envelopes)) / (bound + largest)
@@ -309,14 +303,20 @@ def test_a_backlog_of_single_events_is_enriched_in_full_batches(stack_env: dict[
                 await producer.send(event)
 
     asyncio.run(send())
-    worker = WorkerProcess({**stack_env, "SPENDSTREAM_ENRICH_BATCH_MAX": "5000", "SPENDSTREAM_ENRICH_BATCH_WITHIN": "0.05"},
-                           log=tmp_path / "worker.log")
-    try:
-        worker.start()
-        stats = wait_until(lambda: (s := get_json(f"{worker.web_url}/stats")).get("rows_inserted") == len(events) and s,
-                           120, "every event in ClickHouse")
-    finally:
-        worker.stop()
+    batching = {"SPENDSTREAM_ENRICH_BATCH_MAX": "5000", "SPENDSTREAM_ENRICH_BATCH_WITHIN": "0.05"}
+    stats = stats_after_backlog(stack_env, tmp_path, batching, len(events))
     print(f"{stats['enrich_batches']} enrich batches for {len(events)} messages")
     assert stats["messages"] == len(events)
     assert stats["enrich_batches"] <= len(events) / 2000, f"{stats['enrich_batches']} batches for {len(events)} messages"
+
+
+def stats_after_backlog(stack_env: dict[str, str], tmp_path: Path, settings: dict[str, str], events: int) -> dict[str, Any]:
+    """Start a worker with ``settings`` on a backlog already published, wait until its
+    ``events`` are all in ClickHouse, stop it, and return its ``/stats`` from then."""
+    worker = WorkerProcess({**stack_env, **settings}, log=tmp_path / "worker.log")
+    try:
+        worker.start()
+        return wait_until(lambda: (s := get_json(f"{worker.web_url}/stats")).get("rows_inserted") == events and s,
+                          120, "every event in ClickHouse")
+    finally:
+        worker.stop()
