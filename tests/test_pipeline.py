@@ -296,16 +296,9 @@ def test_a_backlog_of_single_events_is_enriched_in_full_batches(stack_env: dict[
     settings = settings_of(stack_env)
     events = list(generate(20_000, seed=22))
     asyncio.run(create_topics(settings))
-
-    async def send() -> None:
-        async with UsageProducer(settings, batched=False) as producer:
-            for event in events:
-                await producer.send(event)
-
-    asyncio.run(send())
+    asyncio.run(produce(settings, events=[], singles=events, bad=[]))
     batching = {"SPENDSTREAM_ENRICH_BATCH_MAX": "5000", "SPENDSTREAM_ENRICH_BATCH_WITHIN": "0.05"}
     stats = stats_after_backlog(stack_env, tmp_path, batching, len(events))
-    print(f"{stats['enrich_batches']} enrich batches for {len(events)} messages")
     assert stats["messages"] == len(events)
     assert stats["enrich_batches"] <= len(events) / 2000, f"{stats['enrich_batches']} batches for {len(events)} messages"
 
