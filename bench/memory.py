@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.run import caught_up, process_tree, status_mb  # noqa: E402
 from streams.codec import USAGE_BATCH, default_codec  # noqa: E402
-from streams.demo import fetch  # noqa: E402
+from streams.web_auth import get_json  # noqa: E402
 from streams.localstack import EmbeddedBroker, WorkerProcess, settings_from, worker_environment  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.synthetic import TrafficShape, generate  # noqa: E402
@@ -95,7 +95,7 @@ class Sampler(threading.Thread):
         self.done = threading.Event()
 
     def take(self) -> Sample:
-        sample = Sample(time.monotonic() - self.started, rss_mb(self.pid), fetch(self.settings, "/stats"))
+        sample = Sample(time.monotonic() - self.started, rss_mb(self.pid), get_json(self.settings, "/stats"))
         self.samples.append(sample)
         return sample
 
@@ -206,7 +206,7 @@ def settled_rss(worker: WorkerProcess, sampler: Sampler, rows: int, args: argpar
 
 def count_rows(settings: Settings) -> int:
     query = f"SELECT count() FROM {settings.clickhouse_database}.usage"
-    answer: dict[str, Any] = fetch(settings, "/sql?" + urlencode({"q": query}))
+    answer: dict[str, Any] = get_json(settings, "/sql?" + urlencode({"q": query}))
     return int(answer["rows"][0][0])
 
 

@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from streams.codec import USAGE_BATCH, USAGE_EVENT, default_codec  # noqa: E402
-from streams.demo import fetch  # noqa: E402
+from streams.web_auth import get_json  # noqa: E402
 from streams.localstack import EmbeddedBroker, WorkerProcess, settings_from, worker_environment  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.synthetic import generate  # noqa: E402
@@ -163,7 +163,7 @@ def worker_rate(env: dict[str, str], events: int, workdir: Path) -> Figure:
         cpu_at_start, _ = process_tree_cpu_and_rss(worker.proc.pid)
         deadline = time.monotonic() + 600
         while True:
-            stats = fetch(settings, "/stats")
+            stats = get_json(settings, "/stats")
             if caught_up(stats, events):
                 break
             if time.monotonic() > deadline:

@@ -36,7 +36,7 @@ from faust.streams import _current_event
 from faust.web import Request, Response, View
 from mode.supervisors import CrashingSupervisor
 
-from streams import clickhouse, faust_fixes
+from streams import clickhouse, faust_fixes, web_auth
 from streams.batching import take_batches
 from streams.budgets import Budget, BudgetIndex
 from streams.codec import ALERT, CAP_STATE, DEAD_LETTER, default_codec
@@ -96,6 +96,13 @@ app = faust.App(
     web_bind=settings.web_host,
     web_host=settings.web_host,
     web_port=settings.web_port,
+    # Every endpoint behind the token, the Host and the cross-site checks (streams.web_auth);
+    # Faust's own pages that list tables and route requests between workers are off.
+    web_application_options={"middlewares": [web_auth.middleware(settings)]},
+    web_router_enabled=False,
+    web_tables_enabled=False,
+    web_graph_enabled=False,
+    web_stats_enabled=False,
 )
 
 # --- Topics ------------------------------------------------------------------------------
@@ -331,7 +338,7 @@ async def sink_to_clickhouse(stream: faust.StreamT) -> None:
         marks["last_insert_at"] = time.time()
 
 
-# --- HTTP, bound to localhost by default ---------------------------------------------------
+# --- HTTP, bound to localhost by default, every page but /ready behind the token -----------
 @app.page("/ready")
 async def ready(web: View, request: Request) -> Response:
     """Ready once the tables are recovered, the partitions assigned and the enrich stage's

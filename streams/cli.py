@@ -26,10 +26,11 @@ def cli() -> None:
 @cli.command()
 def worker() -> None:
     """Run the worker: create topics, migrate ClickHouse, then start the Faust agents."""
-    from streams import allocator, clickhouse, tuning
+    from streams import allocator, clickhouse, tuning, web_auth
     from streams.topics import create_topics
 
     settings = Settings()
+    web_auth.ensure_token(settings)
     asyncio.run(create_topics(settings))
     client = clickhouse.connect(settings)
     clickhouse.migrate(client, settings.clickhouse_database)

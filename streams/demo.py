@@ -12,11 +12,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import sys
 import time
-import urllib.request
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from streams.producer import UsageProducer, publish_raw
 from streams.query import query_worker
 from streams.settings import Settings
 from streams.synthetic import generate
+from streams.web_auth import get_json
 
 DEMO_DIR = Path(".spendstream/demo")
 BAD_MESSAGES = (b"not avro at all", b"\xc3\x01" + b"\x00" * 8 + b"unknown schema")
@@ -93,8 +92,8 @@ async def drive(settings: Settings, events: int, rate: float) -> None:
 
 
 def draw(settings: Settings, produced: int, total: int, *, final: bool = False) -> dict[str, Any]:
-    stats = fetch(settings, "/stats")
-    spend = fetch(settings, "/spend")
+    stats = get_json(settings, "/stats")
+    spend = get_json(settings, "/spend")
     month_rows = []
     for scope, periods in sorted(spend.items()):
         for period, value in periods.items():
@@ -116,6 +115,3 @@ def draw(settings: Settings, produced: int, total: int, *, final: bool = False) 
     return stats
 
 
-def fetch(settings: Settings, path: str) -> dict[str, Any]:
-    with urllib.request.urlopen(settings.web_url + path, timeout=10) as resp:
-        return json.load(resp)

@@ -21,8 +21,9 @@ import urllib.request
 import uuid
 from importlib.resources import files
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
+from streams import web_auth
 from streams.settings import Settings
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config"
@@ -146,7 +147,8 @@ class WorkerProcess:
 
     def __init__(self, env: dict[str, str], log: Path | None = None) -> None:
         self.env = {**os.environ, **env}
-        self.web_url = f"http://127.0.0.1:{self.env['SPENDSTREAM_WEB_PORT']}"
+        self.settings = settings_from(env)
+        self.web_url = self.settings.web_url
         self.log_path = log
         self.proc: subprocess.Popen | None = None
         self._log: IO[bytes] | None = None
@@ -180,6 +182,10 @@ class WorkerProcess:
                 pass
             time.sleep(0.2)
         raise TimeoutError(f"worker not ready after {timeout}s; see {self.log_path}")
+
+    def get_json(self, path: str, *, timeout: float = 30) -> Any:
+        """GET one of the worker's endpoints (``/stats``), with its token, as JSON."""
+        return web_auth.get_json(self.settings, path, timeout=timeout)
 
     def stop(self, *, sig: int = signal.SIGTERM, grace: float = 30.0) -> int | None:
         code = None

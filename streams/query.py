@@ -15,7 +15,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from streams import clickhouse
+from streams import clickhouse, web_auth
 from streams.serialize import jsonable
 from streams.settings import Settings
 
@@ -33,8 +33,8 @@ def read_only_query(settings: Settings, sql: str, parameters: dict[str, Any] | N
     if settings.is_embedded_clickhouse:
         try:
             return query_worker(settings, sql, parameters)
-        except urllib.error.URLError:
-            pass  # no worker running: open the directory ourselves
+        except (urllib.error.URLError, web_auth.TokenMissing):
+            pass  # no worker running (none ever wrote a token here): open the directory ourselves
     client = clickhouse.connect(settings, readonly=True)
     try:
         columns, rows = clickhouse.query_rows(client, sql, parameters)
@@ -52,7 +52,7 @@ def query_worker(settings: Settings, sql: str, parameters: dict[str, Any] | None
         query["params"] = json.dumps(jsonable(parameters))
     url = f"{settings.web_url}/sql?{urllib.parse.urlencode(query)}"
     try:
-        with urllib.request.urlopen(url, timeout=120) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=web_auth.auth_headers(settings)), timeout=120) as resp:
             body = json.load(resp)
     except urllib.error.HTTPError as exc:
         raise QueryError(json.load(exc).get("error", str(exc))) from exc

@@ -60,6 +60,16 @@ class Settings(BaseSettings):
     worker_data_dir: Path = Path(".spendstream/worker")
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    web_token: SecretStr | None = Field(
+        None,
+        description="Bearer token of the worker's HTTP endpoints; unset: generated at first start into "
+                    "<worker_data_dir>/web-token (owner-only), where local tools read it.",
+    )
+    web_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names (besides IP literals, localhost and web_host) the worker answers to, e.g. "
+                    '["worker-1"] behind a proxy or in a compose network. Others are refused: DNS rebinding.',
+    )
     table_store: str = "memory://"
     broker_session_timeout: float = 10.0
     consumer_fetch_max_wait_ms: int = Field(100, ge=1, le=1500, description="Longest a fetch waits for data.")

@@ -9,9 +9,7 @@ shared between tests, even on real servers.
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -62,11 +60,6 @@ def _print_log(path: Path) -> None:
     if path.exists():
         print(f"--- {path} (last 4000 characters) ---")
         print(path.read_text(errors="replace")[-4000:])
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=30) as resp:
-        return json.load(resp)
 
 
 # --- ClickHouse in this process --------------------------------------------------------

@@ -20,7 +20,7 @@ from streams.localstack import WorkerProcess
 from streams.producer import UsageProducer
 from streams.settings import Settings
 from streams.synthetic import generate
-from tests.conftest import get_json, settings_of
+from tests.conftest import settings_of
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,7 @@ async def produce(settings: Settings, events: list[dict[str, Any]]) -> None:
 
 
 def month_spend(worker: WorkerProcess, scope: str) -> tuple[Decimal, int]:
-    periods = get_json(f"{worker.web_url}/spend?scope={scope}").get(scope, {})
+    periods = worker.get_json(f"/spend?scope={scope}").get(scope, {})
     month = [v for k, v in periods.items() if k.startswith("month:")]
     return (Decimal(month[0]["spent"]), month[0]["calls"]) if month else (Decimal(0), 0)
 
@@ -91,7 +91,7 @@ def test_budget_applies_at_once_escalates_blocks_and_resolves(worker: WorkerProc
     alerts = asyncio.run(read_all(settings, settings.alerts_topic,
                                   lambda rs: ("budget_soft", "firing") in alert_kinds(rs, "team=search")))
     assert alert_kinds(alerts, "team=search")[("budget_soft", "firing")] == 1
-    caps = get_json(f"{worker.web_url}/caps/team=search")
+    caps = worker.get_json("/caps/team=search")
     assert [(c["state"], Decimal(c["spent"])) for c in caps] == [("soft", spent)]
 
     # Past the cap: one hard alert, and the guard refuses calls of that scope only.

@@ -14,7 +14,7 @@ import pytest
 
 from streams.localstack import WorkerProcess
 from streams.producer import SyncUsageProducer
-from tests.conftest import get_json, settings_of
+from tests.conftest import settings_of
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def test_emit_sync_sdk_and_sql_with_and_without_a_worker(stack_env: dict[str, st
                                        team="growth", event_id="sync-1")
         assert event_id == "sync-1"
         deadline = time.monotonic() + 60
-        while get_json(f"{worker.web_url}/stats").get("rows_inserted", 0) < 4 and time.monotonic() < deadline:
+        while worker.get_json("/stats").get("rows_inserted", 0) < 4 and time.monotonic() < deadline:
             time.sleep(0.2)
 
         query = "SELECT team, count() AS calls, sum(cost_total) AS spend FROM usage GROUP BY team ORDER BY team"

@@ -80,7 +80,7 @@ from streams.localstack import EmbeddedBroker, WorkerProcess, free_port
 from streams.producer import UsageProducer, publish_raw, usage_event
 from streams.settings import Settings
 from streams.sink import FAULT_CLICKHOUSE_DOWN_ENV, ClickHouseSink
-from tests.conftest import get_json, settings_of
+from tests.conftest import settings_of
 from tests.test_pipeline import expected_cost, wait_until
 
 pytestmark = pytest.mark.integration
@@ -228,11 +228,11 @@ class Traffic:
 
 
 def sql(worker: WorkerProcess, query: str) -> list[list[Any]]:
-    return get_json(f"{worker.web_url}/sql?{urlencode({'q': query})}")["rows"]
+    return worker.get_json(f"/sql?{urlencode({'q': query})}")["rows"]
 
 
 def stats(worker: WorkerProcess) -> dict[str, Any]:
-    return get_json(f"{worker.web_url}/stats")
+    return worker.get_json("/stats")
 
 
 @dataclass
@@ -289,7 +289,7 @@ def settled_ledger(worker: WorkerProcess, distinct: int, *, timeout: float = SET
 
 def live_spend(worker: WorkerProcess) -> tuple[Decimal, int]:
     """The team's spend and calls in the live spend table, over its month periods."""
-    periods = get_json(f"{worker.web_url}/spend?scope={quote(SCOPE)}").get(SCOPE, {})
+    periods = worker.get_json(f"/spend?scope={quote(SCOPE)}").get(SCOPE, {})
     months = [v for k, v in periods.items() if k.startswith("month:")]
     return sum((Decimal(v["spent"]) for v in months), Decimal(0)), sum(v["calls"] for v in months)
 
@@ -824,7 +824,7 @@ def recovered(figures: Figures, worker: WorkerProcess, fault: str, *, timeout: f
 
 def _is_ready(worker: WorkerProcess) -> bool:
     try:
-        return bool(get_json(f"{worker.web_url}/ready")["ready"])
+        return bool(worker.get_json("/ready")["ready"])
     except (OSError, urllib.error.URLError):
         return False
 

@@ -23,7 +23,7 @@ from streams.localstack import WorkerProcess
 from streams.producer import UsageProducer, publish_raw, usage_event
 from streams.synthetic import generate
 from streams.topics import create_topics
-from tests.conftest import get_json, settings_of
+from tests.conftest import settings_of
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +99,7 @@ def wait_until(condition: Any, timeout: float, what: str) -> Any:
 def sql(worker: WorkerProcess, query: str) -> list[list[Any]]:
     from urllib.parse import urlencode
 
-    return get_json(f"{worker.web_url}/sql?{urlencode({'q': query})}")["rows"]
+    return worker.get_json(f"/sql?{urlencode({'q': query})}")["rows"]
 
 
 @pytest.fixture
@@ -176,7 +176,7 @@ def test_events_are_priced_attributed_counted_and_sunk_exactly(worker: WorkerPro
     assert unpriced > 0, "the synthetic traffic must include an unpriced model"
 
     stats = wait_until(
-        lambda: (s := get_json(f"{worker.web_url}/stats")).get("rows_inserted", 0) >= len(good) and s,
+        lambda: (s := worker.get_json("/stats")).get("rows_inserted", 0) >= len(good) and s,
         90, "every good event in ClickHouse",
     )
     assert stats["dead_letters"] == len(bad)
@@ -194,7 +194,7 @@ def test_events_are_priced_attributed_counted_and_sunk_exactly(worker: WorkerPro
     assert "unattributed" in ledger_by_team
 
     # The live spend table: month totals per team equal the same sums.
-    spend = get_json(f"{worker.web_url}/spend")
+    spend = worker.get_json("/spend")
     live = {
         (scope.removeprefix("team="), period.removeprefix("month:")): Decimal(value["spent"])
         for scope, periods in spend.items()
@@ -233,7 +233,7 @@ def test_an_enormous_event_is_dead_lettered_and_the_worker_goes_on(worker: Worke
                                                  output_tokens=5, team="search"))
 
     asyncio.run(publish_raw(settings, [huge, fine], max_request_size=8 << 20))
-    stats = wait_until(lambda: (s := get_json(f"{worker.web_url}/stats")).get("rows_inserted") == 1 and s,
+    stats = wait_until(lambda: (s := worker.get_json("/stats")).get("rows_inserted") == 1 and s,
                        60, "the event after the enormous one in ClickHouse")
     assert stats["dead_letters"] == 1
     assert worker.proc is not None and worker.proc.poll() is None
@@ -259,10 +259,10 @@ def test_a_chunk_of_many_distinct_users_fits_in_messages(worker: WorkerProcess, 
                 await producer.send(event)
 
     asyncio.run(send())
-    wait_until(lambda: get_json(f"{worker.web_url}/stats").get("rows_inserted") == len(events), 120,
+    wait_until(lambda: worker.get_json("/stats").get("rows_inserted") == len(events), 120,
                "the crowd's calls in ClickHouse")
     def this_month() -> dict[str, Any] | None:
-        periods = get_json(f"{worker.web_url}/spend?scope=team%3Dcrowd").get("team=crowd", {})
+        periods = worker.get_json("/spend?scope=team%3Dcrowd").get("team=crowd", {})
         return next((v for k, v in periods.items() if k.startswith("month:")), None)
 
     month = wait_until(lambda: (m := this_month()) and m["calls"] == len(events) and m, 60,
@@ -309,7 +309,7 @@ def stats_after_backlog(stack_env: dict[str, str], tmp_path: Path, settings: dic
     worker = WorkerProcess({**stack_env, **settings}, log=tmp_path / "worker.log")
     try:
         worker.start()
-        return wait_until(lambda: (s := get_json(f"{worker.web_url}/stats")).get("rows_inserted") == events and s,
+        return wait_until(lambda: (s := worker.get_json("/stats")).get("rows_inserted") == events and s,
                           120, "every event in ClickHouse")
     finally:
         worker.stop()
