@@ -90,6 +90,26 @@ def period_bounds(period: str, tz: ZoneInfo) -> tuple[datetime, datetime]:
     return (datetime.combine(start, time(), tz), datetime.combine(end, time(), tz))
 
 
+# The characters that join a scope's kinds and values (``team=search,feature=answers``). No
+# value may hold one: a team tagged ``probe,feature=victim`` would otherwise be counted
+# towards, capped as and refused by the guard as the scope ``team=probe,feature=victim``.
+# ("@", which ends the scope in a spend key, may: :func:`split_key` takes the last one and
+# periods hold none, so a user id can be an e-mail address.)
+SCOPE_SEPARATORS = (",", "=")
+
+
+def scope_value_problem(name: str, value: str) -> str | None:
+    """Why ``value`` cannot be a scope value (it holds a separator), or None if it can.
+
+    The one sentence of every gate that refuses such a value, so that they agree: event
+    validation (a dead letter), budget scopes, routing rules and the guard.
+    """
+    if any(separator in value for separator in SCOPE_SEPARATORS):
+        return (f"{name} {value[:80]!r} contains ',' or '=', which separate the parts of a scope "
+                "(team=search,feature=answers), so it would name another scope")
+    return None
+
+
 def scope_of(values: dict[str, str], kinds: tuple[str, ...]) -> str | None:
     """``team=search,feature=answers`` from attribution values, or None if one is missing."""
     scope_values = [values.get(SCOPE_FIELDS[kind]) for kind in kinds]
@@ -118,6 +138,7 @@ def spend_key(scope: str, period: str) -> str:
 
 
 def split_key(key: str) -> tuple[str, str]:
+    """``(scope, period)`` of a spend key; the last ``@`` ends the scope (a value may hold one)."""
     scope, _, period = key.rpartition("@")
     return scope, period
 

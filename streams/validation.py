@@ -1,7 +1,9 @@
 """Checks a decoded UsageEvent must pass before it is priced.
 
 Avro guarantees types, not sense: a negative token count, a timestamp a year in the
-future or a megabyte-long team name decode fine and would poison every total downstream.
+future, a megabyte-long team name or a team named ``probe,feature=victim`` (which would
+count towards another team's budget scope) decode fine and would poison every total
+downstream.
 Each failed check raises :class:`InvalidEvent` with a stable code and a sentence saying
 what to fix; the enrich agent sends the event to the dead-letter topic with both.
 
@@ -23,6 +25,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streams.spend import SCOPE_FIELDS, SCOPE_SEPARATORS, scope_value_problem
+
 SERVICE_TIERS = frozenset({"standard", "batch", "priority", "flex"})
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 REQUIRED_FIELDS = ("event_id", "provider", "model")
@@ -30,6 +34,9 @@ ATTRIBUTION_FIELDS = (
     "team", "feature", "environment", "user_id", "project",
     "agent_id", "session_id", "trace_id", "api_key_id", "service",
 )
+# The attribution values that become part of a scope key: the spend and budget scopes
+# (streams.spend.SCOPE_FIELDS), and the anomaly detectors' trace=… and service=… scopes.
+SCOPED_ATTRIBUTION = (*SCOPE_FIELDS.values(), "trace_id", "service")
 
 
 class InvalidEvent(ValueError):
@@ -78,6 +85,10 @@ def validate(event: dict[str, Any], now: datetime, limits: Limits) -> None:
         value = attribution[name]
         if value and len(value) > longest:
             _identifier(value, f"attribution.{name}", limits, required=False)
+    for name in SCOPED_ATTRIBUTION:
+        value = attribution[name]
+        if value and (problem := scope_value_problem(f"attribution.{name}", value)):
+            raise InvalidEvent("invalid_attribution", problem)
     for name in limits.required_attribution:
         if not attribution.get(name):
             raise InvalidEvent("missing_attribution", f"attribution.{name} is required and missing")
@@ -163,6 +174,9 @@ def suspects(events: Mapping[str, pa.Array], now: datetime, limits: Limits) -> p
         flags.append(pc.and_(pc.greater_equal(events[name], 0), pc.less_equal(events[name], limits.max_tokens)))
     for name in (*ATTRIBUTION_FIELDS, "request_fingerprint"):
         flags.append(pc.fill_null(pc.less_equal(pc.utf8_length(events[name]), longest), True))
+    for name in SCOPED_ATTRIBUTION:
+        for separator in SCOPE_SEPARATORS:
+            flags.append(pc.fill_null(pc.invert(pc.match_substring(events[name], separator)), True))
     for name in limits.required_attribution:
         flags.append(pc.fill_null(pc.greater(pc.utf8_length(events[name]), 0), False))
     ok = flags[0]

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from streams.spend import (
     Delta, DeltasMessage, aggregate, by_partition, decode_deltas, encode_deltas, is_expired, partition_of, period_bounds,
-    period_keys, scopes_of,
+    period_keys, scope_value_problem, scopes_of, spend_key, split_key,
 )
 
 UTC = ZoneInfo("UTC")
@@ -38,6 +38,18 @@ def test_scopes_of_a_row() -> None:
     assert scopes_of(row) == ["team=search", "team=search,feature=answers", "environment=production",
                               "user=u-1", "session=s-9"]
     assert scopes_of(row, (("team",),)) == ["team=search"]
+
+
+def test_scope_values_must_not_hold_the_scope_separators() -> None:
+    for value in ("probe,feature=victim", " Probe , Feature=Victim ", "a=b", "a,b"):
+        assert "another scope" in (scope_value_problem("team", value) or "")
+    for value in ("search", "alice@example.com", "data science", ""):
+        assert scope_value_problem("user_id", value) is None
+
+
+def test_a_scope_value_may_hold_an_at_sign() -> None:
+    scope = scopes_of({"user_id": "alice@example.com"}, (("user",),))[0]
+    assert split_key(spend_key(scope, "day:2026-11-22")) == ("user=alice@example.com", "day:2026-11-22")
 
 
 def test_aggregate_is_exact_and_one_delta_per_key() -> None:

@@ -6,8 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from streams.enrich import event_columns
 from streams.producer import usage_event
-from streams.validation import InvalidEvent, Limits, validate
+from streams.validation import SCOPED_ATTRIBUTION, InvalidEvent, Limits, suspects, validate
 
 NOW = datetime(2026, 11, 22, 12, tzinfo=timezone.utc)
 
@@ -56,3 +57,27 @@ def test_required_attribution_is_configurable() -> None:
         validate(event(), NOW, Limits(required_attribution=("environment",)))
     assert info.value.code == "missing_attribution"
     validate(event(environment="production"), NOW, Limits(required_attribution=("environment",)))
+
+
+ALIASING = ["probe,feature=victim", " Probe , Feature=Victim ", "PROBE,FEATURE=VICTIM", "probe=victim", "a,b", ",", "="]
+
+
+@pytest.mark.parametrize("field", SCOPED_ATTRIBUTION)
+@pytest.mark.parametrize("value", ALIASING)
+def test_a_value_that_would_name_another_scope_is_refused(field: str, value: str) -> None:
+    """``team="probe,feature=victim"`` would be charged to, and capped as, the scope
+    team=probe,feature=victim: refused in every spelling, by both the row and column checks."""
+    bad = event(**{field: value})
+    with pytest.raises(InvalidEvent) as info:
+        validate(bad, NOW, Limits())
+    assert info.value.code == "invalid_attribution"
+    assert f"attribution.{field}" in info.value.reason and "another scope" in info.value.reason
+    assert suspects(event_columns([event(), bad]), NOW, Limits()).to_pylist() == [False, True]
+
+
+def test_separators_are_fine_where_no_scope_is_built() -> None:
+    """An e-mail user id (``@`` ends a scope only at its last one) and a project name with
+    commas never alias a scope, so they pass both checks."""
+    good = event(user_id="alice@example.com", project="q3,launch", tags={"a=b": "c,d"})
+    validate(good, NOW, Limits())
+    assert suspects(event_columns([good]), NOW, Limits()).to_pylist() == [False]
