@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from streams.codec import BUDGET, default_codec
 from streams.compacted import CompactedView
 from streams.settings import Settings
-from streams.spend import SCOPE_FIELDS
+from streams.spend import SCOPE_FIELDS, scope_value_problem
 
 DEFAULT_THRESHOLDS = (Decimal("0.8"), Decimal("1.0"))
 
@@ -40,7 +40,11 @@ class BudgetError(ValueError):
 
 
 def canonical_scope(text: str) -> str:
-    """``feature=answers, team=search`` → ``team=search,feature=answers`` (kinds in a fixed order)."""
+    """``feature=answers, team=search`` → ``team=search,feature=answers`` (kinds in a fixed order).
+
+    A value holding ``=`` (``team=a=b``) is refused, as events with one are: the spend
+    table never has a scope with such a value, so a budget on it could never be reached.
+    """
     parts: dict[str, str] = {}
     for item in text.split(","):
         kind, sep, value = item.strip().partition("=")
@@ -51,6 +55,8 @@ def canonical_scope(text: str) -> str:
             raise BudgetError(f"unknown scope kind {kind!r}; use {', '.join(SCOPE_FIELDS)}")
         if kind in parts:
             raise BudgetError(f"scope kind {kind!r} given twice")
+        if problem := scope_value_problem(f"scope {kind}", value):
+            raise BudgetError(problem)
         parts[kind] = value.lower() if kind == "team" else value
     return ",".join(f"{kind}={parts[kind]}" for kind in SCOPE_FIELDS if kind in parts)
 

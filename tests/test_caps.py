@@ -93,8 +93,13 @@ def test_projection_waits_for_enough_of_the_period() -> None:
 
 def test_scopes_are_canonical() -> None:
     assert canonical_scope("feature=answers, team=Search") == "team=search,feature=answers"
+    assert canonical_scope(" team = Probe , feature = victim ") == "team=probe,feature=victim"
+    assert canonical_scope("user=alice@example.com") == "user=alice@example.com"
     for bad in ("team", "colour=red", "team=a,team=b"):
         with pytest.raises(BudgetError):
+            canonical_scope(bad)
+    for bad in ("team=probe=x", "team=a,feature=b=c", " user = u = 1 "):  # a value events can never have
+        with pytest.raises(BudgetError, match="another scope"):
             canonical_scope(bad)
 
 
