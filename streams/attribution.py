@@ -15,7 +15,8 @@ Routing rules are a TOML file grouped by team, so a review shows what each team 
 Matches are exact (after trimming whitespace); a service pattern ending in ``*`` matches
 by prefix, and an exact service name beats a pattern, a longer pattern beats a shorter
 one. A key, service or user listed under two teams is an error, not a coin toss. Team
-names are normalised (trimmed, lowercased) everywhere, tags included.
+names are normalised (trimmed, lowercased) everywhere, tags included; a team name holding
+``,`` or ``=`` is refused, since it would name another budget scope (``team=a,feature=b``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .pricebook import format_validation_errors, read_toml_without_floats
+from .spend import scope_value_problem
 
 __all__ = ["UNATTRIBUTED", "Attributed", "Router", "RoutingRules", "RoutingRulesError", "TeamRules"]
 
@@ -101,6 +103,8 @@ class RoutingRules(BaseModel):
             team = normalise_team(name)
             if not team:
                 raise ValueError("a team name must not be empty")
+            if problem := scope_value_problem("team", team):
+                raise ValueError(problem)
             if team in normalised:
                 raise ValueError(f"team {team!r} is listed twice (names are case-insensitive)")
             normalised[team] = rules

@@ -115,6 +115,8 @@ def test_example_rules_cover_the_demo_traffic() -> None:
         ('[teams.search]\nusers = "maria"\n', "teams.search.users: Input should be a valid tuple"),
         ('[teams.search]\nusers = [" "]\n', "teams.search.users: must not contain an empty name"),
         ('[teams.Search]\n[teams.search]\n', "team 'search' is listed twice"),
+        ('[teams." Probe,Feature=Victim "]\n', "team 'probe,feature=victim' contains ',' or '='"),
+        ('[teams."a=b"]\n', "team 'a=b' contains ',' or '='"),
         ('[teams.search]\nweight = 0.5\n', "teams.search.weight = 0.5 is a TOML float"),
         ('[routes]\n', "routes: unknown key"),
         ("[teams.search\n", "not valid TOML"),
