@@ -41,7 +41,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from streams import priced, tuning
-from streams.anomaly import AnomalyConfig, AnomalyEngine, BatchSummary
+from streams.anomaly.engine import AnomalyConfig, AnomalyEngine, BatchSummary
 from streams.attribution import Router
 from streams.codec import default_codec
 from streams.enrich import DeadLetter, Enricher, SourceMessage

@@ -35,7 +35,7 @@ from itertools import accumulate
 from statistics import median
 from typing import Any, Literal
 
-from streams.anomaly import AlertDecision, AnomalyEngine, BlockDecision, instant, minute_of, scope_of
+from streams.anomaly.engine import AlertDecision, AnomalyEngine, BlockDecision, instant, minute_of, scope_of
 
 #: A Monday, so the first week of a scenario is a whole ISO week.
 START = datetime(2026, 3, 2, tzinfo=UTC)

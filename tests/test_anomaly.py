@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from streams.anomaly import (
+from streams.anomaly.engine import (
     AnomalyConfig,
     AnomalyConfigError,
     AnomalyEngine,

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from streams.anomaly import AnomalyEngine, BatchSummary, BlockDecision, Outcome, scope_of
+from streams.anomaly.engine import AnomalyEngine, BatchSummary, BlockDecision, Outcome, scope_of
 from streams.changelog import already_applied, is_marker, write_markers
 from streams.spend import scope_partition
 
