@@ -18,10 +18,11 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
+from streams.attribution import normalise_team
 from streams.codec import default_codec
 from streams.compacted import CompactedView
 from streams.settings import Settings
-from streams.spend import scopes_of
+from streams.spend import SCOPE_FIELDS, scope_value_problem, scopes_of
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,15 @@ class CapGuard:
         """Raise :class:`BudgetExceeded` if a scope of this call refuses it.
 
         Attribution keywords are the producer's: team, feature, environment, api_key_id,
-        user_id, agent_id, session_id.
+        user_id, agent_id, session_id. A value holding a scope separator raises
+        ValueError: the worker dead-letters such events, and checking it would check
+        another scope (``team="a,feature=b"`` is not the scope ``team=a,feature=b``).
         """
         values = {key: value or "" for key, value in attribution.items()}
-        values["team"] = values.get("team", "").strip().lower()  # as the router names teams
+        for name in SCOPE_FIELDS.values():
+            if problem := scope_value_problem(name, values.get(name, "")):
+                raise ValueError(problem)
+        values["team"] = normalise_team(values.get("team"))  # as the router names teams
         scopes = set(scopes_of(values))
         now = datetime.now(timezone.utc)
         for state in self._view.values.values():
