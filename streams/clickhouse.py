@@ -29,11 +29,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import clickhouse_connect
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from streams import priced
 from streams.settings import Settings
@@ -113,8 +114,22 @@ def _connect_embedded(dsn: str, client_settings: dict[str, Any]) -> Client:
 
 
 def _connect_server(settings: Settings, client_settings: dict[str, Any]) -> Client:
+    """A client for a ClickHouse server; TLS exactly when the DSN says ``https``.
+
+    clickhouse-connect ignores the DSN's scheme and guesses TLS from the port (443 or
+    8443), so ``https://host:9000`` would talk plain HTTP and send the password in the
+    clear. The interface is therefore derived from the scheme and passed explicitly,
+    with the verification settings: an ``https`` DSN on any port is TLS, verified
+    against ``SPENDSTREAM_CLICKHOUSE_CA_CERT`` (or the system's CAs) unless
+    ``SPENDSTREAM_CLICKHOUSE_VERIFY_TLS`` is off. A server that does not complete the
+    handshake gets no request, so no credentials.
+    """
+    dsn = settings.clickhouse_dsn
+    interface = _server_interface(dsn)
     options: dict[str, Any] = {
-        "dsn": settings.clickhouse_dsn,
+        "dsn": dsn,
+        "interface": interface,
+        "secure": interface == "https",
         "verify": settings.clickhouse_verify_tls,
         "settings": client_settings,
         # Bound parameters travel in the request body, not the URL: an event-id look-up
@@ -131,8 +146,34 @@ def _connect_server(settings: Settings, client_settings: dict[str, Any]) -> Clie
         options["password"] = settings.clickhouse_password.get_secret_value()
     if settings.clickhouse_ca_cert:
         options["ca_cert"] = str(settings.clickhouse_ca_cert)
-    logger.info("ClickHouse: server at %s", redact_dsn(settings.clickhouse_dsn))
-    return clickhouse_connect.get_client(**options)
+    logger.info("ClickHouse: server at %s", redact_dsn(dsn))
+    try:
+        return clickhouse_connect.get_client(**options)
+    except ClickHouseError as exc:
+        # The driver's message names the URL without credentials; say what to check.
+        hint = " (is the server speaking HTTPS there, with a certificate we trust?)" if interface == "https" else ""
+        raise ConnectionError(f"cannot connect to ClickHouse at {redact_dsn(dsn)}{hint}: {exc}") from exc
+
+
+# DSN query options the driver would let override the TLS settings above.
+_TLS_DSN_OPTIONS = frozenset({"interface", "secure", "verify", "ca_cert", "server_host_name"})
+
+
+def _server_interface(dsn: str) -> str:
+    """``http`` or ``https``, from the DSN's scheme; any other scheme, or TLS options in the
+    DSN's query (which would override ``SPENDSTREAM_CLICKHOUSE_VERIFY_TLS``), is refused."""
+    parts = urlsplit(dsn)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(
+            f"ClickHouse DSN {redact_dsn(dsn)!r} must start with https:// (or http://, or chdb: for the embedded engine)"
+        )
+    overrides = sorted(_TLS_DSN_OPTIONS & set(parse_qs(parts.query)))
+    if overrides:
+        raise ValueError(
+            f"ClickHouse DSN sets {', '.join(overrides)}: set TLS with SPENDSTREAM_CLICKHOUSE_VERIFY_TLS and "
+            "SPENDSTREAM_CLICKHOUSE_CA_CERT instead"
+        )
+    return parts.scheme
 
 
 def redact_dsn(dsn: str) -> str:
