@@ -38,7 +38,7 @@ from mode.supervisors import CrashingSupervisor
 
 from streams import clickhouse, faust_fixes, web_auth
 from streams.batching import take_batches
-from streams.budgets import Budget, BudgetIndex
+from streams.budgets import Budget, BudgetIndex, decode_budget
 from streams.codec import ALERT, CAP_STATE, DEAD_LETTER, default_codec
 from streams.compacted import CompactedView
 from streams.enrich import DeadLetter, chunks_by_size
@@ -310,12 +310,8 @@ def _on_budget_change(budget_id: str, budget: Budget | None) -> None:
 @app.task
 async def follow_budgets() -> None:
     """Keep the budgets topic in memory for the life of the worker."""
-    view = CompactedView(settings, settings.budgets_topic, _decode_budget, _on_budget_change)
+    view = CompactedView(settings, settings.budgets_topic, decode_budget, _on_budget_change)
     await view.start()
-
-
-def _decode_budget(value: bytes) -> Budget:
-    return Budget.from_record(codec.decode(value)[1])
 
 
 @app.agent(priced_topic, supervisor_strategy=CrashingSupervisor)

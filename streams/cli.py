@@ -152,22 +152,39 @@ def budgets() -> None:
 @click.option("--action", "hard_action", type=click.Choice(["block", "alert"]), default="block", show_default=True)
 def budgets_set(budget_id: str, thresholds: tuple[str, ...], **fields: Any) -> None:
     """Create or change a budget; it applies to the current period at once."""
-    from streams.budgets import Budget, publish
+    from pydantic import ValidationError
+
+    from streams.budgets import Budget, describe, publish
 
     if thresholds:
         fields["thresholds"] = thresholds
-    budget = _or_usage_error(lambda: Budget(budget_id=budget_id, **fields))
+    try:
+        budget = Budget(budget_id=budget_id, **fields)
+    except ValidationError as exc:
+        raise click.UsageError(describe(exc, _BUDGET_OPTIONS)) from exc
     asyncio.run(publish(Settings(), [budget]))
     click.echo(f"set {budget.budget_id}: {budget.scope} {budget.amount} {budget.currency} per {budget.period}")
+
+
+# Budget fields as `budgets set` spells them, for its error messages.
+_BUDGET_OPTIONS = {"budget_id": "BUDGET_ID", "thresholds": "--threshold", "hard_action": "--action",
+                   **{name: f"--{name}" for name in ("scope", "amount", "period", "currency")}}
 
 
 @budgets.command("load")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def budgets_load(path: Path) -> None:
-    """Set every budget of a TOML file (see the budgets module for the format)."""
-    from streams.budgets import load_file, publish
+    """Set every budget of a TOML file (see the budgets module for the format).
 
-    loaded = _or_usage_error(lambda: load_file(path))
+    All or nothing: a file with any unknown key, wrong type, out-of-range value or
+    repeated id sets no budget, and every problem is listed with its line.
+    """
+    from streams.budgets import BudgetError, load_file, publish
+
+    try:
+        loaded = load_file(path)
+    except BudgetError as exc:
+        raise click.UsageError(str(exc)) from exc
     asyncio.run(publish(Settings(), loaded))
     click.echo(f"set {len(loaded)} budget(s)")
 
@@ -175,10 +192,13 @@ def budgets_load(path: Path) -> None:
 @budgets.command("rm")
 @click.argument("budget_id")
 def budgets_rm(budget_id: str) -> None:
-    """Remove a budget."""
-    from streams.budgets import remove
+    """Remove a budget (an id not on the topic is an error: likely a typo)."""
+    from streams.budgets import ids_on_topic, remove
 
-    asyncio.run(remove(Settings(), budget_id))
+    settings = Settings()
+    if budget_id not in asyncio.run(ids_on_topic(settings)):
+        raise click.ClickException(f"no budget {budget_id!r}; `spendstream budgets list` shows the ids in force")
+    asyncio.run(remove(settings, budget_id))
     click.echo(f"removed {budget_id}")
 
 
@@ -192,15 +212,6 @@ def budgets_list() -> None:
         for b in asyncio.run(current(Settings()))
     ]
     click.echo(format_table(["id", "scope", "amount", "currency", "period", "thresholds", "hard action"], rows))
-
-
-def _or_usage_error(make: Any) -> Any:
-    from pydantic import ValidationError
-
-    try:
-        return make()
-    except (ValidationError, ValueError) as exc:
-        raise click.UsageError(str(exc)) from exc
 
 
 @cli.group()
