@@ -163,7 +163,7 @@ def budgets_set(budget_id: str, thresholds: tuple[str, ...], **fields: Any) -> N
     except ValidationError as exc:
         raise click.UsageError(describe(exc, _BUDGET_OPTIONS)) from exc
     asyncio.run(publish(Settings(), [budget]))
-    click.echo(f"set {budget.budget_id}: {budget.scope} {budget.amount} {budget.currency} per {budget.period}")
+    click.echo(f"set {budget.budget_id}: {budget.scope} {budget.amount:f} {budget.currency} per {budget.period}")
 
 
 # Budget fields as `budgets set` spells them, for its error messages.
@@ -208,7 +208,7 @@ def budgets_list() -> None:
     from streams.budgets import current
 
     rows = [
-        [b.budget_id, b.scope, str(b.amount), b.currency, b.period, ",".join(map(str, b.thresholds)), b.hard_action]
+        [b.budget_id, b.scope, f"{b.amount:f}", b.currency, b.period, ",".join(map(str, b.thresholds)), b.hard_action]
         for b in asyncio.run(current(Settings()))
     ]
     click.echo(format_table(["id", "scope", "amount", "currency", "period", "thresholds", "hard action"], rows))

@@ -286,6 +286,12 @@ def test_budgets_cli_publishes_nothing_from_a_bad_file_and_refuses_unknown_ids(
 
     path.write_text(GOOD)
     assert runner.invoke(cli, ["budgets", "load", str(path)], env=stack_env).exit_code == 0
+    tiny = runner.invoke(cli, ["budgets", "set", "tiny", "--scope", "team=a", "--period", "day",
+                               "--amount", "0.000000000001"], env=stack_env)
+    assert tiny.exit_code == 0 and "0.000000000001 USD" in tiny.output  # fixed point, never 1E-12
+    listed = runner.invoke(cli, ["budgets", "list"], env=stack_env)
+    assert "0.000000000001" in listed.output and "E-12" not in listed.output
+    assert runner.invoke(cli, ["budgets", "rm", "tiny"], env=stack_env).exit_code == 0
     missing = runner.invoke(cli, ["budgets", "rm", "no-such-budget"], env=stack_env)
     assert missing.exit_code == 1 and "no budget 'no-such-budget'" in missing.output
     removed = runner.invoke(cli, ["budgets", "rm", "a"], env=stack_env)
