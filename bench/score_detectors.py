@@ -16,7 +16,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from streams.anomaly.engine import AnomalyConfig, AnomalyEngine
+from streams.anomaly.config import AnomalyConfig
+from streams.anomaly.engine import AnomalyEngine
 from streams.incidents import Traffic, default_incidents, replay, score
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "anomaly.example.toml"

@@ -49,7 +49,8 @@ from streams.serialize import jsonable
 from streams.caps import Announced, check
 from streams.spend import DeltasMessage, aggregate, encode_deltas, negated, period_keys, scope_partition, spend_key, split_key
 from streams.spend_state import SpendState
-from streams.anomaly.engine import AnomalyConfig, AnomalyEngine
+from streams.anomaly.config import AnomalyConfig
+from streams.anomaly.engine import AnomalyEngine
 from streams.anomaly.state import SWEEP_KEY, AnomalyState
 from streams.changelog import is_marker
 from streams.topics import ANNOUNCED_TABLE, DETECTORS_TABLE, SPEND_TABLE

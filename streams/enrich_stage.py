@@ -41,7 +41,9 @@ from functools import partial
 from typing import Any, TypeVar
 
 from streams import priced, tuning
-from streams.anomaly.engine import AnomalyConfig, AnomalyEngine, BatchSummary
+from streams.anomaly.config import AnomalyConfig
+from streams.anomaly.engine import AnomalyEngine
+from streams.anomaly.summaries import BatchSummary
 from streams.attribution import Router
 from streams.codec import default_codec
 from streams.enrich import DeadLetter, Enricher, SourceMessage

@@ -35,7 +35,10 @@ from itertools import accumulate
 from statistics import median
 from typing import Any, Literal
 
-from streams.anomaly.engine import AlertDecision, AnomalyEngine, BlockDecision, instant, minute_of, scope_of
+from streams.anomaly.decisions import AlertDecision, BlockDecision
+from streams.anomaly.engine import AnomalyEngine
+from streams.anomaly.summaries import scope_of_state_key
+from streams.anomaly.units import instant, minute_of
 
 #: A Monday, so the first week of a scenario is a whole ISO week.
 START = datetime(2026, 3, 2, tzinfo=UTC)
@@ -371,7 +374,8 @@ def replay(
             if "incident" in row:
                 by_incident.setdefault(row["incident"], []).append(row)
         for name, incident_rows in by_incident.items():  # the scopes the detectors count them towards
-            result.incident_scopes[name].update(scope_of(key) for key in engine.summarize(incident_rows).keys())
+            keys = engine.summarize(incident_rows).keys()
+            result.incident_scopes[name].update(scope_of_state_key(key) for key in keys)
         minute = minute_of(end)
         next_sweep = next_sweep or minute
         if minute >= next_sweep:

@@ -14,16 +14,10 @@ from typing import Any
 
 import pytest
 
-from streams.anomaly.engine import (
-    AnomalyConfig,
-    AnomalyConfigError,
-    AnomalyEngine,
-    BatchSummary,
-    Bucket,
-    instant,
-    minute_of,
-    scope_of,
-)
+from streams.anomaly.config import AnomalyConfig, AnomalyConfigError
+from streams.anomaly.engine import AnomalyEngine
+from streams.anomaly.summaries import BatchSummary, Bucket, scope_of_state_key
+from streams.anomaly.units import instant, minute_of
 from streams.codec import ALERT, default_codec
 from streams.incidents import START, Incident, Traffic, default_incidents, replay, score
 
@@ -142,7 +136,7 @@ def test_every_state_is_compact_json(incident_run: Any) -> None:
         text = json.dumps(state)
         assert json.loads(text) == state
         assert len(text) < 10_000, key
-        assert scope_of(key) == key.partition(":")[2]
+        assert scope_of_state_key(key) == key.partition(":")[2]
 
 
 def _drive(engine: AnomalyEngine, batches: list[Any], states: dict[str, Any], first: int) -> list[Any]:
@@ -332,7 +326,7 @@ def test_summaries_merge_encode_and_split_by_scope(config: AnomalyConfig) -> Non
     parts = whole.split(lambda scope: len(scope) % 3)
     assert sorted(key for part in parts.values() for key in part.keys()) == sorted(whole.keys())
     for partition, part in parts.items():
-        assert all(len(scope_of(key)) % 3 == partition for key in part.keys())
+        assert all(len(scope_of_state_key(key)) % 3 == partition for key in part.keys())
     assert whole.watermark == max(row["occurred_at"] for row in rows)
 
 

@@ -28,7 +28,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from streams.anomaly.engine import AnomalyEngine, BatchSummary, BlockDecision, Outcome, scope_of
+from streams.anomaly.decisions import BlockDecision, Outcome
+from streams.anomaly.engine import AnomalyEngine
+from streams.anomaly.summaries import BatchSummary, scope_of_state_key
 from streams.changelog import already_applied, is_marker, write_markers
 from streams.spend import scope_partition
 
@@ -105,7 +107,7 @@ class AnomalyState:
         return {
             key: state
             for key, state in self.table.items()
-            if not is_marker(key) and scope_partition(scope_of(key), self.partitions) == partition
+            if not is_marker(key) and scope_partition(scope_of_state_key(key), self.partitions) == partition
         }
 
     def _write_back(self, outcome: Outcome) -> None:
