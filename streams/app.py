@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 import weakref
@@ -36,7 +35,7 @@ from faust.streams import _current_event
 from faust.web import Request, Response, View
 from mode.supervisors import CrashingSupervisor
 
-from streams import clickhouse, faust_fixes, web_auth
+from streams import clickhouse, faust_fixes, sql_guard, web_auth
 from streams.batching import take_batches
 from streams.budgets import Budget, BudgetIndex, decode_budget
 from streams.codec import ALERT, CAP_STATE, DEAD_LETTER, default_codec
@@ -390,24 +389,12 @@ def _cap_states() -> list[dict[str, Any]]:
 
 @app.page("/sql")
 async def sql(web: View, request: Request) -> Response:
-    """Read-only SQL over the worker's ClickHouse (the embedded engine has one owner)."""
-    text = request.query.get("q") or ""
-    if not clickhouse.is_read_only_sql(text):
-        return web.json({"error": "only one read-only statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN)"}, status=400)
-    try:
-        parameters = json.loads(request.query.get("params") or "{}")
-        columns, rows = await sink.query(_read_only_query, text, parameters)
-    except Exception as exc:
-        return web.json({"error": str(exc)}, status=400)
-    return web.json({"columns": columns, "rows": jsonable(rows)})
+    """Read-only SQL over the worker's ClickHouse (the embedded engine has one owner):
+    :mod:`streams.sql_guard` decides what may run, and runs it away from the sink."""
+    status, body = await sql_queries.answer(
+        request.query.get("q") or "", request.query.get("params") or "", lambda: sql_guard.client_gone(request)
+    )
+    return web.text(body, content_type="application/json", status=status)
 
 
-_read_only_client: Any = None
-
-
-def _read_only_query(text: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple]]:
-    global _read_only_client
-    if _read_only_client is None:
-        _read_only_client = clickhouse.connect(settings, readonly=True)
-    return clickhouse.query_rows(_read_only_client, text, parameters)
-
+sql_queries = sql_guard.QueryRunner(settings)

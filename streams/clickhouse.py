@@ -15,8 +15,8 @@ What differs, and is handled here or documented for callers:
   against the working directory here, because the engine compares paths literally.
 * Both: ``DateTime``/``DateTime64`` values come back *naive*, and they are UTC.
 * Read-only access is enforced by the engine (``readonly=1`` on every query of a
-  client made with ``connect(..., readonly=True)``); :func:`is_read_only_sql` is a
-  second, conservative gate for SQL typed by people.
+  client made with ``connect(..., readonly=True)``). SQL typed by people goes through
+  :mod:`streams.sql_guard` as well, which decides from the engine's parse what may run.
 """
 
 from __future__ import annotations
@@ -64,17 +64,19 @@ class MigrationError(RuntimeError):
 # --- Connecting ----------------------------------------------------------------------
 
 
-def connect(settings: Settings, *, readonly: bool = False) -> Client:
+def connect(settings: Settings, *, readonly: bool = False, limits: Mapping[str, Any] | None = None) -> Client:
     """A client for the configured ClickHouse, with the configured database selected.
 
     ``chdb:`` DSNs open the embedded engine (creating its directory); anything else is a
     server DSN handed to clickhouse-connect with the credentials and TLS options from
     ``settings``. With ``readonly=True`` every query runs with ``readonly=1``, so the
     engine itself refuses writes, DDL and setting changes; the database is then expected
-    to exist (readonly clients never create anything).
+    to exist (readonly clients never create anything). ``limits`` are engine settings
+    for every query of the client (time and result limits); they are applied before
+    ``readonly``, which forbids changing any setting afterwards.
     """
     database = _checked_identifier(settings.clickhouse_database)
-    client_settings: dict[str, Any] = {"readonly": 1} if readonly else {}
+    client_settings: dict[str, Any] = {**(limits or {}), **({"readonly": 1} if readonly else {})}
     if settings.is_embedded_clickhouse:
         client = _connect_embedded(settings.clickhouse_dsn, client_settings)
     else:
@@ -345,114 +347,6 @@ def query_rows(client: Client, sql: str, parameters: dict[str, Any] | None = Non
     """
     result = client.query(sql, parameters=parameters)
     return list(result.column_names), [tuple(row) for row in result.result_rows]
-
-
-# Statement kinds that only read.
-_READ_ONLY_KINDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN"})
-# Words that have no business in a read-only query: writes and DDL anywhere in the text
-# (for example inside EXPLAIN or after WITH), and INTO, which covers SELECT ... INTO
-# OUTFILE (chDB writes that file even with readonly=1).
-_FORBIDDEN_WORDS = frozenset(
-    {
-        "INSERT", "INTO", "ALTER", "CREATE", "DROP", "TRUNCATE", "RENAME", "ATTACH", "DETACH",
-        "OPTIMIZE", "KILL", "GRANT", "REVOKE", "DELETE", "UPDATE", "EXCHANGE", "UNDROP",
-        "BACKUP", "RESTORE", "USE", "SET", "OUTFILE", "INFILE",
-    }
-)  # fmt: skip
-# Functions that reach outside the database (files, network, processes). chDB serves
-# file('/any/path') even with readonly=1, so this list is not redundant.
-_FORBIDDEN_FUNCTIONS = frozenset(
-    {
-        "file", "filecluster", "url", "urlcluster", "s3", "s3cluster", "gcs", "oss", "cosn",
-        "hdfs", "hdfscluster", "azureblobstorage", "azureblobstoragecluster", "remote",
-        "remotesecure", "cluster", "clusterallreplicas", "mysql", "postgresql", "mongodb",
-        "redis", "sqlite", "jdbc", "odbc", "executable", "input", "iceberg", "deltalake",
-        "hudi", "arrowflight", "ytsaurus",
-    }
-)  # fmt: skip
-_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\S")
-
-
-def is_read_only_sql(sql: str) -> bool:
-    """Whether ``sql`` is one statement that can only read, judged conservatively.
-
-    Used by the read-only query endpoint *in addition to* a ``readonly=1`` client: it
-    accepts one SELECT / WITH / SHOW / DESCRIBE / EXPLAIN statement and refuses anything
-    else, including text it does not understand (unterminated strings or comments), a
-    second statement, write keywords anywhere, INTO OUTFILE and functions that read
-    files or the network. A refusal of odd but harmless SQL is the intended trade.
-    """
-    code = _code_only(sql)
-    if code is None:
-        return False
-    code = code.strip().rstrip(";").rstrip()
-    if not code or ";" in code or "$" in code:
-        return False  # empty, several statements, or a $heredoc$ literal this scanner does not read
-    tokens = _TOKEN.findall(code)
-    if tokens[0].upper() not in _READ_ONLY_KINDS:
-        return False
-    for index, token in enumerate(tokens):
-        if token.upper() in _FORBIDDEN_WORDS:
-            return False
-        if token.upper() == "SYSTEM" and _next(tokens, index) != ".":
-            return False  # SYSTEM statements; system.tables is fine
-        if token.lower() in _FORBIDDEN_FUNCTIONS and _next(tokens, index) == "(":
-            return False
-    return True
-
-
-def _next(tokens: Sequence[str], index: int) -> str | None:
-    return tokens[index + 1] if index + 1 < len(tokens) else None
-
-
-def _code_only(sql: str) -> str | None:
-    """``sql`` with comments removed and literals / quoted names blanked out.
-
-    Keeps the structure (keywords, punctuation) so the checks above never look inside a
-    string. Returns None for text that does not end cleanly (an open quote or comment).
-    """
-    out: list[str] = []
-    i, n = 0, len(sql)
-    while i < n:
-        char = sql[i]
-        if sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = n if end < 0 else end
-        elif sql.startswith("/*", i):
-            end = sql.find("*/", i + 2)
-            if end < 0:
-                return None
-            out.append(" ")
-            i = end + 2
-        elif char in "'\"`":
-            end = _closing_quote(sql, i)
-            if end < 0:
-                return None
-            out.append(" ''" if char == "'" else " x ")
-            i = end + 1
-        else:
-            out.append(char)
-            i += 1
-    return "".join(out)
-
-
-def _closing_quote(sql: str, start: int) -> int:
-    """Index of the quote closing the literal opened at ``start``, or -1.
-
-    Handles both escapes ClickHouse accepts: a backslash, and a doubled quote.
-    """
-    quote, i, n = sql[start], start + 1, len(sql)
-    while i < n:
-        if sql[i] == "\\":
-            i += 2
-        elif sql[i] == quote:
-            if i + 1 < n and sql[i + 1] == quote:
-                i += 2
-            else:
-                return i
-        else:
-            i += 1
-    return -1
 
 
 # --- The sink's writes ---------------------------------------------------------------

@@ -54,6 +54,21 @@ class Settings(BaseSettings):
     clickhouse_password: SecretStr | None = None
     clickhouse_verify_tls: bool = True
     clickhouse_ca_cert: Path | None = None
+    sql_timeout_seconds: float = Field(
+        30.0, gt=0, description="Longest a read-only query typed by a person (`/sql`, `spendstream sql`) may run."
+    )
+    sql_max_result_rows: int = Field(
+        100_000, ge=1, description="Most rows a read-only query may return; a larger result is an error, not a cut."
+    )
+    sql_max_result_bytes: int = Field(
+        100_000_000, ge=1, description="Most bytes (uncompressed, in the engine) a read-only query may return."
+    )
+    sql_max_threads: int = Field(
+        1, ge=1, description="Engine threads one read-only query may use, so a heavy one leaves cores to the sink."
+    )
+    sql_concurrency: int = Field(
+        2, ge=1, description="Read-only queries the worker runs at once; more wait their turn."
+    )
 
     # --- The worker ------------------------------------------------------------------
     app_id: str = "spendstream"

@@ -183,10 +183,6 @@ class ClickHouseSink:
         """Run ``fn(client, *args, **kwargs)`` with the sink's ClickHouse client, on its thread."""
         return await self._run(lambda: fn(self._connected(), *args, **kwargs))
 
-    async def query(self, fn: Any, *args: Any) -> Any:
-        """Run another ClickHouse call on the sink's thread (the engine is not shared across threads)."""
-        return await self._run(fn, *args)
-
     def close(self) -> None:
         self._thread.shutdown(wait=True)
 

@@ -172,14 +172,13 @@ def ledger(migrated: Client, ledger_table: Any) -> Client:
 
 @pytest.fixture
 def read_only(settings: Settings, migrated: Client) -> Iterator[Any]:
-    """A report ``query`` callable on a read-only client, refusing SQL the CLI path would refuse."""
-    from streams.clickhouse import connect, is_read_only_sql, query_rows
+    """A report ``query`` callable on a read-only client, checked and limited as the CLI path is."""
+    from streams import sql_guard
 
-    reader = connect(settings, readonly=True)
+    reader = sql_guard.read_only_client(settings)
 
     def query(sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple]]:
-        assert is_read_only_sql(sql), sql
-        return query_rows(reader, sql, parameters)
+        return sql_guard.run(reader, sql, parameters)
 
     try:
         yield query

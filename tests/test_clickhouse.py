@@ -32,7 +32,6 @@ from streams.clickhouse import (
     committed_sink_offsets,
     connect,
     insert_priced,
-    is_read_only_sql,
     load_migrations,
     migrate,
     query_rows,
@@ -292,61 +291,6 @@ def test_readonly_client_needs_an_existing_database(embedded_clickhouse: str) ->
     missing = Settings(clickhouse_dsn=embedded_clickhouse, clickhouse_database=f"test_missing_{uuid.uuid4().hex}")
     with pytest.raises(MigrationError, match="does not exist"):
         connect(missing, readonly=True)
-
-
-@pytest.mark.parametrize(
-    "sql",
-    [
-        "SELECT 1",
-        "  select team, sum(cost_total) from usage group by team;  ",
-        "WITH t AS (SELECT 1 AS x) SELECT x FROM t",
-        "SHOW TABLES",
-        "DESCRIBE TABLE usage",
-        "desc usage",
-        "EXPLAIN indexes = 1 SELECT * FROM usage WHERE event_id = 'x'",
-        "SELECT name FROM system.tables",
-        "SELECT 'drop table usage; insert into x' AS s -- ; delete",
-        "SELECT `into`.a FROM (SELECT 1 AS a) AS `into`",
-        "/* a comment; with a semicolon */ SELECT 1",
-        "SELECT 'it''s', 'back\\'slash'",
-    ],
-)
-def test_read_only_sql_accepted(sql: str) -> None:
-    assert is_read_only_sql(sql)
-
-
-@pytest.mark.parametrize(
-    "sql",
-    [
-        "",
-        "   ;  ",
-        "-- only a comment",
-        "INSERT INTO usage SELECT * FROM usage",
-        "DROP TABLE usage",
-        "ALTER TABLE usage DELETE WHERE 1",
-        "TRUNCATE TABLE usage",
-        "OPTIMIZE TABLE usage FINAL",
-        "SYSTEM FLUSH LOGS",
-        "SET readonly = 0",
-        "SELECT 1; DROP TABLE usage",
-        "SELECT 1;DROP TABLE usage;",
-        "SELECT 1 INTO OUTFILE 'x.csv'",
-        "SELECT file('/etc/passwd')",
-        "SELECT * FROM url('http://example.com/x.csv', CSV)",
-        "SELECT * FROM remote('host', db.t)",
-        "SELECT * FROM s3 ('http://x/y')",
-        "WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x",
-        "EXPLAIN AST DROP TABLE usage",
-        "SELECT 'unterminated",
-        "SELECT 1 /* unterminated",
-        "SELECT $$ ' $$, file('/etc/passwd'), ' '",
-        "KILL QUERY WHERE 1",
-        "GRANT ALL ON *.* TO x",
-        "(SELECT 1)",
-    ],
-)
-def test_read_only_sql_refused(sql: str) -> None:
-    assert not is_read_only_sql(sql)
 
 
 # --- Connecting ----------------------------------------------------------------------
