@@ -392,9 +392,11 @@ def stored_copies(client: Client, event_ids: Sequence[str], since: datetime) -> 
     The sink asks this for every row it inserts, tens of thousands at a time, from its
     thread in the worker's process. Bound as an ``Array(String)`` parameter, each id is
     escaped character by character in Python (holding the GIL the event loop needs) and
-    parsed as a separate literal; so the ids travel instead as one hex string, which needs
-    no escaping (hex digits cannot end a quoted literal) and which ClickHouse splits and
-    decodes itself: half the query time and a tenth of the Python time.
+    parsed as a separate literal; so the ids travel instead as one hex string, bound as one
+    ``String`` parameter (nothing to escape, 2.5 ms of Python per 50,000 ids), which
+    ClickHouse splits and decodes itself: half the query time and a tenth of the Python
+    time. Bound rather than placed in the SQL text, the engine does not parse megabytes of
+    literal either (130 ms instead of 210 ms for 50,000 ids on chDB).
     """
     found: dict[str, tuple[int, int]] = {}
     unique = list(dict.fromkeys(event_ids))
@@ -403,10 +405,9 @@ def stored_copies(client: Client, event_ids: Sequence[str], since: datetime) -> 
         result = client.query(
             "SELECT event_id, any(source_partition), any(source_offset) FROM usage "
             "WHERE occurred_at >= {since:DateTime64(3, 'UTC')} "
-            f"AND event_id IN (SELECT unhex(arrayJoin(splitByChar(',', '{ids_hex}')))) "
+            "AND event_id IN (SELECT unhex(arrayJoin(splitByChar(',', {ids:String})))) "
             "GROUP BY event_id",
-            parameters={"since": _as_utc(since)},
-            settings={"max_query_size": 2 * len(ids_hex) + 4096},
+            parameters={"since": _as_utc(since), "ids": ids_hex},
         )
         found.update((event_id, (int(p), int(o))) for event_id, p, o in result.result_rows)
     return found
