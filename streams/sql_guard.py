@@ -79,6 +79,14 @@ _QUERY_KINDS = frozenset(
     }
 )  # fmt: skip
 _READABLE_DATABASES = frozenset({"system", "information_schema", "INFORMATION_SCHEMA"})
+# System tables that read files (certificates), reach other hosts (keeper) or the process
+# itself (stack traces, symbols): not the ledger's business either.
+_DENIED_SYSTEM_TABLES = frozenset(
+    {
+        "certificates", "stack_trace", "symbols", "zookeeper", "zookeeper_connection", "zookeeper_connection_log",
+        "filesystem_cache", "remote_data_paths", "s3queue", "azure_queue",
+    }
+)  # fmt: skip
 _PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # One row of EXPLAIN AST: indentation (the depth), node type, the rest (name, alias, children).
 _AST_ROW = re.compile(r"^( *)([A-Za-z]+)(?: (.*))?$")
@@ -256,7 +264,9 @@ def _check_tree(nodes: list[_Node], vocabulary: _Vocabulary, database: str) -> N
 
 
 def _check_database(node: _Node, vocabulary: _Vocabulary, database: str) -> None:
-    qualifier, dot, _ = node.name.partition(".")
+    qualifier, dot, table = node.name.partition(".")
+    if qualifier == "system" and table.lower() in _DENIED_SYSTEM_TABLES:
+        raise RefusedQuery(f"{node.name!r} reaches outside the ledger")
     if not dot or qualifier == database or qualifier in _READABLE_DATABASES:
         return
     if node.kind == "TableIdentifier" or qualifier in vocabulary.databases:

@@ -80,6 +80,8 @@ def attacks(outside: Path) -> list[tuple[str, dict[str, Any]]]:
         ("SELECT * FROM merge('system', '.*')", {}),
         ("SELECT * FROM view(SELECT file('/etc/hostname'))", {}),
         ("SELECT * FROM default.anything", {}),
+        ("SELECT * FROM system.certificates", {}),
+        ("SELECT * FROM `system`.`stack_trace`", {}),
         # No setting changes, no second statement, no writes under a read-only cover.
         ("SELECT 1 SETTINGS readonly = 0", {}),
         ("SELECT 1 SETTINGS max_execution_time = 0", {}),
