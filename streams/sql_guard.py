@@ -47,7 +47,7 @@ from typing import Any
 
 from clickhouse_connect.driver.binding import bind_query
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError
+from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from streams import clickhouse
 from streams.serialize import dumps
@@ -196,7 +196,7 @@ def check(client: Client, sql: str, parameters: dict[str, Any] | None = None) ->
     _check_binding(sql, parameters)
     try:
         rows = [row[0] for row in client.query(f"EXPLAIN AST {sql}", parameters=parameters).result_rows]
-    except DatabaseError as exc:
+    except ClickHouseError as exc:
         raise RefusedQuery(_engine_refusal(exc)) from exc
     _check_tree([_parsed(row) for row in rows], _vocabulary(client), client.database or "")
     _check_parameters_used(client, sql, parameters)
@@ -209,7 +209,10 @@ def _check_binding(sql: str, parameters: dict[str, Any]) -> None:
     bad = [name for name in parameters if not _PARAMETER_NAME.match(name)]
     if bad:
         raise RefusedQuery(f"parameter names must be letters, digits and underscores: {', '.join(map(repr, bad))}")
-    _, bound = bind_query(sql, parameters)
+    try:
+        _, bound = bind_query(sql, parameters)
+    except ClickHouseError as exc:  # e.g. a $name$ placeholder that would open a heredoc
+        raise RefusedQuery(_engine_refusal(exc)) from exc
     if set(bound) != {f"param_{name}" for name in parameters}:
         raise RefusedQuery(
             "parameters are bound only as {name:Type} placeholders in the query, e.g. "
@@ -223,7 +226,7 @@ def _check_parameters_used(client: Client, sql: str, parameters: dict[str, Any])
         rest = {key: value for key, value in parameters.items() if key != name}
         try:
             client.query(f"EXPLAIN AST {sql}", parameters=rest or None)
-        except DatabaseError as exc:
+        except ClickHouseError as exc:
             if getattr(exc, "code", None) == _UNKNOWN_QUERY_PARAMETER or "UNKNOWN_QUERY_PARAMETER" in str(exc):
                 continue
             raise RefusedQuery(_engine_refusal(exc)) from exc
@@ -273,7 +276,7 @@ def _check_database(node: _Node, vocabulary: _Vocabulary, database: str) -> None
         raise RefusedQuery(f"{node.name!r}: only the ledger's tables, system and information_schema can be read")
 
 
-def _engine_refusal(exc: DatabaseError) -> str:
+def _engine_refusal(exc: ClickHouseError) -> str:
     """The engine's reason in one line, without the driver's wrapping, version and code names."""
     text = " ".join(str(exc).split()).rpartition("DB::Exception: ")[2]
     text = re.sub(r"\s*\(version [^)]*\)", "", text)
@@ -299,7 +302,7 @@ def run(client: Client, sql: str, parameters: dict[str, Any] | None = None, *, m
     check(client, sql, parameters)
     try:
         return clickhouse.query_rows(client, f"{marker}{sql}", parameters)
-    except DatabaseError as exc:
+    except ClickHouseError as exc:
         raise QueryFailed(_engine_refusal(exc)) from exc
 
 
