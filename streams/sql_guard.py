@@ -17,7 +17,10 @@ the statement:
   processes, dictionaries or other hosts (:data:`DENIED_FUNCTIONS`, every ``dict*``);
   table functions only the generators of :data:`TABLE_FUNCTIONS`; in any case or
   quoting, at any depth, since the parse has already removed quotes and resolved nesting;
-* tables only in the ledger's database, ``system`` and ``information_schema``;
+* tables only in the ledger's database (its parameterized views included), ``system``
+  (less the tables of :data:`_DENIED_SYSTEM_TABLES`) and ``information_schema``;
+* no line break in a name or alias: the engine would split its node over two rows, and
+  the tree could no longer be read with certainty;
 * parameters only as ``{name:Type}`` placeholders, bound by the engine: a parameter the
   statement does not use as one is refused, and the statement is sent only if
   clickhouse-connect will bind every parameter on the server.
