@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import faust  # noqa: E402
 
-from streams import tuning  # noqa: E402
+from streams.runtime import tuning  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 
@@ -58,7 +58,7 @@ def main() -> None:
                       f"rss {rss:.0f}", flush=True)
                 os._exit(0)  # the figure is out; a graceful Faust shutdown adds nothing to it
 
-    tuning.worker(app).execute_from_commandline()  # as the worker runs (streams.cli)
+    tuning.worker(app).execute_from_commandline()  # as the worker runs (streams.cli.main)
 
 
 if __name__ == "__main__":

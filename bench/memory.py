@@ -4,7 +4,7 @@ Issue 7, goal 4: worker RSS after 2 million events with 100k distinct users and 
 within 20% of its RSS after 200k. The benchmark:
 
 1. starts an embedded broker and one worker (with its own embedded ClickHouse);
-2. publishes synthetic usage events (``streams.synthetic.generate`` with ``--users``
+2. publishes synthetic usage events (``streams.cli.synthetic.generate`` with ``--users``
    distinct user ids and ``--agents`` distinct agent ids) as the producer SDK does: one
    ``UsageBatch`` envelope of ``--envelope`` events per Kafka message. It publishes while
    the worker runs, generating and encoding one piece at a time and staying at most
@@ -52,12 +52,12 @@ from aiokafka import AIOKafkaProducer
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.run import caught_up, process_tree, status_mb  # noqa: E402
-from streams.codec import USAGE_BATCH, default_codec  # noqa: E402
+from streams.events.codec import USAGE_BATCH, default_codec  # noqa: E402
 from streams.web_auth import get_json  # noqa: E402
-from streams.localstack import EmbeddedBroker, WorkerProcess, settings_from, worker_environment  # noqa: E402
+from streams.cli.localstack import EmbeddedBroker, WorkerProcess, settings_from, worker_environment  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.synthetic import TrafficShape, generate  # noqa: E402
-from streams.topics import create_topics  # noqa: E402
+from streams.cli.synthetic import TrafficShape, generate  # noqa: E402
+from streams.runtime.topics import create_topics  # noqa: E402
 
 GOAL = 1.20
 

@@ -7,7 +7,7 @@
    counts (log-normal), prompt caching, unattributed and unpriced calls, and exact
    Decimal(38, 12) costs from per-token rates. The materialized views fill the rollups as
    the rows arrive, as in production.
-2. Times ``streams.reports.weekly_report`` for the last full week (median of ``--runs``),
+2. Times ``streams.reports.reports.weekly_report`` for the last full week (median of ``--runs``),
    once over the rollups and once over the raw table: a second database holds the same
    report views (``clickhouse/0004_reports.sql``, unchanged) over a plain view that
    aggregates ``usage`` by day with the rollup's own SELECT. The two reports must be equal.
@@ -30,10 +30,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from streams.clickhouse import connect, load_migrations, migrate, query_rows  # noqa: E402
-from streams.reports import Query, WeeklyReport, weekly_report  # noqa: E402
+from streams.ledger.clickhouse import connect, load_migrations, migrate, query_rows  # noqa: E402
+from streams.reports.reports import Query, WeeklyReport, weekly_report  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.synthetic import MODELS, TEAMS  # noqa: E402
+from streams.cli.synthetic import MODELS, TEAMS  # noqa: E402
 
 WEEK = date(2025, 11, 3)  # the report week: the last of the eight generated weeks
 START = WEEK - timedelta(weeks=7)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from streams.localstack import EmbeddedBroker, isolated_environment
+from streams.cli.localstack import EmbeddedBroker, isolated_environment
 from tests.test_faults import (
     RESTART_SECONDS,
     Figures,

@@ -1,5 +1,5 @@
 """``python -m streams`` is the ``spendstream`` command."""
 
-from streams.cli import main
+from streams.cli.main import main
 
 main()

@@ -8,13 +8,13 @@
                       └───> dead-letter topic (reason + original bytes)
 
 Every agent takes a poll's worth of messages at a time (``take_events``; the enrich agent
-:func:`~streams.batching.take_batches`, bounded by bytes too) and pays per batch: one
+:func:`~streams.runtime.batching.take_batches`, bounded by bytes too) and pays per batch: one
 decode loop, memoized prices, one aggregate per (scope, period), one message per team or
 partition downstream, one ClickHouse insert. The enrich agent's per-event work
-runs in child processes (:mod:`streams.enrich_stage`), so this event loop keeps its core
+runs in child processes (:mod:`streams.ingest.stage`), so this event loop keeps its core
 for Faust, Kafka and the other agents. Messages are acknowledged only after the batch's
 output is on Kafka (or in ClickHouse, for the sink), so a crash replays the batch rather
-than losing it; :mod:`streams.faust_fixes` closes the gaps Faust leaves in that (see
+than losing it; :mod:`streams.runtime.faust_fixes` closes the gaps Faust leaves in that (see
 there), and the enrich agent commits after every batch, so a crash replays at most one.
 """
 
@@ -35,24 +35,27 @@ from faust.streams import _current_event
 from faust.web import Request, Response, View
 from mode.supervisors import CrashingSupervisor
 
-from streams import clickhouse, faust_fixes, sql_guard, web_auth
-from streams.batching import take_batches
-from streams.budgets import Budget, BudgetIndex, decode_budget
-from streams.codec import ALERT, CAP_STATE, DEAD_LETTER, default_codec
-from streams.compacted import CompactedView
-from streams.enrich import DeadLetter, chunks_by_size
-from streams.enrich_stage import EnrichStage, Prepared, deltas_messages
+from streams import web_auth
+from streams.ledger import clickhouse
+from streams.ledger import sql_guard
+from streams.runtime import faust_fixes
+from streams.runtime.batching import take_batches
+from streams.budgets.budget import Budget, BudgetIndex, decode_budget
+from streams.events.codec import ALERT, CAP_STATE, DEAD_LETTER, default_codec
+from streams.runtime.compacted import CompactedView
+from streams.ingest.enrich import DeadLetter, chunks_by_size
+from streams.ingest.stage import EnrichStage, Prepared, deltas_messages
 from streams.settings import Settings
-from streams.sink import ClickHouseSink, PricedMessage
-from streams.serialize import jsonable
-from streams.caps import Announced, check
-from streams.spend import DeltasMessage, aggregate, encode_deltas, negated, period_keys, scope_partition, spend_key, split_key
-from streams.spend_state import SpendState
+from streams.ledger.sink import ClickHouseSink, PricedMessage
+from streams.events.serialize import jsonable
+from streams.budgets.caps import Announced, check
+from streams.budgets.periods import DeltasMessage, aggregate, encode_deltas, negated, period_keys, scope_partition, spend_key, split_key
+from streams.budgets.spend_state import SpendState
 from streams.anomaly.config import AnomalyConfig
 from streams.anomaly.engine import AnomalyEngine
 from streams.anomaly.state import SWEEP_KEY, AnomalyState
-from streams.changelog import is_marker
-from streams.topics import ANNOUNCED_TABLE, DETECTORS_TABLE, SPEND_TABLE
+from streams.runtime.changelog import is_marker
+from streams.runtime.topics import ANNOUNCED_TABLE, DETECTORS_TABLE, SPEND_TABLE
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +146,7 @@ async def enrich(stream: faust.StreamT) -> None:
 
     A batch (up to 10,000 messages or 16 MB by default: per-batch costs downstream are
     what bound single-event throughput) is enriched in chunks of bounded size by the
-    enrich stage's child processes (:mod:`streams.enrich_stage`, in turn), all chunks
+    enrich stage's child processes (:mod:`streams.ingest.stage`, in turn), all chunks
     submitted at once and published in order; the messages are acknowledged once every
     chunk's output is on Kafka.
     """
@@ -316,7 +319,7 @@ async def follow_budgets() -> None:
 
 @app.agent(priced_topic, supervisor_strategy=CrashingSupervisor)
 async def sink_to_clickhouse(stream: faust.StreamT) -> None:
-    """Write priced rows to ClickHouse exactly once per row (see :mod:`streams.sink`).
+    """Write priced rows to ClickHouse exactly once per row (see :mod:`streams.ledger.sink`).
 
     Events produced twice are dropped there; their second spend deltas are taken back out
     of the spend tables here, before the batch is acknowledged.
@@ -390,7 +393,7 @@ def _cap_states() -> list[dict[str, Any]]:
 @app.page("/sql")
 async def sql(web: View, request: Request) -> Response:
     """Read-only SQL over the worker's ClickHouse (the embedded engine has one owner):
-    :mod:`streams.sql_guard` decides what may run, and runs it away from the sink."""
+    :mod:`streams.ledger.sql_guard` decides what may run, and runs it away from the sink."""
     status, body = await sql_queries.answer(
         request.query.get("q") or "", request.query.get("params") or "", lambda: sql_guard.client_gone(request)
     )

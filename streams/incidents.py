@@ -15,7 +15,7 @@ a job misfiring at night), a runaway agent loop, an agent burning money fast, a 
 creeping longer over a week, a developer's workload on a production key, and a model
 nobody can price.
 
-Rows are priced-row dicts as :mod:`streams.enrich` makes them (the fields the detectors
+Rows are priced-row dicts as :mod:`streams.ingest.enrich` makes them (the fields the detectors
 read, plus ``incident``: the name of the incident that made or altered the row, absent on
 steady rows), priced from a small list-price table, so weeks of traffic are generated and
 scored in seconds, without Kafka. :func:`replay` drives an :class:`AnomalyEngine` through

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streams.validation import Limits
+from streams.events.validation import Limits
 
 
 class Settings(BaseSettings):
@@ -95,12 +95,12 @@ class Settings(BaseSettings):
 
     enrich_batch_max: int = Field(10_000, ge=1, description="Kafka messages per enrich batch.")
     enrich_batch_bytes: int = Field(
-        16_000_000, ge=1, description="Usage bytes per enrich batch: the bound for SDK envelopes (streams.batching)."
+        16_000_000, ge=1, description="Usage bytes per enrich batch: the bound for SDK envelopes (streams.runtime.batching)."
     )
     enrich_batch_within: float = Field(0.2, gt=0, description="Seconds to wait to fill a batch.")
     enrich_chunk_bytes: int = Field(2_000_000, ge=1, description="Usage bytes enriched at once (memory bound).")
     enrich_processes: int = Field(
-        2, ge=0, description="Child processes that enrich (0: on the event loop). See streams.enrich_stage."
+        2, ge=0, description="Child processes that enrich (0: on the event loop). See streams.ingest.stage."
     )
     priced_message_rows: int = Field(2000, ge=1, description="Priced rows per priced-topic message.")
     message_max_bytes: int = Field(

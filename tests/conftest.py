@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from streams.localstack import EmbeddedBroker, WorkerProcess, isolated_environment, settings_from
+from streams.cli.localstack import EmbeddedBroker, WorkerProcess, isolated_environment, settings_from
 from streams.settings import Settings
 
 
@@ -88,7 +88,7 @@ def settings(embedded_clickhouse: str) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[Client]:
-    from streams.clickhouse import connect
+    from streams.ledger.clickhouse import connect
 
     client = connect(settings)
     try:
@@ -100,7 +100,7 @@ def client(settings: Settings) -> Iterator[Client]:
 
 @pytest.fixture
 def migrated(client: Client, settings: Settings) -> Client:
-    from streams.clickhouse import migrate
+    from streams.ledger.clickhouse import migrate
 
     migrate(client, settings.clickhouse_database)
     return client
@@ -121,12 +121,12 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
 def priced_usage(count: int, *, seed: int, start: datetime, days: int) -> list[dict[str, Any]]:
     """``count`` priced rows spread evenly over ``days`` days from ``start``."""
-    from streams.attribution import Router
-    from streams.codec import USAGE_EVENT, Codec
-    from streams.enrich import Enricher, SourceMessage
-    from streams.pricebook import PriceBook
-    from streams.pricing import Pricer
-    from streams.synthetic import generate
+    from streams.ingest.attribution import Router
+    from streams.events.codec import USAGE_EVENT, Codec
+    from streams.ingest.enrich import Enricher, SourceMessage
+    from streams.pricing.price_book import PriceBook
+    from streams.pricing.rate_cards import Pricer
+    from streams.cli.synthetic import generate
 
     end = start + timedelta(days=days)
     codec = Codec()
@@ -156,7 +156,7 @@ def ledger_rows() -> list[dict[str, Any]]:
 @pytest.fixture(scope="session")
 def ledger_table(ledger_rows: list[dict[str, Any]]) -> Any:
     """``ledger_rows`` as the Arrow table the sink inserts (built once)."""
-    from streams import priced
+    from streams.events import priced
 
     return priced.to_table(ledger_rows)
 
@@ -164,7 +164,7 @@ def ledger_table(ledger_rows: list[dict[str, Any]]) -> Any:
 @pytest.fixture
 def ledger(migrated: Client, ledger_table: Any) -> Client:
     """A migrated database holding ``ledger_rows``."""
-    from streams.clickhouse import insert_priced
+    from streams.ledger.clickhouse import insert_priced
 
     insert_priced(migrated, ledger_table, dedup_token="ledger")
     return migrated
@@ -173,7 +173,7 @@ def ledger(migrated: Client, ledger_table: Any) -> Client:
 @pytest.fixture
 def read_only(settings: Settings, migrated: Client) -> Iterator[Any]:
     """A report ``query`` callable on a read-only client, checked and limited as the CLI path is."""
-    from streams import sql_guard
+    from streams.ledger import sql_guard
 
     reader = sql_guard.read_only_client(settings)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streams import allocator
+from streams.runtime import allocator
 
 
 def rss_mb() -> float:

@@ -18,7 +18,7 @@ from streams.anomaly.config import AnomalyConfig, AnomalyConfigError
 from streams.anomaly.engine import AnomalyEngine
 from streams.anomaly.summaries import BatchSummary, Bucket, scope_of_state_key
 from streams.anomaly.units import instant, minute_of
-from streams.codec import ALERT, default_codec
+from streams.events.codec import ALERT, default_codec
 from streams.incidents import START, Incident, Traffic, default_incidents, replay, score
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "anomaly.example.toml"
@@ -331,7 +331,7 @@ def test_summaries_merge_encode_and_split_by_scope(config: AnomalyConfig) -> Non
 
 
 def test_summaries_of_an_arrow_batch_and_of_its_rows_agree(config: AnomalyConfig) -> None:
-    from streams import priced
+    from streams.events import priced
 
     engine = AnomalyEngine(config)
     rows = [row for _, batch in Traffic(0.05, seed=5).batches(1) for row in batch]

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from streams.guard import BudgetExceeded, CapGuard
-from streams.localstack import WorkerProcess
-from streams.producer import UsageProducer, usage_event
+from streams.sdk.guard import BudgetExceeded, CapGuard
+from streams.cli.localstack import WorkerProcess
+from streams.sdk.producer import UsageProducer, usage_event
 from tests.conftest import settings_of
 from tests.test_budgets import read_all
 

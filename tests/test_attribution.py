@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.attribution import UNATTRIBUTED, Attributed, Router, RoutingRules, RoutingRulesError
+from streams.ingest.attribution import UNATTRIBUTED, Attributed, Router, RoutingRules, RoutingRulesError
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from streams.budgets import Budget, publish
-from streams.codec import default_codec
-from streams.guard import BudgetExceeded, CapGuard
-from streams.localstack import WorkerProcess
-from streams.producer import UsageProducer
+from streams.budgets.budget import Budget, publish
+from streams.events.codec import default_codec
+from streams.sdk.guard import BudgetExceeded, CapGuard
+from streams.cli.localstack import WorkerProcess
+from streams.sdk.producer import UsageProducer
 from streams.settings import Settings
-from streams.synthetic import generate
+from streams.cli.synthetic import generate
 from tests.conftest import settings_of
 
 pytestmark = pytest.mark.integration
@@ -160,7 +160,7 @@ def test_racing_producers_are_stopped_by_the_guard(worker: WorkerProcess, stack_
     one_call = Decimal("0.01")  # gpt-4o: 2,000 input tokens at $2.50/M + 500 output at $10/M
 
     def call(n: int) -> dict[str, Any]:
-        from streams.producer import usage_event
+        from streams.sdk.producer import usage_event
 
         return usage_event(provider="openai", model="gpt-4o", input_tokens=2000, output_tokens=500,
                            team="race", event_id=f"race-{n}")

@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from streams.budgets import Budget, BudgetError, BudgetIndex, canonical_scope, load_file
-from streams.caps import Announced, check, projected
+from streams.budgets.budget import Budget, BudgetError, BudgetIndex, canonical_scope, load_file
+from streams.budgets.caps import Announced, check, projected
 
 UTC = ZoneInfo("UTC")
 MONTH = "month:2026-11"

@@ -12,8 +12,8 @@ from decimal import Decimal
 
 import pytest
 
-from streams.localstack import WorkerProcess
-from streams.producer import SyncUsageProducer
+from streams.cli.localstack import WorkerProcess
+from streams.sdk.producer import SyncUsageProducer
 from tests.conftest import settings_of
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""streams.clickhouse against a real ClickHouse engine.
+"""streams.ledger.clickhouse against a real ClickHouse engine.
 
 By default the engine is chDB in-process. chDB allows one data directory per process,
 so the whole test process shares one directory (the session fixture
@@ -24,7 +24,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from streams.clickhouse import (
+from streams.ledger.clickhouse import (
     MIGRATIONS_DIR,
     USAGE_COLUMNS,
     MigrationError,
@@ -40,7 +40,7 @@ from streams.clickhouse import (
     redact_dsn,
     split_statements,
 )
-from streams import priced
+from streams.events import priced
 from streams.settings import Settings
 
 SERVER_URL_ENV = "SPENDSTREAM_TEST_CLICKHOUSE_URL"
@@ -319,7 +319,7 @@ def test_relative_chdb_dsn_creates_the_directory_under_cwd(tmp_path: Path) -> No
     # A separate process: this one already owns a chDB directory.
     pytest.importorskip("chdb")
     script = (
-        "from streams.clickhouse import connect, migrate\n"
+        "from streams.ledger.clickhouse import connect, migrate\n"
         "from streams.settings import Settings\n"
         "s = Settings()\n"
         "c = connect(s)\n"

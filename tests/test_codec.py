@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 import fastavro
 import pytest
 
-from streams.codec import MAGIC, SCHEMAS_DIR, USAGE_BATCH, USAGE_EVENT, Codec, DecodeError, default_codec
-from streams.producer import usage_event
+from streams.events.codec import MAGIC, SCHEMAS_DIR, USAGE_BATCH, USAGE_EVENT, Codec, DecodeError, default_codec
+from streams.sdk.producer import usage_event
 
 
 def event() -> dict:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from streams import priced
-from streams.attribution import Router
-from streams.codec import USAGE_BATCH, USAGE_EVENT, default_codec
-from streams.enrich import Enricher, SourceMessage
-from streams.pricing import Pricer
-from streams.producer import usage_event
+from streams.events import priced
+from streams.ingest.attribution import Router
+from streams.events.codec import USAGE_BATCH, USAGE_EVENT, default_codec
+from streams.ingest.enrich import Enricher, SourceMessage
+from streams.pricing.rate_cards import Pricer
+from streams.sdk.producer import usage_event
 
 NOW = datetime(2026, 11, 22, 12, tzinfo=timezone.utc)
 ENRICHER = Enricher(default_codec(), Pricer(), Router(), clock=lambda: NOW)

@@ -34,7 +34,7 @@ messages per enrich batch times the events per message this module's producer se
 (``EVENTS_PER_MESSAGE``; the SDK's ``batch_size``). The scenarios that crash the worker
 set ``enrich_batch_max`` to ``BATCH_MESSAGES`` so that the bound is smaller than the run
 and the check can fail. Events produced twice are exact in the spend table too: the sink
-takes the second copy's deltas back out (see ``streams.sink``).
+takes the second copy's deltas back out (see ``streams.ledger.sink``).
 
 Durations: ``OUTAGE_SECONDS`` is 10 s here (five failed inserts) so the module stays short;
 ``SPENDSTREAM_SOAK_OUTAGE_SECONDS=60`` lengthens it (``bench/soak.py`` takes 60 s). The gap
@@ -75,11 +75,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
-from streams.codec import SCHEMAS_DIR, USAGE_BATCH, USAGE_EVENT, default_codec
-from streams.localstack import EmbeddedBroker, WorkerProcess, free_port
-from streams.producer import UsageProducer, publish_raw, usage_event
+from streams.events.codec import SCHEMAS_DIR, USAGE_BATCH, USAGE_EVENT, default_codec
+from streams.cli.localstack import EmbeddedBroker, WorkerProcess, free_port
+from streams.sdk.producer import UsageProducer, publish_raw, usage_event
 from streams.settings import Settings
-from streams.sink import FAULT_CLICKHOUSE_DOWN_ENV, ClickHouseSink
+from streams.ledger.sink import FAULT_CLICKHOUSE_DOWN_ENV, ClickHouseSink
 from tests.conftest import settings_of
 from tests.test_pipeline import expected_cost, wait_until
 

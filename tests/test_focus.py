@@ -1,4 +1,4 @@
-"""The FOCUS export (streams.focus) on a real ClickHouse engine.
+"""The FOCUS export (streams.reports.focus) on a real ClickHouse engine.
 
 The file must carry FOCUS's required columns, obey its rules for the values it writes,
 keep money exact in both formats, and add up to the ledger: API spend plus licences of the
@@ -21,11 +21,11 @@ import pytest
 from click.testing import CliRunner
 from clickhouse_connect.driver.client import Client
 
-from streams import focus
-from streams.ledger_cli import commands
-from streams.licences import import_licences, read_licences
-from streams.localstack import free_port
-from streams.reports import next_month
+from streams.reports import focus
+from streams.cli.ledger import commands
+from streams.reports.licences import import_licences, read_licences
+from streams.cli.localstack import free_port
+from streams.reports.reports import next_month
 from streams.settings import Settings
 
 OCTOBER = date(2025, 10, 1)

@@ -18,11 +18,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from genai_prices import Usage, calc_price
 
-from streams.codec import USAGE_BATCH, USAGE_EVENT, default_codec
-from streams.localstack import WorkerProcess
-from streams.producer import UsageProducer, publish_raw, usage_event
-from streams.synthetic import generate
-from streams.topics import create_topics
+from streams.events.codec import USAGE_BATCH, USAGE_EVENT, default_codec
+from streams.cli.localstack import WorkerProcess
+from streams.sdk.producer import UsageProducer, publish_raw, usage_event
+from streams.cli.synthetic import generate
+from streams.runtime.topics import create_topics
 from tests.conftest import settings_of
 
 pytestmark = pytest.mark.integration

@@ -14,10 +14,10 @@ from genai_prices import Usage, calc_price
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import streams.pricebook
-import streams.pricing
-from streams.pricebook import PriceBook, PriceBookError
-from streams.pricing import CATALOG_VERSION, COST_SCALE, Cost, Pricer, tier_price_context
+import streams.pricing.price_book
+import streams.pricing.rate_cards
+from streams.pricing.price_book import PriceBook, PriceBookError
+from streams.pricing.rate_cards import CATALOG_VERSION, COST_SCALE, Cost, Pricer, tier_price_context
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 AFTER_VARIANTS = datetime(2026, 11, 20, 12, 34, 56, tzinfo=UTC)  # catalog tier variants start 2026-10-12/14
@@ -246,7 +246,7 @@ def test_exact_whatever_the_decimal_context_and_the_counts() -> None:
 
 
 def test_modules_never_use_floats() -> None:
-    for module in (streams.pricing, streams.pricebook):
+    for module in (streams.pricing.rate_cards, streams.pricing.price_book):
         source = Path(module.__file__ or "").read_text()
         assert not re.search(r"\bfloat\(", source), module.__name__
 

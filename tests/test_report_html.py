@@ -1,4 +1,4 @@
-"""The weekly report as HTML (streams.report_html), rendered by a real headless browser.
+"""The weekly report as HTML (streams.reports.html), rendered by a real headless browser.
 
 The page must stand alone (no scripts, nothing fetched) and show, once a browser has
 rendered it, every team and the figures computed here in Python from the generated rows.
@@ -19,8 +19,8 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from conftest import LEDGER_WEEK
 
-from streams.report_html import render_weekly_html
-from streams.reports import money, weekly_report
+from streams.reports.html import render_weekly_html
+from streams.reports.reports import money, weekly_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -1,4 +1,4 @@
-"""Reports (streams.reports and the views of clickhouse/0004-0007) on a real ClickHouse engine.
+"""Reports (streams.reports.reports and the views of clickhouse/0004-0007) on a real ClickHouse engine.
 
 Every figure is checked against a computation in Python over the same generated rows,
 licences, budgets and value entries, never against the SQL under test. The report's
@@ -22,13 +22,14 @@ from click.testing import CliRunner
 from clickhouse_connect.driver.client import Client
 from conftest import CONFIG_DIR, LEDGER_WEEK
 
-from streams import priced, reports
-from streams.clickhouse import insert_priced, query_rows
-from streams.ledger_cli import commands
-from streams.licences import LicenceImportError, import_licences, read_licences
-from streams.localstack import free_port
+from streams.events import priced
+from streams.reports import reports
+from streams.ledger.clickhouse import insert_priced, query_rows
+from streams.cli.ledger import commands
+from streams.reports.licences import LicenceImportError, import_licences, read_licences
+from streams.cli.localstack import free_port
 from streams.settings import Settings
-from streams.value_ledger import ValueLedgerError, import_value_ledger
+from streams.reports.value_ledger import ValueLedgerError, import_value_ledger
 
 PICO = Decimal("0.000000000001")
 PRIOR_WEEK = LEDGER_WEEK - timedelta(days=7)

@@ -16,11 +16,11 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from streams import priced
-from streams.clickhouse import connect, insert_priced, query_rows
+from streams.events import priced
+from streams.ledger.clickhouse import connect, insert_priced, query_rows
 from streams.settings import Settings
-from streams.rollup_repair import repair
-from streams.sink import ClickHouseSink, PricedMessage
+from streams.ledger.rollup_repair import repair
+from streams.ledger.sink import ClickHouseSink, PricedMessage
 
 DIMENSIONS = ("team", "feature", "environment", "provider", "model", "currency")
 COSTS = ("cost_input", "cost_output", "cost_cache_read", "cost_cache_write", "cost_other", "cost_total")

@@ -18,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from click.testing import CliRunner
 
-from streams.budgets import (
+from streams.budgets.budget import (
     AMOUNT_PRECISION,
     AMOUNT_SCALE,
     THRESHOLD_PRECISION,
@@ -29,12 +29,12 @@ from streams.budgets import (
     load_file,
     publish,
 )
-from streams.cli import cli
-from streams.clickhouse import connect
-from streams.codec import BUDGET, SCHEMAS_DIR, default_codec
-from streams.localstack import WorkerProcess
+from streams.cli.main import cli
+from streams.ledger.clickhouse import connect
+from streams.events.codec import BUDGET, SCHEMAS_DIR, default_codec
+from streams.cli.localstack import WorkerProcess
 from streams.settings import Settings
-from streams.topics import create_topics
+from streams.runtime.topics import create_topics
 from tests.conftest import settings_of
 
 PASSWORD = "s3cret-Pa55"

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from streams.budgets import Budget, publish
-from streams.dead_letters import list_dead_letters
-from streams.guard import BudgetExceeded, CapGuard
-from streams.localstack import WorkerProcess
-from streams.producer import UsageProducer, usage_event
+from streams.budgets.budget import Budget, publish
+from streams.ingest.dead_letters import list_dead_letters
+from streams.sdk.guard import BudgetExceeded, CapGuard
+from streams.cli.localstack import WorkerProcess
+from streams.sdk.producer import UsageProducer, usage_event
 from streams.settings import Settings
 from tests.conftest import settings_of
 from tests.test_budgets import wait_for_calls

@@ -25,14 +25,15 @@ import pytest
 from click.testing import CliRunner
 from clickhouse_connect.driver.client import Client
 
-from streams import sql_guard, web_auth
-from streams.cli import cli
-from streams.clickhouse import connect, migrate
-from streams.localstack import EmbeddedBroker, WorkerProcess, isolated_environment
-from streams.producer import UsageProducer
-from streams.serialize import dumps
+from streams import web_auth
+from streams.ledger import sql_guard
+from streams.cli.main import cli
+from streams.ledger.clickhouse import connect, migrate
+from streams.cli.localstack import EmbeddedBroker, WorkerProcess, isolated_environment
+from streams.sdk.producer import UsageProducer
+from streams.events.serialize import dumps
 from streams.settings import Settings
-from streams.synthetic import generate
+from streams.cli.synthetic import generate
 from tests.conftest import settings_of
 
 SECRET = f"not-for-sql-{uuid.uuid4().hex}"

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from streams import web_auth
-from streams.localstack import EmbeddedBroker, WorkerProcess, isolated_environment, settings_from
+from streams.cli.localstack import EmbeddedBroker, WorkerProcess, isolated_environment, settings_from
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration

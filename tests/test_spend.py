@@ -6,7 +6,7 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from streams.spend import (
+from streams.budgets.periods import (
     Delta, DeltasMessage, aggregate, by_partition, decode_deltas, encode_deltas, is_expired, partition_of, period_bounds,
     period_keys, scope_value_problem, scopes_of, spend_key, split_key,
 )
@@ -90,7 +90,7 @@ def test_expiry_is_by_event_time_and_keeps_closed_periods() -> None:
 
 
 def test_aggregate_takes_arrow_tables_and_row_dicts_alike() -> None:
-    from streams import priced
+    from streams.events import priced
 
     rows = [
         {**row("a", "0.25", datetime(2026, 11, 22, 18, 10, tzinfo=timezone.utc)), "feature": "x", "environment": ""},

@@ -9,10 +9,10 @@ from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
-from streams.budgets import Budget, BudgetIndex
+from streams.budgets.budget import Budget, BudgetIndex
 from streams.settings import Settings
-from streams.spend import Delta, DeltasMessage, encode_deltas
-from streams.spend_state import ShadowSpend, SpendState
+from streams.budgets.periods import Delta, DeltasMessage, encode_deltas
+from streams.budgets.spend_state import ShadowSpend, SpendState
 
 AT = datetime(2026, 11, 22, 10, tzinfo=timezone.utc)
 
@@ -109,7 +109,7 @@ def test_a_budget_on_a_dropped_scope_counts_from_then_on_and_says_so(caplog: Any
     asyncio.run(state.apply([_deltas(1, {"user=b@day:2026-11-22": Delta(Decimal(1), 1)})], lambda e: None))
     assert state.shadow.evictions == 1  # user=a's spend was dropped
     budgets.put(Budget(budget_id="a", scope="user=a", amount=Decimal(10), period="day"))
-    with caplog.at_level(logging.WARNING, logger="streams.spend_state"):
+    with caplog.at_level(logging.WARNING, logger="streams.budgets.spend_state"):
         asyncio.run(state.apply([_deltas(2, {"user=a@day:2026-11-22": Delta(Decimal(2), 1)})], lambda e: None))
     assert spend["user=a@day:2026-11-22"] == ["2", 1]  # from the budget on; ClickHouse has all 3
     assert "user=a" in caplog.text and "counts from now on" in caplog.text

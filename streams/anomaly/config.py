@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from streams.pricebook import format_validation_errors, read_toml_without_floats
+from streams.pricing.price_book import format_validation_errors, read_toml_without_floats
 
 
 class AnomalyConfigError(ValueError):

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streams import priced
+from streams.events import priced
 from streams.anomaly.contributions import FieldTest, RowFilter, RowText, given
 from streams.anomaly.detectors.base import Detector
 from streams.anomaly.summaries import BatchSummary

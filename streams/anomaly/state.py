@@ -19,7 +19,7 @@ For each poll's worth of messages:
    each, hundreds of MB). Flushing early is safe: a replay is ignored by position.
 2. Flush the changelog, then publish the alerts (alert topic) and the blocks (cap-state
    topic, state ``blocked``), and wait for them.
-3. Write the applied markers alone (see :mod:`streams.changelog`).
+3. Write the applied markers alone (see :mod:`streams.runtime.changelog`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Any
 from streams.anomaly.decisions import BlockDecision, Outcome
 from streams.anomaly.engine import AnomalyEngine
 from streams.anomaly.summaries import BatchSummary, scope_of_state_key
-from streams.changelog import already_applied, is_marker, write_markers
-from streams.spend import scope_partition
+from streams.runtime.changelog import already_applied, is_marker, write_markers
+from streams.budgets.periods import scope_partition
 
 SWEEP_KEY = b"sweep"
 FLUSH_EVERY = 2000  # state writes between changelog flushes within a batch

@@ -1,0 +1,251 @@
+"""Windowed spend: which (scope, calendar period) a priced row counts towards, and by how much.
+
+A *scope* is who the money is attributed to (``team=search``, ``team=search,feature=answers``,
+``user=u-17``); a *period* is a calendar window in the configured time zone
+(``day:2026-11-22``, ``week:2026-11-16`` for the ISO week starting that Monday,
+``month:2026-11``). Calendar
+periods, not fixed-size Faust windows, because budgets are set per calendar day or month,
+and because Faust's window expiry runs on the wall clock, which silently drops windows of
+replayed events. Old periods are pruned by event time instead (:func:`is_expired`).
+
+The enrich agent folds a whole batch into one :class:`Delta` per (scope, period) and sends
+the deltas, grouped by the partition of their scope, to the spend agent, which adds each
+to the spend table once per batch: nothing per event crosses Kafka or a changelog. The
+fold itself is an Arrow group-by per scope kind (:func:`aggregate`): no Python per row.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from streams.events import priced
+
+PERIOD_KINDS = ("day", "week", "month")
+
+# Scope kinds and the priced-row field each reads; a scope is one or more of them.
+SCOPE_FIELDS = {
+    "team": "team",
+    "feature": "feature",
+    "environment": "environment",
+    "api_key": "api_key_id",
+    "user": "user_id",
+    "agent": "agent_id",
+    "session": "session_id",
+}
+# Scopes whose spend the spend table always keeps; the others (one per user, agent, ...)
+# are kept once a budget names them.
+ALWAYS_TRACKED: frozenset[tuple[str, ...]] = frozenset({("team",), ("team", "feature"), ("environment",)})
+DEFAULT_SCOPES: tuple[tuple[str, ...], ...] = (
+    ("team",), ("team", "feature"), ("environment",), ("api_key",), ("user",), ("agent",), ("session",),
+)
+
+
+@dataclass(slots=True)
+class Delta:
+    """Spend and calls added to one (scope, period) by one batch."""
+
+    cost: Decimal
+    calls: int
+
+
+@dataclass(frozen=True)
+class DeltasMessage:
+    """One deltas-topic message: a batch's deltas for one partition, as of event time ``at``.
+
+    A *tick* carries no deltas: it asks the spend agent to re-check the partition's budgets
+    at ``at`` (periods roll over, and budget changes apply, without traffic).
+    """
+
+    at: datetime
+    deltas: dict[str, Delta]
+    tick: bool = False
+
+
+def period_keys(occurred_at: datetime, tz: ZoneInfo) -> tuple[str, ...]:
+    """The calendar periods an instant belongs to, in ``tz``."""
+    local = occurred_at.astimezone(tz)
+    monday = local.date() - timedelta(days=local.weekday())
+    return (f"day:{local:%Y-%m-%d}", f"week:{monday.isoformat()}", f"month:{local:%Y-%m}")
+
+
+def period_bounds(period: str, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """Start (inclusive) and end (exclusive) of a period, as aware datetimes in ``tz``."""
+    start = period_start(period)
+    if period.startswith("day:"):
+        end = start + timedelta(days=1)
+    elif period.startswith("week:"):
+        end = start + timedelta(days=7)
+    else:
+        end = date(start.year + start.month // 12, start.month % 12 + 1, 1)
+    return (datetime.combine(start, time(), tz), datetime.combine(end, time(), tz))
+
+
+# The characters that join a scope's kinds and values (``team=search,feature=answers``). No
+# value may hold one: a team tagged ``probe,feature=victim`` would otherwise be counted
+# towards, capped as and refused by the guard as the scope ``team=probe,feature=victim``.
+# ("@", which ends the scope in a spend key, may: :func:`split_key` takes the last one and
+# periods hold none, so a user id can be an e-mail address.)
+SCOPE_SEPARATORS = (",", "=")
+
+
+def scope_value_problem(name: str, value: str) -> str | None:
+    """Why ``value`` cannot be a scope value (it holds a separator), or None if it can.
+
+    The one sentence of every gate that refuses such a value, so that they agree: event
+    validation (a dead letter), budget scopes, routing rules and the guard.
+    """
+    if any(separator in value for separator in SCOPE_SEPARATORS):
+        return (f"{name} {value[:80]!r} contains ',' or '=', which separate the parts of a scope "
+                "(team=search,feature=answers), so it would name another scope")
+    return None
+
+
+def scope_of(values: dict[str, str], kinds: tuple[str, ...]) -> str | None:
+    """``team=search,feature=answers`` from attribution values, or None if one is missing."""
+    scope_values = [values.get(SCOPE_FIELDS[kind]) for kind in kinds]
+    if not all(scope_values):
+        return None
+    return scope_text(kinds, scope_values)
+
+
+def scope_text(kinds: Iterable[str], values: Iterable[Any]) -> str:
+    """``team=search,feature=answers`` from the kinds and their (present) values."""
+    return ",".join(f"{kind}={value}" for kind, value in zip(kinds, values))
+
+
+def scope_kinds(scope: str) -> tuple[str, ...]:
+    """``team=search,feature=answers`` → ``("team", "feature")``."""
+    return tuple(part.partition("=")[0] for part in scope.split(","))
+
+
+def scopes_of(row: dict[str, Any], scope_kinds: tuple[tuple[str, ...], ...] = DEFAULT_SCOPES) -> list[str]:
+    """The scopes a priced row's spend counts towards (kinds the row has values for)."""
+    return [scope for kinds in scope_kinds if (scope := scope_of(row, kinds))]
+
+
+def spend_key(scope: str, period: str) -> str:
+    return f"{scope}@{period}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``(scope, period)`` of a spend key; the last ``@`` ends the scope (a value may hold one)."""
+    scope, _, period = key.rpartition("@")
+    return scope, period
+
+
+def aggregate(
+    rows: pa.Table | Iterable[dict[str, Any]], tz: ZoneInfo, scope_kinds: tuple[tuple[str, ...], ...] = DEFAULT_SCOPES
+) -> dict[str, Delta]:
+    """Fold priced rows into one delta per spend key.
+
+    ``rows`` is an Arrow table of the priced schema (the enrich agent's batch, or a priced
+    message the sink decoded), or row dicts as ``priced.decode(value).to_pylist()`` gives
+    them. Rows are grouped per scope kind by (quarter hour, scope values) in Arrow; only
+    the groups reach Python, where each quarter hour becomes its calendar periods (every
+    time zone's offset is a whole number of quarter hours). Sums are exact decimals.
+    """
+    table = rows if isinstance(rows, pa.Table) else priced.to_table(list(rows))
+    if table.num_rows == 0:
+        return {}
+    # Quarter hours of UTC time, as epoch milliseconds (a naive timestamp floors without
+    # time-zone look-ups); and only the columns the fold reads, so filters copy little.
+    instants = table.column("occurred_at").cast(pa.timestamp("ms"))
+    quarter = pc.floor_temporal(instants, 15, "minute").cast(pa.int64())
+    wanted = sorted({SCOPE_FIELDS[kind] for kinds in scope_kinds for kind in kinds})
+    table = table.select([*wanted, "cost_total"]).append_column("_quarter", quarter)
+    periods_memo: dict[int, tuple[str, ...]] = {}
+    deltas: dict[str, Delta] = {}
+    for kinds in scope_kinds:
+        fields = [SCOPE_FIELDS[kind] for kind in kinds]
+        present = None
+        for name in fields:  # a scope needs every one of its values (scope_of)
+            has = pc.not_equal(table.column(name), "")
+            present = has if present is None else pc.and_(present, has)
+        groups = (
+            table.filter(present)
+            .group_by(["_quarter", *fields], use_threads=False)
+            .aggregate([("cost_total", "sum"), ([], "count_all")])
+            .to_pydict()
+        )
+        values = zip(*(groups[name] for name in fields))
+        sums = zip(groups["_quarter"], values, groups["cost_total_sum"], groups["count_all"])
+        for quarter_ms, scope_values, cost, calls in sums:
+            periods = periods_memo.get(quarter_ms)
+            if periods is None:
+                periods = periods_memo[quarter_ms] = period_keys(_EPOCH + timedelta(milliseconds=quarter_ms), tz)
+            scope = scope_text(kinds, scope_values)
+            for period in periods:
+                key = f"{scope}@{period}"
+                delta = deltas.get(key)
+                if delta is None:
+                    deltas[key] = Delta(cost, calls)
+                else:
+                    delta.cost += cost
+                    delta.calls += calls
+    return deltas
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def scope_partition(scope: str, partitions: int) -> int:
+    return zlib.crc32(scope.encode()) % partitions
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """Partition of a spend key: by scope, so every period of a scope lives together."""
+    return scope_partition(split_key(key)[0], partitions)
+
+
+def by_partition(deltas: dict[str, Delta], partitions: int) -> dict[int, dict[str, Delta]]:
+    grouped: dict[int, dict[str, Delta]] = {}
+    for key, delta in deltas.items():
+        grouped.setdefault(partition_of(key, partitions), {})[key] = delta
+    return grouped
+
+
+def encode_deltas(message: DeltasMessage) -> bytes:
+    """JSON with decimal strings: exact, and readable with any Kafka tool."""
+    deltas = {key: [str(d.cost), d.calls] for key, d in message.deltas.items()}
+    return json.dumps({"at": message.at.isoformat(), "tick": message.tick, "deltas": deltas}).encode()
+
+
+def decode_deltas(value: bytes) -> DeltasMessage:
+    data = json.loads(value)
+    deltas = {key: Delta(Decimal(cost), int(calls)) for key, (cost, calls) in data["deltas"].items()}
+    return DeltasMessage(datetime.fromisoformat(data["at"]), deltas, data["tick"])
+
+
+def period_start(period: str) -> date:
+    kind, _, start = period.partition(":")
+    if kind in ("day", "week"):
+        return date.fromisoformat(start)
+    if kind == "month":
+        return date.fromisoformat(f"{start}-01")
+    raise ValueError(f"unknown period kind in {period!r}")
+
+
+def is_expired(period: str, newest_day: date, keep_closed: int) -> bool:
+    """Whether a period ended more than ``keep_closed`` periods of its kind before ``newest_day``."""
+    start = period_start(period)
+    if period.startswith("day:"):
+        return (newest_day - start).days > keep_closed
+    if period.startswith("week:"):
+        return (newest_day - start).days // 7 > keep_closed
+    months = (newest_day.year - start.year) * 12 + newest_day.month - start.month
+    return months > keep_closed
+
+
+def negated(deltas: dict[str, Delta]) -> dict[str, Delta]:
+    """The deltas that take ``deltas`` back out (for events counted twice)."""
+    return {key: Delta(-delta.cost, -delta.calls) for key, delta in deltas.items()}

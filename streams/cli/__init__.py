@@ -1,0 +1,2 @@
+"""The ``spendstream`` command line, the demo and the embedded local stack.
+"""

@@ -1,0 +1,312 @@
+"""The ``spendstream`` command line.
+
+Every command reads the same settings (``SPENDSTREAM_*`` environment variables), so the
+same command works against the embedded stack and against production Kafka and
+ClickHouse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from streams.settings import Settings
+
+
+@click.group()
+def cli() -> None:
+    """spendstream: a streaming ledger of AI spend."""
+
+
+@cli.command()
+def worker() -> None:
+    """Run the worker: create topics, migrate ClickHouse, then start the Faust agents."""
+    from streams import web_auth
+    from streams.ledger import clickhouse
+    from streams.runtime import allocator
+    from streams.runtime import tuning
+    from streams.runtime.topics import create_topics
+
+    settings = Settings()
+    web_auth.ensure_token(settings)
+    asyncio.run(create_topics(settings))
+    client = clickhouse.connect(settings)
+    clickhouse.migrate(client, settings.clickhouse_database)
+    client.close()
+    tuning.apply(settings.consumer_fetch_max_wait_ms)
+    if settings.heap_trim_interval > 0:
+        allocator.start_trimming(settings.heap_trim_interval)
+
+    from streams.app import app
+
+    tuning.worker(app).execute_from_commandline()
+
+
+@cli.group()
+def topics() -> None:
+    """Kafka topics."""
+
+
+@topics.command("create")
+def topics_create() -> None:
+    """Create every topic the worker uses (idempotent)."""
+    from streams.runtime.topics import create_topics
+
+    created = asyncio.run(create_topics(Settings()))
+    click.echo(f"created {len(created)} topic(s): {', '.join(created) or 'none missing'}")
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply the ClickHouse migrations in clickhouse/ (idempotent)."""
+    from streams.ledger import clickhouse
+
+    settings = Settings()
+    client = clickhouse.connect(settings)
+    applied = clickhouse.migrate(client, settings.clickhouse_database)
+    click.echo(f"applied {len(applied)} migration(s): {', '.join(applied) or 'already up to date'}")
+
+
+@cli.command()
+@click.option("--provider", required=True)
+@click.option("--model", required=True)
+@click.option("--input-tokens", type=int, required=True)
+@click.option("--output-tokens", type=int, required=True)
+@click.option("--cache-read-tokens", type=int, default=0)
+@click.option("--cache-write-tokens", type=int, default=0)
+@click.option("--reasoning-tokens", type=int, default=0)
+@click.option("--service-tier", default="standard", type=click.Choice(["standard", "batch", "priority", "flex"]))
+@click.option("--team")
+@click.option("--feature")
+@click.option("--environment")
+@click.option("--user-id")
+@click.option("--project")
+@click.option("--agent-id")
+@click.option("--session-id")
+@click.option("--api-key-id")
+@click.option("--service")
+@click.option("--tag", "tags", multiple=True, help="key=value, repeatable")
+@click.option("--event-id", help="Idempotency key (generated when omitted).")
+@click.option("--count", type=int, default=1, show_default=True, help="Publish this many copies (new ids).")
+def emit(tags: tuple[str, ...], count: int, event_id: str | None, **fields: Any) -> None:
+    """Publish usage events from the command line."""
+    from streams.sdk.producer import UsageProducer
+
+    if event_id and count > 1:
+        raise click.UsageError("--event-id names one event; it cannot go with --count > 1")
+    parsed_tags = dict(_key_value(tag) for tag in tags)
+
+    async def publish() -> list[str]:
+        async with UsageProducer(Settings()) as producer:
+            return [
+                await producer.record(event_id=event_id, tags=parsed_tags, **fields) for _ in range(count)
+            ]
+
+    ids = asyncio.run(publish())
+    click.echo(f"published {len(ids)} event(s); last event_id {ids[-1]}")
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(f"{text!r} is not key=value", param_hint="--tag")
+    return key, value
+
+
+@cli.command()
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def sql(query: str, fmt: str) -> None:
+    """Run a read-only SQL query against the ledger.
+
+    With the embedded engine, a running worker owns its data directory, so the query goes
+    through the worker's localhost endpoint; with no worker running, the CLI opens the
+    directory itself, read-only.
+    """
+    from streams.ledger.query import QueryError, read_only_query
+
+    try:
+        columns, rows = read_only_query(Settings(), query)
+    except QueryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if fmt == "json":
+        click.echo(json.dumps([dict(zip(columns, row)) for row in rows], indent=2))
+    else:
+        click.echo(format_table(columns, rows))
+
+
+@cli.group()
+def budgets() -> None:
+    """Budgets: set, remove and list them (the compacted budgets topic)."""
+
+
+@budgets.command("set")
+@click.argument("budget_id")
+@click.option("--scope", required=True, help="e.g. team=search or team=search,feature=answers")
+@click.option("--amount", required=True, help="Exact amount, e.g. 5000 or 99.50")
+@click.option("--period", required=True, type=click.Choice(["day", "week", "month"]))
+@click.option("--currency", default="USD", show_default=True)
+@click.option("--threshold", "thresholds", multiple=True, help="Fraction of the amount, repeatable (default 0.8 and 1.0).")
+@click.option("--action", "hard_action", type=click.Choice(["block", "alert"]), default="block", show_default=True)
+def budgets_set(budget_id: str, thresholds: tuple[str, ...], **fields: Any) -> None:
+    """Create or change a budget; it applies to the current period at once."""
+    from pydantic import ValidationError
+
+    from streams.budgets.budget import Budget, describe, publish
+
+    if thresholds:
+        fields["thresholds"] = thresholds
+    try:
+        budget = Budget(budget_id=budget_id, **fields)
+    except ValidationError as exc:
+        raise click.UsageError(describe(exc, _BUDGET_OPTIONS)) from exc
+    asyncio.run(publish(Settings(), [budget]))
+    click.echo(f"set {budget.budget_id}: {budget.scope} {budget.amount:f} {budget.currency} per {budget.period}")
+
+
+# Budget fields as `budgets set` spells them, for its error messages.
+_BUDGET_OPTIONS = {"budget_id": "BUDGET_ID", "thresholds": "--threshold", "hard_action": "--action",
+                   **{name: f"--{name}" for name in ("scope", "amount", "period", "currency")}}
+
+
+@budgets.command("load")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def budgets_load(path: Path) -> None:
+    """Set every budget of a TOML file (see the budgets module for the format).
+
+    All or nothing: a file with any unknown key, wrong type, out-of-range value or
+    repeated id sets no budget, and every problem is listed with its line.
+    """
+    from streams.budgets.budget import BudgetError, load_file, publish
+
+    try:
+        loaded = load_file(path)
+    except BudgetError as exc:
+        raise click.UsageError(str(exc)) from exc
+    asyncio.run(publish(Settings(), loaded))
+    click.echo(f"set {len(loaded)} budget(s)")
+
+
+@budgets.command("rm")
+@click.argument("budget_id")
+def budgets_rm(budget_id: str) -> None:
+    """Remove a budget (an id not on the topic is an error: likely a typo)."""
+    from streams.budgets.budget import ids_on_topic, remove
+
+    settings = Settings()
+    if budget_id not in asyncio.run(ids_on_topic(settings)):
+        raise click.ClickException(f"no budget {budget_id!r}; `spendstream budgets list` shows the ids in force")
+    asyncio.run(remove(settings, budget_id))
+    click.echo(f"removed {budget_id}")
+
+
+@budgets.command("list")
+def budgets_list() -> None:
+    """Every budget in force."""
+    from streams.budgets.budget import current
+
+    rows = [
+        [b.budget_id, b.scope, f"{b.amount:f}", b.currency, b.period, ",".join(map(str, b.thresholds)), b.hard_action]
+        for b in asyncio.run(current(Settings()))
+    ]
+    click.echo(format_table(["id", "scope", "amount", "currency", "period", "thresholds", "hard action"], rows))
+
+
+@cli.group()
+def alerts() -> None:
+    """Alerts on the alert topic."""
+
+
+@alerts.command("tail")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest alert, not the next one.")
+@click.option("--count", type=int, default=0, help="Stop after this many alerts (0: run until Ctrl-C).")
+def alerts_tail(from_beginning: bool, count: int) -> None:
+    """Print alerts as they arrive, one readable line each."""
+    from streams.sdk.alerts import follow, format_alert
+
+    async def run() -> None:
+        async for alert in follow(Settings(), from_beginning=from_beginning, count=count):
+            click.echo(format_alert(alert))
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.group()
+def dlq() -> None:
+    """Dead letters: what could not be processed, and why."""
+
+
+@dlq.command("list")
+@click.option("--reason", "reason_code", help="Only this reason code (e.g. invalid_usage).")
+def dlq_list(reason_code: str | None) -> None:
+    """List dead letters with their reasons."""
+    from streams.ingest.dead_letters import list_dead_letters
+
+    rows = [
+        [d.record["failed_at"].isoformat(timespec="seconds"), f"{d.partition}/{d.offset}",
+         d.record["reason_code"], d.record["event_id"] or "", d.record["reason"]]
+        for d in asyncio.run(list_dead_letters(Settings()))
+        if reason_code in (None, d.record["reason_code"])
+    ]
+    click.echo(format_table(["failed at", "partition/offset", "reason code", "event id", "reason"], rows))
+
+
+@dlq.command("resubmit")
+@click.option("--reason", "reason_code", help="Only dead letters with this reason code.")
+@click.option("--event-id", "event_ids", multiple=True, help="Only these events (repeatable).")
+@click.option("--all", "everything", is_flag=True, help="Every dead letter not re-submitted yet.")
+def dlq_resubmit(reason_code: str | None, event_ids: tuple[str, ...], everything: bool) -> None:
+    """Publish dead letters' original bytes to the usage topic again, after a fix.
+
+    Each dead letter is re-submitted at most once (a consumer group remembers the
+    position); one that fails again comes back as a new dead letter.
+    """
+    from streams.ingest.dead_letters import resubmit
+
+    if not (reason_code or event_ids or everything):
+        raise click.UsageError("say which: --reason CODE, --event-id ID or --all")
+
+    def wanted(record: dict[str, Any]) -> bool:
+        return (reason_code in (None, record["reason_code"])) and (not event_ids or record["event_id"] in event_ids)
+
+    count = asyncio.run(resubmit(Settings(), wanted))
+    click.echo(f"re-submitted {count} dead letter(s) to the usage topic")
+
+
+def format_table(columns: list[str], rows: list[list[Any]]) -> str:
+    cells = [[str(c) for c in columns]] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--events", type=int, default=20000, show_default=True, help="Usage events to publish.")
+@click.option("--rate", type=float, default=4000, show_default=True, help="Events per second.")
+def demo(events: int, rate: float) -> None:
+    """Start the embedded stack, drive synthetic traffic, show live spend, then totals."""
+    from streams.cli.demo import run_demo
+
+    sys.exit(run_demo(events=events, rate=rate))
+
+
+def _register_ledger_commands() -> None:
+    """Reports, licences, the value ledger and exports (streams/cli/ledger.py)."""
+    from streams.cli.ledger import commands
+
+    for command in commands:
+        cli.add_command(command)
+
+
+def main() -> None:
+    _register_ledger_commands()
+    cli()

@@ -1,0 +1,194 @@
+"""The enrich stage as one function from raw usage messages to message values ready to send,
+run in a child process so that the per-event work gets a core of its own.
+
+A Faust worker is one event loop on one thread. Faust's per-message machinery alone keeps
+that thread busy at a few thousand messages a second (``bench/run.py``'s empty agent), and
+the per-event work of the flow (Avro decode, validation, pricing, attribution, the Arrow
+rows, the spend fold, the anomaly summary) costs as much again. So the enrich agent hands
+each chunk of raw messages to :class:`EnrichStage`, which does all of that in a child
+process and returns bytes: priced-topic values per team, deltas per partition, anomaly
+summaries per partition, and the dead letters. The event loop only moves bytes between
+Kafka and the child, and keeps consuming, sinking and counting while the child works.
+
+* ``SPENDSTREAM_ENRICH_PROCESSES`` children (2 by default; 0 runs the stage on the event
+  loop, as one process: for a one-core machine or a profiler). The chunks of one batch go
+  to the children in turn, the first chunk always to the first child: a poll of SDK
+  envelopes (many chunks) is enriched in parallel, while a poll of single-event messages
+  (one chunk; Faust's loop, not the child, is then the bottleneck) keeps to one child
+  and leaves the cores to the loop. Measured on two cores (``bench/run.py``): SDK
+  batches 0.55 of the limit with two children against 0.48 with one; single events 0.68
+  of the empty agent with one, 0.59 when two children took turns. Results are awaited in
+  submission order, so output order never depends on the number of children.
+* A child is spawned, not forked (the worker has threads), builds its own enricher and
+  anomaly engine from the same settings (the environment it inherits), and exits when its
+  parent is gone, even after a SIGKILL.
+* A child that dies fails the agent's batch: the worker stops and restarts from its last
+  committed offsets, as for any agent failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import Any, TypeVar
+
+from streams.events import priced
+from streams.runtime import tuning
+from streams.anomaly.config import AnomalyConfig
+from streams.anomaly.engine import AnomalyEngine
+from streams.anomaly.summaries import BatchSummary
+from streams.ingest.attribution import Router
+from streams.events.codec import default_codec
+from streams.ingest.enrich import DeadLetter, Enricher, SourceMessage
+from streams.pricing.price_book import PriceBook
+from streams.pricing.rate_cards import Pricer
+from streams.settings import Settings
+from streams.budgets.periods import Delta, DeltasMessage, aggregate, by_partition, encode_deltas, scope_partition
+
+# (partition, offset, value) of a usage message: cheaper to pickle than a dataclass.
+RawMessage = tuple[int, int, bytes | None]
+V = TypeVar("V")
+
+
+@dataclass(slots=True)
+class Prepared:
+    """One chunk's output, every value ready for the producer."""
+
+    priced: list[tuple[str, bytes]]  # (team, Arrow IPC rows) per priced-topic message
+    deltas: list[tuple[int, bytes]]  # (partition, deltas message) per deltas-topic partition
+    summaries: list[tuple[int, bytes]]  # (partition, anomaly summary) per anomaly-topic partition
+    dead_letters: list[DeadLetter]
+    rows: int
+    unpriced: int
+    duplicates: int
+
+
+class Chunks:
+    """Turns chunks of usage messages into :class:`Prepared` output (the stage's work)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.enricher = Enricher(
+            default_codec(),
+            Pricer(PriceBook.load(settings.price_book) if settings.price_book else None),
+            Router.from_file(settings.routing_rules) if settings.routing_rules else Router(),
+            settings.limits(),
+        )
+        self.anomaly = AnomalyEngine(AnomalyConfig.load(settings.anomaly_config) if settings.anomaly_config else None)
+
+    def prepare(self, messages: Sequence[RawMessage]) -> Prepared:
+        settings, partitions = self.settings, self.settings.partitions
+        batch = self.enricher.enrich(SourceMessage(*message) for message in messages)
+        rows = batch.priced
+        out = Prepared([], [], [], batch.dead_letters, rows.num_rows, batch.unpriced, batch.duplicates)
+        if rows.num_rows == 0:
+            return out
+        out.priced = [(team, priced.encode(part)) for team, part in priced.by_team(rows, settings.priced_message_rows)]
+        out.deltas = deltas_messages(aggregate(rows, settings.tz), priced.latest(rows), settings)
+        summaries = self.anomaly.summarize(rows).split(lambda scope: scope_partition(scope, partitions))
+        out.summaries = [
+            (partition, value)
+            for partition, summary in summaries.items()
+            for value in in_pieces(summary.buckets, partial(_summary_value, summary.watermark), settings.message_max_bytes)
+        ]
+        return out
+
+
+def deltas_messages(deltas: dict[str, Delta], at: datetime, settings: Settings) -> list[tuple[int, bytes]]:
+    """``(partition, deltas message)`` for the deltas topic: by the partition of each scope,
+    each message at most ``settings.message_max_bytes``."""
+    return [
+        (partition, value)
+        for partition, part in by_partition(deltas, settings.partitions).items()
+        for value in in_pieces(part, partial(_deltas_value, at), settings.message_max_bytes)
+    ]
+
+
+def in_pieces(mapping: dict[str, V], encode: Callable[[dict[str, V]], bytes], max_bytes: int) -> list[bytes]:
+    """``encode(mapping)``, halved until each message is at most ``max_bytes``.
+
+    A chunk of calls by thousands of users or agents has that many spend keys and
+    detector keys; all of one partition's in one message could exceed the broker's
+    message size limit, and the worker would crash on it at every restart.
+    """
+    value = encode(mapping)
+    if len(value) <= max_bytes or len(mapping) <= 1:
+        return [value]
+    items = list(mapping.items())
+    half = len(items) // 2
+    return in_pieces(dict(items[:half]), encode, max_bytes) + in_pieces(dict(items[half:]), encode, max_bytes)
+
+
+def _deltas_value(at: datetime, deltas: dict[str, Delta]) -> bytes:
+    return encode_deltas(DeltasMessage(at, deltas))
+
+
+def _summary_value(watermark: datetime | None, buckets: dict[str, Any]) -> bytes:
+    return BatchSummary(watermark, buckets).encode()
+
+
+class EnrichStage:
+    """Where chunks are prepared: child processes, or this process when there are none."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._local: Chunks | None = None
+        # One single-process pool per child, so that the agent chooses which child gets a chunk.
+        self._children = [
+            ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                initializer=_start_child, initargs=(os.getpid(),))
+            for _ in range(settings.enrich_processes)
+        ]
+        if not self._children:
+            self._local = Chunks(settings)
+        self.started = not self._children
+
+    async def start(self) -> None:
+        """Start the children now (imports and price tables take a second or two), not on
+        their first chunk; the worker is not ready until they are. The enrich agent calls
+        this as it starts, so that the children start while the worker joins its group."""
+        await asyncio.gather(*(asyncio.wrap_future(child.submit(_prepare_in_child, [])) for child in self._children))
+        self.started = True
+
+    def submit(self, messages: Sequence[RawMessage], turn: int = 0) -> asyncio.Future[Prepared]:
+        """Start preparing a chunk, the ``turn``-th of its batch; await the result (in
+        submission order)."""
+        loop = asyncio.get_running_loop()
+        if self._children:
+            child = self._children[turn % len(self._children)]
+            return loop.run_in_executor(child, _prepare_in_child, messages)
+        assert self._local is not None
+        done: asyncio.Future[Prepared] = loop.create_future()
+        done.set_result(self._local.prepare(messages))
+        return done
+
+
+# --- In the child ---------------------------------------------------------------------------
+
+_chunks: Chunks | None = None
+
+
+def _start_child(parent: int) -> None:
+    global _chunks
+    tuning.collect_less()
+    _chunks = Chunks(Settings())
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="exit-with-parent").start()
+
+
+def _exit_with(parent: int) -> None:
+    """A SIGKILLed worker cannot stop its children; they notice they were re-parented."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(0)
+
+
+def _prepare_in_child(messages: Sequence[RawMessage]) -> Prepared:
+    assert _chunks is not None, "the child's initializer did not run"
+    return _chunks.prepare(messages)

@@ -1,0 +1,3 @@
+"""Pricing: the catalog's rate cards, the organisation's price book over them, and
+pricing a chunk of events column by column, exactly.
+"""

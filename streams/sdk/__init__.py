@@ -1,0 +1,3 @@
+"""The producer SDK: what a service adds to publish usage, refuse calls over a cap and
+read alerts.
+"""
