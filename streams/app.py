@@ -49,7 +49,8 @@ from streams.settings import Settings
 from streams.ledger.sink import ClickHouseSink, PricedMessage
 from streams.events.serialize import jsonable
 from streams.budgets.caps import Announced, check
-from streams.budgets.periods import DeltasMessage, aggregate, encode_deltas, negated, period_keys, scope_partition, spend_key, split_key
+from streams.budgets.periods import DeltasMessage, aggregate, encode_deltas, negated, period_keys
+from streams.events.scopes import scope_partition, spend_key, split_key
 from streams.budgets.spend_state import SpendState
 from streams.anomaly.config import AnomalyConfig
 from streams.anomaly.engine import AnomalyEngine

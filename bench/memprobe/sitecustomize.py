@@ -33,7 +33,8 @@ TRACE_FROM = int(os.environ.get("SPENDSTREAM_MEMORY_PROBE_TRACE_FROM", "0"))
 # The gc scan (object counts, scope-structure sizes), unless switched off or tracing (whose
 # runs need no counts). gc.get_objects() from this thread can catch a tuple the worker is
 # still building, and CPython then fails the worker's tuple() with a SystemError (two probe
-# runs of 2026-11-23 died so, in spend.scope_kinds): SPENDSTREAM_MEMORY_PROBE_GC=0 avoids it.
+# runs of 2026-11-23 died so, in scope_kinds, now in streams.events.scopes):
+# SPENDSTREAM_MEMORY_PROBE_GC=0 avoids it.
 SCAN_GC = os.environ.get("SPENDSTREAM_MEMORY_PROBE_GC", "1") == "1" and not TRACE_FROM
 _baseline: tracemalloc.Snapshot | None = None  # taken at the first sample past TRACE_FROM
 

@@ -30,10 +30,10 @@ from typing import Any, Literal
 from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from streams.events import scopes
 from streams.events.codec import BUDGET, default_codec
 from streams.runtime.compacted import CompactedView
 from streams.settings import Settings
-from streams.budgets.periods import SCOPE_FIELDS, scope_value_problem
 
 DEFAULT_THRESHOLDS = (Decimal("0.8"), Decimal("1.0"))
 
@@ -56,25 +56,13 @@ class BudgetError(ValueError):
 
 
 def canonical_scope(text: str) -> str:
-    """``feature=answers, team=search`` → ``team=search,feature=answers`` (kinds in a fixed order).
-
-    A value holding ``=`` (``team=a=b``) is refused, as events with one are: the spend
-    table never has a scope with such a value, so a budget on it could never be reached.
+    """A budget's scope written the one way the spend table writes it
+    (:func:`streams.events.scopes.canonical_scope`), or :class:`BudgetError` saying why not.
     """
-    parts: dict[str, str] = {}
-    for item in text.split(","):
-        kind, sep, value = item.strip().partition("=")
-        kind, value = kind.strip(), value.strip()
-        if not sep or not value:
-            raise BudgetError(f"scope part {item.strip()!r} is not kind=value")
-        if kind not in SCOPE_FIELDS:
-            raise BudgetError(f"unknown scope kind {kind!r}; use {', '.join(SCOPE_FIELDS)}")
-        if kind in parts:
-            raise BudgetError(f"scope kind {kind!r} given twice")
-        if problem := scope_value_problem(f"scope {kind}", value):
-            raise BudgetError(problem)
-        parts[kind] = value.lower() if kind == "team" else value
-    return ",".join(f"{kind}={parts[kind]}" for kind in SCOPE_FIELDS if kind in parts)
+    try:
+        return scopes.canonical_scope(text)
+    except scopes.ScopeError as exc:
+        raise BudgetError(str(exc)) from exc
 
 
 def _largest(precision: int, scale: int) -> Decimal:

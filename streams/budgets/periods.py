@@ -1,12 +1,13 @@
 """Windowed spend: which (scope, calendar period) a priced row counts towards, and by how much.
 
 A *scope* is who the money is attributed to (``team=search``, ``team=search,feature=answers``,
-``user=u-17``); a *period* is a calendar window in the configured time zone
-(``day:2026-11-22``, ``week:2026-11-16`` for the ISO week starting that Monday,
-``month:2026-11``). Calendar
-periods, not fixed-size Faust windows, because budgets are set per calendar day or month,
-and because Faust's window expiry runs on the wall clock, which silently drops windows of
-replayed events. Old periods are pruned by event time instead (:func:`is_expired`).
+``user=u-17``; how a scope and a ``scope@period`` spend key are written and read is the
+contract's, :mod:`streams.events.scopes`); a *period* is a calendar window in the configured
+time zone (``day:2026-11-22``, ``week:2026-11-16`` for the ISO week starting that Monday,
+``month:2026-11``). Calendar periods, not fixed-size Faust windows, because budgets are set
+per calendar day or month, and because Faust's window expiry runs on the wall clock, which
+silently drops windows of replayed events. Old periods are pruned by event time instead
+(:func:`is_expired`).
 
 The enrich agent folds a whole batch into one :class:`Delta` per (scope, period) and sends
 the deltas, grouped by the partition of their scope, to the spend agent, which adds each
@@ -17,7 +18,6 @@ fold itself is an Arrow group-by per scope kind (:func:`aggregate`): no Python p
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -29,25 +29,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streams.events import priced
+from streams.events.scopes import DEFAULT_SCOPES, SCOPE_FIELDS, partition_of, scope_text
 
-PERIOD_KINDS = ("day", "week", "month")
-
-# Scope kinds and the priced-row field each reads; a scope is one or more of them.
-SCOPE_FIELDS = {
-    "team": "team",
-    "feature": "feature",
-    "environment": "environment",
-    "api_key": "api_key_id",
-    "user": "user_id",
-    "agent": "agent_id",
-    "session": "session_id",
-}
 # Scopes whose spend the spend table always keeps; the others (one per user, agent, ...)
 # are kept once a budget names them.
 ALWAYS_TRACKED: frozenset[tuple[str, ...]] = frozenset({("team",), ("team", "feature"), ("environment",)})
-DEFAULT_SCOPES: tuple[tuple[str, ...], ...] = (
-    ("team",), ("team", "feature"), ("environment",), ("api_key",), ("user",), ("agent",), ("session",),
-)
 
 
 @dataclass(slots=True)
@@ -88,59 +74,6 @@ def period_bounds(period: str, tz: ZoneInfo) -> tuple[datetime, datetime]:
     else:
         end = date(start.year + start.month // 12, start.month % 12 + 1, 1)
     return (datetime.combine(start, time(), tz), datetime.combine(end, time(), tz))
-
-
-# The characters that join a scope's kinds and values (``team=search,feature=answers``). No
-# value may hold one: a team tagged ``probe,feature=victim`` would otherwise be counted
-# towards, capped as and refused by the guard as the scope ``team=probe,feature=victim``.
-# ("@", which ends the scope in a spend key, may: :func:`split_key` takes the last one and
-# periods hold none, so a user id can be an e-mail address.)
-SCOPE_SEPARATORS = (",", "=")
-
-
-def scope_value_problem(name: str, value: str) -> str | None:
-    """Why ``value`` cannot be a scope value (it holds a separator), or None if it can.
-
-    The one sentence of every gate that refuses such a value, so that they agree: event
-    validation (a dead letter), budget scopes, routing rules and the guard.
-    """
-    if any(separator in value for separator in SCOPE_SEPARATORS):
-        return (f"{name} {value[:80]!r} contains ',' or '=', which separate the parts of a scope "
-                "(team=search,feature=answers), so it would name another scope")
-    return None
-
-
-def scope_of(values: dict[str, str], kinds: tuple[str, ...]) -> str | None:
-    """``team=search,feature=answers`` from attribution values, or None if one is missing."""
-    scope_values = [values.get(SCOPE_FIELDS[kind]) for kind in kinds]
-    if not all(scope_values):
-        return None
-    return scope_text(kinds, scope_values)
-
-
-def scope_text(kinds: Iterable[str], values: Iterable[Any]) -> str:
-    """``team=search,feature=answers`` from the kinds and their (present) values."""
-    return ",".join(f"{kind}={value}" for kind, value in zip(kinds, values))
-
-
-def scope_kinds(scope: str) -> tuple[str, ...]:
-    """``team=search,feature=answers`` → ``("team", "feature")``."""
-    return tuple(part.partition("=")[0] for part in scope.split(","))
-
-
-def scopes_of(row: dict[str, Any], scope_kinds: tuple[tuple[str, ...], ...] = DEFAULT_SCOPES) -> list[str]:
-    """The scopes a priced row's spend counts towards (kinds the row has values for)."""
-    return [scope for kinds in scope_kinds if (scope := scope_of(row, kinds))]
-
-
-def spend_key(scope: str, period: str) -> str:
-    return f"{scope}@{period}"
-
-
-def split_key(key: str) -> tuple[str, str]:
-    """``(scope, period)`` of a spend key; the last ``@`` ends the scope (a value may hold one)."""
-    scope, _, period = key.rpartition("@")
-    return scope, period
 
 
 def aggregate(
@@ -196,15 +129,6 @@ def aggregate(
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def scope_partition(scope: str, partitions: int) -> int:
-    return zlib.crc32(scope.encode()) % partitions
-
-
-def partition_of(key: str, partitions: int) -> int:
-    """Partition of a spend key: by scope, so every period of a scope lives together."""
-    return scope_partition(split_key(key)[0], partitions)
 
 
 def by_partition(deltas: dict[str, Delta], partitions: int) -> dict[int, dict[str, Delta]]:

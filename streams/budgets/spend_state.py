@@ -48,10 +48,8 @@ from streams.budgets.budget import BudgetIndex
 from streams.budgets.caps import Announced, check
 from streams.runtime.changelog import already_applied, is_marker, write_markers
 from streams.settings import Settings
-from streams.budgets.periods import (
-    ALWAYS_TRACKED, Delta, DeltasMessage, decode_deltas, is_expired, partition_of, period_keys, period_start, scope_kinds, scope_partition, split_key,
-    spend_key,
-)
+from streams.budgets.periods import ALWAYS_TRACKED, Delta, DeltasMessage, decode_deltas, is_expired, period_keys, period_start
+from streams.events.scopes import partition_of, scope_kinds, scope_partition, spend_key, split_key
 
 log = logging.getLogger(__name__)
 

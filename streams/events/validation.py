@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streams.budgets.periods import SCOPE_FIELDS, SCOPE_SEPARATORS, scope_value_problem
+from streams.events.scopes import SCOPE_FIELDS, SCOPE_SEPARATORS, scope_value_problem
 
 SERVICE_TIERS = frozenset({"standard", "batch", "priority", "flex"})
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
@@ -35,7 +35,7 @@ ATTRIBUTION_FIELDS = (
     "agent_id", "session_id", "trace_id", "api_key_id", "service",
 )
 # The attribution values that become part of a scope key: the spend and budget scopes
-# (streams.budgets.periods.SCOPE_FIELDS), and the anomaly detectors' trace=… and service=… scopes.
+# (streams.events.scopes.SCOPE_FIELDS), and the anomaly detectors' trace=… and service=… scopes.
 SCOPED_ATTRIBUTION = (*SCOPE_FIELDS.values(), "trace_id", "service")
 
 

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from streams.pricing.price_book import format_validation_errors, read_toml_without_floats
-from streams.budgets.periods import scope_value_problem
+from streams.events.scopes import scope_value_problem
 
 __all__ = ["UNATTRIBUTED", "Attributed", "Router", "RoutingRules", "RoutingRulesError", "TeamRules"]
 

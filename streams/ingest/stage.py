@@ -51,7 +51,8 @@ from streams.ingest.enrich import DeadLetter, Enricher, SourceMessage
 from streams.pricing.price_book import PriceBook
 from streams.pricing.rate_cards import Pricer
 from streams.settings import Settings
-from streams.budgets.periods import Delta, DeltasMessage, aggregate, by_partition, encode_deltas, scope_partition
+from streams.budgets.periods import Delta, DeltasMessage, aggregate, by_partition, encode_deltas
+from streams.events.scopes import scope_partition
 
 # (partition, offset, value) of a usage message: cheaper to pickle than a dataclass.
 RawMessage = tuple[int, int, bytes | None]

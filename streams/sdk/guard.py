@@ -22,7 +22,7 @@ from streams.ingest.attribution import normalise_team
 from streams.events.codec import default_codec
 from streams.runtime.compacted import CompactedView
 from streams.settings import Settings
-from streams.budgets.periods import SCOPE_FIELDS, scope_value_problem, scopes_of
+from streams.events.scopes import SCOPE_FIELDS, scope_value_problem, scopes_of
 
 log = logging.getLogger(__name__)
 
