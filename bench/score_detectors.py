@@ -1,7 +1,7 @@
 """Score the anomaly detectors on synthetic traffic with labelled incidents.
 
 Replays the default scenario (two weeks of seasonal traffic, the incidents in the second,
-see :mod:`streams.incidents`) through the detectors batch by batch in event time,
+see :mod:`bench.incidents`) through the detectors batch by batch in event time,
 then a second stretch of steady traffic with no incident at all, and prints per detector:
 incidents caught, detection delay (median, max) and false alerts per day, then each
 incident with its delay and the blocks the policies asked for.
@@ -12,13 +12,16 @@ incident with its delay and the blocks the policies asked for.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 
-from streams.anomaly.config import AnomalyConfig
-from streams.anomaly.engine import AnomalyEngine
-from streams.incidents import Traffic, default_incidents, replay, score
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.incidents import Traffic, default_incidents, replay, score  # noqa: E402
+from streams.anomaly.config import AnomalyConfig  # noqa: E402
+from streams.anomaly.engine import AnomalyEngine  # noqa: E402
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "anomaly.example.toml"
 KINDS = ("spend_spike", "runaway_agent", "cost_per_call_drift", "non_production_in_production", "unpriced_model")

@@ -1,4 +1,4 @@
-"""Soak: the fault-injection scenarios of tests/test_faults.py, round after round.
+"""Soak: the fault-injection scenarios of bench/faults.py, round after round.
 
 Each round runs every scenario once, each on a fresh embedded broker and a fresh worker
 (with its own embedded ClickHouse): SIGKILLs at random moments, a graceful stop, ClickHouse
@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from streams.cli.localstack import EmbeddedBroker, isolated_environment
-from tests.test_faults import (
+from bench.faults import (
     RESTART_SECONDS,
     Figures,
     RestartableProxy,

@@ -21,112 +21,89 @@ there), and the enrich agent commits after every batch, so a crash replays at mo
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import logging
 import time
-import weakref
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from decimal import Decimal
 from typing import Any
 
 import faust
-from faust.streams import _current_event
 from faust.web import Request, Response, View
 from mode.supervisors import CrashingSupervisor
 
 from streams import web_auth
-from streams.ledger import clickhouse
-from streams.ledger import sql_guard
-from streams.runtime import faust_fixes
-from streams.runtime.batching import take_batches
-from streams.budgets.budget import Budget, BudgetIndex, decode_budget
-from streams.events.codec import ALERT, CAP_STATE, DEAD_LETTER, default_codec
-from streams.runtime.compacted import CompactedView
-from streams.ingest.enrich import DeadLetter, chunks_by_size
-from streams.ingest.stage import EnrichStage, Prepared, deltas_messages
-from streams.settings import Settings
-from streams.ledger.sink import ClickHouseSink, PricedMessage
-from streams.events.serialize import jsonable
-from streams.budgets.caps import Announced, check
-from streams.budgets.periods import DeltasMessage, aggregate, encode_deltas, negated, period_keys
-from streams.events.scopes import scope_partition, spend_key, split_key
-from streams.budgets.spend_state import SpendState
 from streams.anomaly.config import AnomalyConfig
 from streams.anomaly.engine import AnomalyEngine
 from streams.anomaly.state import SWEEP_KEY, AnomalyState
-from streams.runtime.changelog import is_marker
+from streams.budgets.budget import Budget, BudgetIndex, decode_budget
+from streams.budgets.periods import DeltasMessage, aggregate, encode_deltas, negated
+from streams.events.scopes import scope_partition
+from streams.budgets.spend_state import SpendState, cap_states, spend_by_scope
+from streams.events.codec import ALERT, CAP_STATE, default_codec
+from streams.events.serialize import jsonable
+from streams.ingest.dead_letters import DeadLetter, dead_letter_message
+from streams.ingest.enrich import chunks_by_size
+from streams.ingest.stage import EnrichStage, Prepared, deltas_messages
+from streams.ledger import clickhouse, sql_guard
+from streams.ledger.sink import ClickHouseSink, PricedMessage
+from streams.runtime import allocator, faust_app, faust_fixes, tuning
+from streams.runtime.batching import take_batches
+from streams.runtime.compacted import CompactedView
+from streams.runtime.faust_app import RAW, chunk_topic, make_current
 from streams.runtime.topics import ANNOUNCED_TABLE, DETECTORS_TABLE, SPEND_TABLE
+from streams.settings import Settings
 
-log = logging.getLogger(__name__)
-
-faust_fixes.install()
-settings = Settings()
+settings = Settings()  # the process's one Settings: the worker command and every part read this one
 codec = default_codec()
-enrich_stage = EnrichStage(settings)
-anomaly = AnomalyEngine(AnomalyConfig.load(settings.anomaly_config) if settings.anomaly_config else None)
-sink = ClickHouseSink(
-    lambda: clickhouse.connect(settings), topic=settings.priced_topic, database=settings.clickhouse_database
-)
+app = faust_app.create(settings, web_middlewares=[web_auth.middleware(settings)])
 stats: Counter[str] = Counter()
 # Wall-clock marks of the flow (epoch seconds), for progress displays and benchmarks.
 marks: dict[str, float] = {}
 
 
-def _broker_credentials(s: Settings) -> Any:
-    options = s.kafka_client_options()
-    if s.kafka_sasl_mechanism:
-        return faust.SASLCredentials(
-            username=options["sasl_plain_username"],
-            password=options["sasl_plain_password"],
-            mechanism=s.kafka_sasl_mechanism,
-            ssl_context=options.get("ssl_context"),
-        )
-    return options.get("ssl_context")
+@dataclass(frozen=True)
+class Parts:
+    """What the agents work with besides Kafka: built by :func:`start`, not on import."""
+
+    enrich_stage: EnrichStage
+    anomaly: AnomalyEngine
+    sink: ClickHouseSink
+    sql_queries: sql_guard.QueryRunner
 
 
-app = faust.App(
-    settings.app_id,
-    broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
-    broker_credentials=_broker_credentials(settings),
-    broker_session_timeout=settings.broker_session_timeout,
-    broker_heartbeat_interval=min(3.0, settings.broker_session_timeout / 3),
-    store=settings.table_store,
-    datadir=str(settings.worker_data_dir),
-    topic_partitions=settings.partitions,
-    topic_replication_factor=settings.replication_factor,
-    consumer_auto_offset_reset="earliest",
-    stream_buffer_maxsize=65536,
-    web_bind=settings.web_host,
-    web_host=settings.web_host,
-    web_port=settings.web_port,
-    # Every endpoint behind the token, the Host and the cross-site checks (streams.web_auth);
-    # Faust's own pages that list tables and route requests between workers are off.
-    web_application_options={"middlewares": [web_auth.middleware(settings)]},
-    web_router_enabled=False,
-    web_tables_enabled=False,
-    web_graph_enabled=False,
-    web_stats_enabled=False,
-)
+parts: Parts  # set by start()
+
+
+def start() -> faust.App:
+    """Ready the process to run the worker, in one place: check and patch Faust and aiokafka
+    (:mod:`streams.runtime`), tune the process, and build the parts the agents use."""
+    global parts
+    faust_fixes.install()
+    tuning.apply(settings.consumer_fetch_max_wait_ms)
+    if settings.heap_trim_interval > 0:
+        allocator.start_trimming(settings.heap_trim_interval)
+    parts = Parts(
+        enrich_stage=EnrichStage(settings),
+        anomaly=AnomalyEngine(AnomalyConfig.load(settings.anomaly_config) if settings.anomaly_config else None),
+        sink=ClickHouseSink(lambda: clickhouse.connect(settings), topic=settings.priced_topic,
+                            database=settings.clickhouse_database),
+        sql_queries=sql_guard.QueryRunner(settings),
+    )
+    return app
+
+
+async def send(topic: str, value: bytes | None, *, key: bytes | None = None, partition: int | None = None,
+               headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future:
+    """Queue one message (values are bytes already: no Faust serializer); await the
+    returned future for Kafka's acknowledgement."""
+    return await app.producer.send(topic, key, value, partition, None, headers)
+
 
 # --- Topics ------------------------------------------------------------------------------
-raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-
-
-def _chunk_topic(name: str) -> faust.TopicT:
-    """A topic whose messages each carry a chunk's worth (thousands of rows, scopes or
-    keys): its agent buffers few, so that an agent falling behind leaves its backlog in
-    Kafka, not in memory. ``app.topic`` drops its ``maxsize`` argument (faust-streaming
-    0.15.3), so the bound is set on the topic, where its agent's buffer reads it."""
-    topic = app.topic(name, **raw)
-    topic.maxsize = settings.internal_buffer_messages
-    return topic
-
-
-usage_topic = app.topic(settings.usage_topic, **raw)
-priced_topic = _chunk_topic(settings.priced_topic)
-deltas_topic = _chunk_topic(settings.deltas_topic)
-anomaly_topic = _chunk_topic(settings.anomaly_topic)
+usage_topic = app.topic(settings.usage_topic, **RAW)
+priced_topic = chunk_topic(app, settings.priced_topic, settings.internal_buffer_messages)
+deltas_topic = chunk_topic(app, settings.deltas_topic, settings.internal_buffer_messages)
+anomaly_topic = chunk_topic(app, settings.anomaly_topic, settings.internal_buffer_messages)
 
 # --- Tables ------------------------------------------------------------------------------
 # spend["team=search@day:2026-11-22"] = [exact decimal string, calls]
@@ -151,13 +128,13 @@ async def enrich(stream: faust.StreamT) -> None:
     submitted at once and published in order; the messages are acknowledged once every
     chunk's output is on Kafka.
     """
-    await enrich_stage.start()  # while the worker joins its group, not after it is ready
+    await parts.enrich_stage.start()  # while the worker joins its group, not after it is ready
     batches = take_batches(stream, settings.enrich_batch_max, settings.enrich_batch_bytes, settings.enrich_batch_within)
     async for events in batches:
         marks.setdefault("first_message_at", time.time())
         with faust_fixes.unacked_unless_done(events):
             pending = [
-                enrich_stage.submit([(e.message.partition, e.message.offset, e.message.value) for e in chunk], turn)
+                parts.enrich_stage.submit([(e.message.partition, e.message.offset, e.message.value) for e in chunk], turn)
                 for turn, chunk in enumerate(chunks_by_size(events, settings.enrich_chunk_bytes))
             ]
             for chunk in pending:
@@ -179,8 +156,7 @@ async def _publish(prepared: Prepared) -> None:
     """Send a chunk's dead letters, priced rows (per team), spend deltas and anomaly
     summaries (per partition), and wait for all of them."""
     sent = [await _send_dead_letter(dead) for dead in prepared.dead_letters]
-    for team, value in prepared.priced:
-        sent.append(await app.producer.send(settings.priced_topic, team.encode(), value, None, None, None))
+    sent += [await send(settings.priced_topic, value, key=team.encode()) for team, value in prepared.priced]
     sent += [await _send_deltas(partition, value) for partition, value in prepared.deltas]
     sent += [await _send_summary(partition, value) for partition, value in prepared.summaries]
     await asyncio.gather(*sent)
@@ -191,14 +167,14 @@ async def _send_deltas(partition: int, value: bytes) -> Any:
     counted in ``/stats`` as ``deltas_sent``: the benchmarks wait until count_spend's
     ``deltas_applied`` has caught up with it."""
     stats["deltas_sent"] += 1
-    return await app.producer.send(settings.deltas_topic, None, value, partition, None, None)
+    return await send(settings.deltas_topic, value, partition=partition)
 
 
 async def _send_summary(partition: int, value: bytes, key: bytes | None = None) -> Any:
     """Queue an anomaly summary (or a sweep, keyed ``SWEEP_KEY``), counted in ``/stats`` as
     ``summaries_sent`` against detect_anomalies' ``summaries_applied``."""
     stats["summaries_sent"] += 1
-    return await app.producer.send(settings.anomaly_topic, key, value, partition, None, None)
+    return await send(settings.anomaly_topic, value, key=key, partition=partition)
 
 
 async def _take_back(rows: list[dict[str, Any]]) -> None:
@@ -208,25 +184,9 @@ async def _take_back(rows: list[dict[str, Any]]) -> None:
     await asyncio.gather(*[await _send_deltas(partition, value) for partition, value in messages])
 
 
-async def _send_dead_letter(dead: DeadLetter) -> Any:
-    original, reason = dead.original, dead.reason
-    if len(original) > settings.dead_letter_max_original:
-        # Kafka refuses messages over its size limit; the whole original stays on the usage
-        # topic at the offset the record names, and its digest identifies it.
-        reason += (f" (original of {len(original)} bytes, sha256 {hashlib.sha256(original).hexdigest()}, "
-                   f"cut to its first {settings.dead_letter_max_original} bytes; the whole message is on "
-                   f"{settings.usage_topic} partition {dead.partition} offset {dead.offset})")
-        original = original[: settings.dead_letter_max_original]
-    record = {
-        "reason_code": dead.code, "reason": reason, "source_topic": settings.usage_topic,
-        "source_partition": dead.partition, "source_offset": dead.offset, "event_id": dead.event_id,
-        "failed_at": datetime.now(timezone.utc), "original": original,
-    }
-    headers = [("spendstream-reason-code", dead.code.encode()), ("spendstream-reason", dead.reason.encode()[:1024])]
-    key = dead.event_id.encode() if dead.event_id else None
-    return await app.producer.send(
-        settings.dead_letter_topic, key, codec.encode(DEAD_LETTER, record), None, None, headers
-    )
+async def _send_dead_letter(dead: DeadLetter) -> asyncio.Future:
+    message = dead_letter_message(dead, settings, codec)
+    return await send(settings.dead_letter_topic, message.value, key=message.key, headers=message.headers)
 
 
 @app.agent(deltas_topic, supervisor_strategy=CrashingSupervisor)
@@ -244,11 +204,9 @@ async def count_spend(stream: faust.StreamT) -> None:
 async def _publish_caps(states: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> None:
     """Cap states (keyed by budget id, or ``block:<scope>``) and alerts (keyed by scope)."""
     sent = [
-        await app.producer.send(settings.cap_state_topic, s["budget_id"].encode(), codec.encode(CAP_STATE, s), None, None, None)
-        for s in states
+        await send(settings.cap_state_topic, codec.encode(CAP_STATE, s), key=s["budget_id"].encode()) for s in states
     ] + [
-        await app.producer.send(settings.alerts_topic, a["scope"].encode(), codec.encode(ALERT, a), None, None, None)
-        for a in alerts
+        await send(settings.alerts_topic, codec.encode(ALERT, a), key=a["scope"].encode()) for a in alerts
     ]
     await asyncio.gather(*sent)
     stats.update(alerts=len(alerts))
@@ -257,24 +215,12 @@ async def _publish_caps(states: list[dict[str, Any]], alerts: list[dict[str, Any
 @app.agent(anomaly_topic, supervisor_strategy=CrashingSupervisor)
 async def detect_anomalies(stream: faust.StreamT) -> None:
     """Spend spikes, runaway agents, cost-per-call drift, non-production and unpriced spend."""
-    state = AnomalyState(anomaly, detectors, settings.partitions, _publish_caps, app.producer.flush)
+    state = AnomalyState(parts.anomaly, detectors, settings.partitions, _publish_caps, app.producer.flush)
     async for events in stream.take_events(settings.anomaly_batch_max, settings.anomaly_batch_within):
         with faust_fixes.unacked_unless_done(events):
             await state.apply(events, make_current)
         stats.update(summaries_applied=len(events))
         marks["last_anomaly_at"] = time.time()
-
-
-def make_current(event: Any) -> None:
-    """Make ``event`` current for table writes in this task.
-
-    Faust sends a table change to the changelog partition of the current event, a context
-    variable; a batch holds events of several partitions, so the states make each current
-    in turn. Only the context variable is set: the stream's own current-event slot is what
-    ``take_events`` reads when it buffers the next message, and moving it there loses
-    messages.
-    """
-    _current_event.set(weakref.ref(event))
 
 
 @app.timer(settings.anomaly_sweep_interval)
@@ -308,7 +254,7 @@ def _on_budget_change(budget_id: str, budget: Budget | None) -> None:
     if changed is not None:
         asyncio.ensure_future(_send_tick(scope_partition(changed.scope, settings.partitions)))
         record = {**changed.to_record(), "updated_at": datetime.now(timezone.utc)} if budget is None else changed.to_record()
-        asyncio.ensure_future(sink.with_client(clickhouse.record_budget, record, deleted=budget is None))
+        asyncio.ensure_future(parts.sink.with_client(clickhouse.record_budget, record, deleted=budget is None))
 
 
 @app.task
@@ -327,7 +273,7 @@ async def sink_to_clickhouse(stream: faust.StreamT) -> None:
     """
     async for events in stream.take_events(settings.sink_batch_max, settings.sink_batch_within):
         with faust_fixes.unacked_unless_done(events):
-            result = await sink.write(
+            result = await parts.sink.write(
                 [PricedMessage(e.message.partition, e.message.offset, e.message.value) for e in events]
             )
             if result.repeats:
@@ -344,7 +290,7 @@ async def ready(web: View, request: Request) -> Response:
     """Ready once the tables are recovered, the partitions assigned and the enrich stage's
     children started (a first chunk would otherwise wait seconds for their imports)."""
     is_ready = (app.tables.recovery.completed.is_set() and not app.rebalancing and bool(app.consumer.assignment())
-                and enrich_stage.started)
+                and parts.enrich_stage.started)
     return web.json({"ready": is_ready}, status=200 if is_ready else 503)
 
 
@@ -356,49 +302,27 @@ async def get_stats(web: View, request: Request) -> Response:
 @app.page("/spend")
 async def get_spend(web: View, request: Request) -> Response:
     """Live spend of this worker's partitions: ``{scope: {period: {spent, calls}}}``."""
-    wanted = request.query.get("scope")
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for key, value in spend.items():
-        if is_marker(key):
-            continue
-        (cost, calls), (scope, period) = value, split_key(key)
-        if wanted is None or scope == wanted:
-            out.setdefault(scope, {})[period] = {"spent": cost, "calls": calls}
-    return web.json(out)
+    return web.json(spend_by_scope(spend, request.query.get("scope")))
 
 
 @app.page("/caps")
 async def get_caps(web: View, request: Request) -> Response:
     """Cap state of every budget this worker checks (its partitions)."""
-    return web.json(jsonable(_cap_states()))
+    return web.json(jsonable(cap_states(budgets, spend, announced, datetime.now(timezone.utc), settings.tz)))
 
 
 @app.page("/caps/{scope}")
 async def get_caps_of_scope(web: View, request: Request, scope: str) -> Response:
-    return web.json(jsonable([s for s in _cap_states() if s["scope"] == scope]))
-
-
-def _cap_states() -> list[dict[str, Any]]:
-    """Current cap states, computed from the tables (what the cap-state topic last got)."""
-    now = datetime.now(timezone.utc)
-    out = []
-    for budget in budgets:
-        period = next(p for p in period_keys(now, settings.tz) if p.startswith(budget.period + ":"))
-        spent, _ = spend.get(spend_key(budget.scope, period)) or ("0", 0)
-        result = check(budget, period, Decimal(spent), now, settings.tz, Announced.from_json(announced.get(budget.budget_id)))
-        if result is not None:
-            out.append(result.state)
-    return out
+    states = cap_states(budgets, spend, announced, datetime.now(timezone.utc), settings.tz)
+    return web.json(jsonable([s for s in states if s["scope"] == scope]))
 
 
 @app.page("/sql")
 async def sql(web: View, request: Request) -> Response:
     """Read-only SQL over the worker's ClickHouse (the embedded engine has one owner):
     :mod:`streams.ledger.sql_guard` decides what may run, and runs it away from the sink."""
-    status, body = await sql_queries.answer(
+    status, body = await parts.sql_queries.answer(
         request.query.get("q") or "", request.query.get("params") or "", lambda: sql_guard.client_gone(request)
     )
     return web.text(body, content_type="application/json", status=status)
 
-
-sql_queries = sql_guard.QueryRunner(settings)

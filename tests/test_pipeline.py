@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from genai_prices import Usage, calc_price
 
 from streams.events.codec import USAGE_BATCH, USAGE_EVENT, default_codec
 from streams.cli.localstack import WorkerProcess
 from streams.sdk.producer import UsageProducer, publish_raw, usage_event
 from streams.cli.synthetic import generate
 from streams.runtime.topics import create_topics
+from bench.faults import catalog_cost, wait_until
 from tests.conftest import settings_of
 
 pytestmark = pytest.mark.integration
@@ -55,22 +55,7 @@ def expected_cost(event: dict[str, Any]) -> Decimal | None:
     usage = event["usage"]
     if event["provider"] == "self-hosted":
         return (usage["input_tokens"] * CUSTOM_INPUT_MTOK + usage["output_tokens"] * CUSTOM_OUTPUT_MTOK) / 1_000_000
-    try:
-        price = calc_price(
-            Usage(
-                input_tokens=usage["input_tokens"],
-                output_tokens=usage["output_tokens"],
-                cache_read_tokens=usage["cache_read_tokens"],
-                cache_write_tokens=usage["cache_write_tokens"],
-            ),
-            event["model"],
-            provider_id=event["provider"],
-            genai_request_timestamp=event["occurred_at"],
-            price_context={"processing": "batch"} if event["service_tier"] == "batch" else None,
-        )
-    except LookupError:
-        return None
-    return price.total_price
+    return catalog_cost(event)
 
 
 def expected_team(event: dict[str, Any]) -> str:
@@ -84,16 +69,6 @@ def expected_team(event: dict[str, Any]) -> str:
     if tags["service"] == "support-widget":
         return "support"
     return "unattributed"
-
-
-def wait_until(condition: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def sql(worker: WorkerProcess, query: str) -> list[list[Any]]:

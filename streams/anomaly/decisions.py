@@ -3,7 +3,7 @@ outcome of a batch or a sweep; and the finding a detector hands to the alert lif
 
 Plain records, shared by the detectors that make them, the engine that collects them, the
 worker (:mod:`streams.anomaly.state`) that publishes them and the incident replay
-(:mod:`streams.incidents`) that scores them.
+(:mod:`bench.incidents`) that scores them.
 """
 
 from __future__ import annotations

@@ -39,10 +39,11 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from datetime import date
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from streams.budgets.budget import BudgetIndex
 from streams.budgets.caps import Announced, check
@@ -250,3 +251,32 @@ class SpendState:
                 del self.spend[key]
         self.shadow.prune(lambda period: is_expired(period, newest, min(keep, 1)))
 
+
+
+# --- What the worker's /spend and /caps pages show ------------------------------------
+
+
+def spend_by_scope(spend: Mapping[str, Any], wanted: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """The spend table as ``{scope: {period: {spent, calls}}}`` (only ``wanted``, if given)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for key, value in spend.items():
+        if is_marker(key):
+            continue
+        (cost, calls), (scope, period) = value, split_key(key)
+        if wanted is None or scope == wanted:
+            out.setdefault(scope, {})[period] = {"spent": cost, "calls": calls}
+    return out
+
+
+def cap_states(
+    budgets: BudgetIndex, spend: Mapping[str, Any], announced: Mapping[str, Any], now: datetime, tz: ZoneInfo
+) -> list[dict[str, Any]]:
+    """Current cap states, computed from the tables (what the cap-state topic last got)."""
+    out = []
+    for budget in budgets:
+        period = next(p for p in period_keys(now, tz) if p.startswith(budget.period + ":"))
+        spent, _ = spend.get(spend_key(budget.scope, period)) or ("0", 0)
+        result = check(budget, period, Decimal(spent), now, tz, Announced.from_json(announced.get(budget.budget_id)))
+        if result is not None:
+            out.append(result.state)
+    return out

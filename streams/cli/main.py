@@ -26,25 +26,22 @@ def cli() -> None:
 @cli.command()
 def worker() -> None:
     """Run the worker: create topics, migrate ClickHouse, then start the Faust agents."""
-    from streams import web_auth
+    from streams import app, web_auth
     from streams.ledger import clickhouse
-    from streams.runtime import allocator
-    from streams.runtime import tuning
+    from streams.runtime import faust_fixes, tuning
     from streams.runtime.topics import create_topics
 
-    settings = Settings()
+    settings = app.settings
     web_auth.ensure_token(settings)
     asyncio.run(create_topics(settings))
     client = clickhouse.connect(settings)
     clickhouse.migrate(client, settings.clickhouse_database)
     client.close()
-    tuning.apply(settings.consumer_fetch_max_wait_ms)
-    if settings.heap_trim_interval > 0:
-        allocator.start_trimming(settings.heap_trim_interval)
-
-    from streams.app import app
-
-    tuning.worker(app).execute_from_commandline()
+    try:
+        runner = tuning.worker(app.start())
+    except faust_fixes.UnsupportedVersion as exc:
+        raise click.ClickException(str(exc)) from exc
+    runner.execute_from_commandline()
 
 
 @cli.group()

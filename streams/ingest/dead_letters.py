@@ -1,4 +1,8 @@
-"""The dead-letter topic: listing what could not be processed, and re-submitting it.
+"""The dead-letter topic: what could not be processed, why, and re-submitting it.
+
+Its one home: the :class:`DeadLetter` the enrich stage makes of an input it refuses, the
+Kafka message the worker publishes for it (:func:`dead_letter_message`), and the readers
+behind ``spendstream dlq``.
 
 Every dead letter keeps the original message bytes (an event that failed inside a batch
 envelope is kept alone, re-encoded as a single ``UsageEvent``), so once the cause is fixed
@@ -10,16 +14,64 @@ group of its own: each dead letter is re-submitted once, however often the comma
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.events.codec import default_codec
+from streams.events.codec import DEAD_LETTER, Codec, default_codec
 from streams.settings import Settings
 
 RESUBMIT_GROUP_SUFFIX = "-dlq-resubmit"
+REASON_HEADER_MAX = 1024  # bytes of the reason copied into a header, for consumers that only read headers
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An input that could not be processed: why, where from, and its original bytes."""
+
+    code: str
+    reason: str
+    partition: int
+    offset: int
+    original: bytes
+    event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterMessage:
+    """A dead letter as the worker sends it: keyed by event id (when known), the reason in headers too."""
+
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+def dead_letter_message(dead: DeadLetter, settings: Settings, codec: Codec) -> DeadLetterMessage:
+    """The dead-letter record (``schemas/dead_letter.avsc``) of ``dead``, ready to send.
+
+    Kafka refuses messages over its size limit, so an original longer than
+    ``dead_letter_max_original`` is cut; the whole original stays on the usage topic at the
+    offset the record names, and the reason gives its length and digest.
+    """
+    original, reason = dead.original, dead.reason
+    if len(original) > settings.dead_letter_max_original:
+        reason += (f" (original of {len(original)} bytes, sha256 {hashlib.sha256(original).hexdigest()}, "
+                   f"cut to its first {settings.dead_letter_max_original} bytes; the whole message is on "
+                   f"{settings.usage_topic} partition {dead.partition} offset {dead.offset})")
+        original = original[: settings.dead_letter_max_original]
+    record = {
+        "reason_code": dead.code, "reason": reason, "source_topic": settings.usage_topic,
+        "source_partition": dead.partition, "source_offset": dead.offset, "event_id": dead.event_id,
+        "failed_at": datetime.now(timezone.utc), "original": original,
+    }
+    headers = [("spendstream-reason-code", dead.code.encode()),
+               ("spendstream-reason", dead.reason.encode()[:REASON_HEADER_MAX])]
+    key = dead.event_id.encode() if dead.event_id else None
+    return DeadLetterMessage(key, codec.encode(DEAD_LETTER, record), headers)
 
 
 @dataclass(frozen=True)

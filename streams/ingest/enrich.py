@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 
 from streams.events import priced
 from streams.ingest.attribution import Router
+from streams.ingest.dead_letters import DeadLetter
 from streams.events.codec import USAGE_BATCH, USAGE_EVENT, Codec, DecodeError
 from streams.pricing.columns import PRICE_COLUMNS, price_columns
 from streams.pricing.rate_cards import Pricer
@@ -44,18 +45,6 @@ class SourceMessage:
     partition: int
     offset: int
     value: bytes | None
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """An input that could not be processed: why, where from, and its original bytes."""
-
-    code: str
-    reason: str
-    partition: int
-    offset: int
-    original: bytes
-    event_id: str | None = None
 
 
 @dataclass(slots=True)

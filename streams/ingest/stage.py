@@ -47,7 +47,8 @@ from streams.anomaly.engine import AnomalyEngine
 from streams.anomaly.summaries import BatchSummary
 from streams.ingest.attribution import Router
 from streams.events.codec import default_codec
-from streams.ingest.enrich import DeadLetter, Enricher, SourceMessage
+from streams.ingest.dead_letters import DeadLetter
+from streams.ingest.enrich import Enricher, SourceMessage
 from streams.pricing.price_book import PriceBook
 from streams.pricing.rate_cards import Pricer
 from streams.settings import Settings

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from importlib import metadata
 from typing import Any
 
 import faust
@@ -45,9 +46,32 @@ from faust.transport.consumer import ThreadDelegateConsumer
 from faust.types import TP
 
 
+# The releases whose internals these fixes (and streams.runtime.tuning's) were written against.
+PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
+
+
+class UnsupportedVersion(RuntimeError):
+    """Faust or aiokafka is not the release the fixes patch: patching another could silently
+    break delivery instead of fixing it."""
+
+
+def require_pinned_versions() -> None:
+    """Refuse to patch anything but the pinned releases, naming installed and pinned versions."""
+    installed = {name: metadata.version(name) for name in PINNED}
+    wrong = {name: version for name, version in installed.items() if version != PINNED[name]}
+    if wrong:
+        found = ", ".join(f"{name} {version}" for name, version in wrong.items())
+        wanted = " ".join(f"'{name}=={version}'" for name, version in PINNED.items())
+        raise UnsupportedVersion(
+            f"spendstream patches the internals of faust-streaming {PINNED['faust-streaming']} and aiokafka "
+            f"{PINNED['aiokafka']}, but {found} is installed; install the pinned releases: pip install {wanted}"
+        )
+
+
 def install() -> None:
-    """Patch Faust's recovery to seek before it resumes (fix 1), and its seek to place
-    every stream partition (fix 4). Idempotent."""
+    """Check the pinned releases, then patch Faust's recovery to seek before it resumes
+    (fix 1), and its seek to place every stream partition (fix 4). Idempotent."""
+    require_pinned_versions()
     if getattr(Recovery.on_recovery_completed, "seeks_first", False):
         return
     completed = Recovery.on_recovery_completed

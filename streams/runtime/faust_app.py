@@ -1,0 +1,85 @@
+"""The Faust app as spendstream configures it, and the few ways it leans on Faust's insides.
+
+``streams/app.py`` declares the topology; how Faust must be set up for it (broker
+credentials, a short session timeout, stream buffers, the web server behind the token,
+bounded topics for chunky messages, table writes made from a batch) lives here, so the
+topology reads as a table of contents and the Faust specifics stay behind one fence.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import faust
+from faust.streams import _current_event
+
+from streams.settings import Settings
+
+# Every topic carries bytes: values are Avro or Arrow already, keys plain text.
+RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+
+def create(settings: Settings, *, web_middlewares: Sequence[Callable[..., Any]] = ()) -> faust.App:
+    """The worker's Faust app: broker, tables' store and web server from ``settings``.
+
+    Faust's own pages that list tables and route requests between workers are off; every
+    page left goes through ``web_middlewares`` (the token and Host checks).
+    """
+    return faust.App(
+        settings.app_id,
+        broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
+        broker_credentials=_broker_credentials(settings),
+        broker_session_timeout=settings.broker_session_timeout,
+        broker_heartbeat_interval=min(3.0, settings.broker_session_timeout / 3),
+        store=settings.table_store,
+        datadir=str(settings.worker_data_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        stream_buffer_maxsize=65536,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_application_options={"middlewares": list(web_middlewares)},
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
+    )
+
+
+def _broker_credentials(s: Settings) -> Any:
+    options = s.kafka_client_options()
+    if s.kafka_sasl_mechanism:
+        return faust.SASLCredentials(
+            username=options["sasl_plain_username"],
+            password=options["sasl_plain_password"],
+            mechanism=s.kafka_sasl_mechanism,
+            ssl_context=options.get("ssl_context"),
+        )
+    return options.get("ssl_context")
+
+
+def chunk_topic(app: faust.App, name: str, buffered: int) -> faust.TopicT:
+    """A topic whose messages each carry a chunk's worth (thousands of rows, scopes or
+    keys): its agent buffers ``buffered`` of them, so that an agent falling behind leaves
+    its backlog in Kafka, not in memory. ``app.topic`` drops its ``maxsize`` argument
+    (faust-streaming 0.15.3), so the bound is set on the topic, where its agent's buffer
+    reads it."""
+    topic = app.topic(name, **RAW)
+    topic.maxsize = buffered
+    return topic
+
+
+def make_current(event: Any) -> None:
+    """Make ``event`` current for table writes in this task.
+
+    Faust sends a table change to the changelog partition of the current event, a context
+    variable; a batch holds events of several partitions, so the states make each current
+    in turn. Only the context variable is set: the stream's own current-event slot is what
+    ``take_events`` reads when it buffers the next message, and moving it there loses
+    messages.
+    """
+    _current_event.set(weakref.ref(event))
