@@ -332,46 +332,58 @@ class _RateCard:
         total = input_ + output + cache_read + cache_write + other
         return _make_cost(input_, output, cache_read, cache_write, other, total, self.currency, True, "", self.version)
 
-    def _price_units(self, i: int, o: int, cr: int, cw: int, other_units: Mapping[str, int] | None) -> Cost:
-        """The general path: genai-prices' leaf decomposition over every reported unit."""
-        counts: dict[str, int] = {}
-        for key, value in (other_units or {}).items():
-            if key in _BASE_KEYS:
-                return self._invalid(f"other_units must not repeat {key}; it has its own field")
-            if value < 0:
-                return self._invalid(f"{key} is negative ({value})")
-            counts[key] = value
-        counts.update(input_tokens=i, output_tokens=o, cache_read_tokens=cr, cache_write_tokens=cw)
-        if self.min_audio_seconds:
-            seconds = counts.get("audio_seconds") or counts.get("input_audio_seconds")
-            if seconds is not None:
-                billed = max(seconds, self.min_audio_seconds) if seconds > 0 else 0
-                counts["audio_seconds"] = counts["input_audio_seconds"] = billed
+    def _price_units(
+        self,
+        input_tokens: int,
+        output_tokens: int,
+        cache_read_tokens: int,
+        cache_write_tokens: int,
+        other_units: Mapping[str, int] | None,
+    ) -> Cost:
+        """The general path: genai-prices' leaf decomposition over every reported unit.
 
+        Four steps; usage a step cannot price stops there as an unpriced ``Cost``.
+        """
+        # Step 1, reported counts: every unit reported, by usage key; the four token
+        # counts have fields of their own, so other_units may not repeat them.
+        counts: dict[str, int] = {}
+        for usage_key, count in (other_units or {}).items():
+            if usage_key in _BASE_KEYS:
+                return self._invalid(f"other_units must not repeat {usage_key}; it has its own field")
+            if count < 0:
+                return self._invalid(f"{usage_key} is negative ({count})")
+            counts[usage_key] = count
+        counts.update(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cache_read_tokens=cache_read_tokens,
+            cache_write_tokens=cache_write_tokens,
+        )
+
+        # Step 2, minimum audio: a card with a minimum bills at least that many seconds.
+        if self.min_audio_seconds:
+            _bill_minimum_audio(counts, self.min_audio_seconds)
+
+        # Step 3, leaves: each line charges its leaf, its count less its more specific
+        # units' leaves; lines run most specific first, so those leaves are known.
         parts = [_ZERO] * 5
         leaves: dict[str, int] = {}
-        for line in self.lines:  # most specific first, so descendants' leaves are known
-            if line.usage_key == "requests":
-                leaf = 1
+        for line in self.lines:
+            usage_key = line.usage_key
+            if usage_key == "requests":
+                leaf = 1  # genai-prices charges one request per call
+            elif (reported := counts.get(usage_key)) is None and (problem := _unreported_problem(usage_key, counts)):
+                return self._invalid(problem)
             else:
-                reported = counts.get(line.usage_key)
-                if reported is None:
-                    problem = _unreported_problem(line.usage_key, counts)
-                    if problem:
-                        return self._invalid(problem)
-                    reported = 0
-                leaf = reported
-                if line.descendants:
-                    leaf -= sum(leaves[d] for d in line.descendants)
+                reported = reported or 0  # unreported, and nothing says it should have been: zero
+                leaf = reported - sum(leaves[d] for d in line.descendants) if line.descendants else reported
                 if leaf < 0:
-                    return self._invalid(
-                        f"more specific units ({', '.join(d for d in line.descendants if counts.get(d))}) "
-                        f"exceed {line.usage_key} ({reported})"
-                    )
-            leaves[line.usage_key] = leaf
+                    return self._invalid(_exceeded_problem(line, reported, counts))
+            leaves[usage_key] = leaf
             if leaf:
-                parts[line.part] = _CTX.add(parts[line.part], line.cost(leaf, i))
+                parts[line.part] = _CTX.add(parts[line.part], line.cost(leaf, input_tokens))
 
+        # Step 4, the cost: each part quantized, the total the sum of the quantized parts.
         q = [p.quantize(COST_SCALE, _ROUND, _CTX) for p in parts]
         total = _ZERO
         for p in q:
@@ -404,6 +416,20 @@ def _token_problem(i: int, o: int, cr: int, cw: int) -> str:
     if i < 0 or cr < 0 or cw < 0 or o < 0:
         return f"negative token count (input={i}, output={o}, cache_read={cr}, cache_write={cw})"
     return f"cache_read_tokens ({cr}) + cache_write_tokens ({cw}) exceed input_tokens ({i}), which includes them"
+
+
+def _bill_minimum_audio(counts: dict[str, int], minimum_seconds: int) -> None:
+    """Bill reported audio for at least ``minimum_seconds`` (none reported: nothing billed)."""
+    seconds = counts.get("audio_seconds") or counts.get("input_audio_seconds")
+    if seconds is not None:
+        billed = max(seconds, minimum_seconds) if seconds > 0 else 0
+        counts["audio_seconds"] = counts["input_audio_seconds"] = billed
+
+
+def _exceeded_problem(line: _Line, reported: int, counts: Mapping[str, int]) -> str:
+    """Why a line's leaf came out negative: its more specific units add up to more than it."""
+    reported_below = ", ".join(d for d in line.descendants if counts.get(d))
+    return f"more specific units ({reported_below}) exceed {line.usage_key} ({reported})"
 
 
 def _unreported_problem(usage_key: str, counts: Mapping[str, int]) -> str:
