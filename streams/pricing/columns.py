@@ -9,14 +9,16 @@ and multiplying a count column by a rate column is one Arrow call. So:
    card once (:meth:`streams.pricing.rate_cards.Pricer.rate_card`, memoized).
 2. A card that :class:`~streams.pricing.rate_cards.ColumnRates` can hold gives one entry per
    long-context bracket; each row takes the entry of its card's bracket for its input tokens.
-3. The cost parts are Arrow ``decimal128`` arithmetic: a count below 10^12 times a rate
+3. The rows the columns cannot price exactly (other billable units, a card with rates
+   outside ``ColumnRates``, counts the fast path does not take) are set aside: they count
+   zero in the columns.
+4. The cost parts are Arrow ``decimal128`` arithmetic: a count below 10^12 times a rate
    below 1,000 with at most twelve decimal places is exact at the cost scale, so nothing is
    rounded and every part equals the per-event path's to the last digit (a property test
    holds them equal). Counts are ``decimal128(19, 0)``, rates ``decimal128(15, 12)``, a part
    ``decimal128(35, 12)``, and the total of five parts fits ``decimal128(38, 12)``.
-4. The rows the columns cannot price exactly (other billable units, a card with rates
-   outside ``ColumnRates``, counts the fast path does not take) are priced one by one by
-   their card's exact per-event path and put in place.
+5. The rows set aside in step 3 are priced one by one by their card's exact per-event path
+   and put in place.
 
 Unpriced rows (no price for the model) are an entry too: zero parts, ``priced`` false and
 the card's reason.
@@ -39,7 +41,7 @@ _RATE = pa.decimal128(15, 12)
 COST_COLUMNS = ("cost_input", "cost_output", "cost_cache_read", "cost_cache_write", "cost_other", "cost_total")
 PRICE_COLUMNS = (*COST_COLUMNS, "currency", "priced", "unpriced_reason", "price_version")
 _COUNT_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
-# Entry 0: the entry of rows priced one by one; their columns are replaced in step 4.
+# Entry 0: the entry of rows priced one by one; their columns are replaced in step 5.
 _PER_EVENT = ColumnRates(None, None, None, None, Decimal(0), "", False, "", "")
 
 
@@ -73,15 +75,15 @@ def price_columns(pricer: Pricer, events: Mapping[str, pa.Array]) -> dict[str, p
     for g, start, e in tiers:  # the highest start a call exceeds wins
         entry = pc.if_else(pc.and_(pc.equal(group, g), pc.greater(inputs, start)), e, entry)
 
-    # 4 (chosen now, priced last). The rows only the per-event path prices: their card's, or
-    # with other units, or counts it refuses (it says why in ``unpriced_reason``).
+    # 3. The rows only the per-event path prices (in step 5): their card's, or with other
+    # units, or counts it refuses (it says why in ``unpriced_reason``).
     per_event = pc.equal(entry, 0)
     per_event = pc.or_(per_event, pc.greater(map_sizes(events["other_units"]), 0))
     per_event = pc.or_(per_event, pc.greater(pc.add(cache_reads, cache_writes), inputs))
     for column in (inputs, outputs, cache_reads, cache_writes):
         per_event = pc.or_(per_event, pc.less(column, 0))
 
-    # 3. The parts, as exact decimal arithmetic over the columns.
+    # 4. The parts, as exact decimal arithmetic over the columns.
     def counts(column: pa.Array) -> pa.Array:
         return pc.if_else(per_event, 0, column)
 
@@ -111,7 +113,7 @@ def price_columns(pricer: Pricer, events: Mapping[str, pa.Array]) -> dict[str, p
         price_version=each("price_version", pa.string()),
     )
 
-    # 4. The per-event rows, priced one by one by their card and put in place.
+    # 5. The per-event rows, priced one by one by their card and put in place.
     rows = pc.indices_nonzero(per_event)
     if len(rows):
         values = [events[name].take(rows).to_pylist() for name in (*_COUNT_COLUMNS, "other_units")]
