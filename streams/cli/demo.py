@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 
-from streams.cli.main import format_table
 from streams.cli.localstack import EmbeddedBroker, WorkerProcess, settings_from, worker_environment
 from streams.sdk.producer import UsageProducer, publish_raw
 from streams.ledger.query import query_worker
+from streams.reports.text import table
 from streams.settings import Settings
 from streams.cli.synthetic import generate
 from streams.web_auth import get_json
@@ -56,9 +56,9 @@ def run_demo(*, events: int, rate: float) -> int:
             settings = settings_from(env)
             asyncio.run(drive(settings, events, rate))
             print("\nPer team, read back from ClickHouse:")
-            print(format_table(*query_worker(settings, TEAM_TOTALS)))
+            print(table(*query_worker(settings, TEAM_TOTALS)))
             print("\nPer model:")
-            print(format_table(*query_worker(settings, MODEL_TOTALS)))
+            print(table(*query_worker(settings, MODEL_TOTALS)))
         finally:
             worker.stop()
     print("\nstopped the worker and the broker")
@@ -103,7 +103,7 @@ def draw(settings: Settings, produced: int, total: int, *, final: bool = False) 
     lines = [
         f"produced {produced}/{total}  priced {stats.get('priced', 0)}  unpriced {stats.get('unpriced', 0)}  "
         f"dead letters {stats.get('dead_letters', 0)}  in ClickHouse {stats.get('rows_inserted', 0)}",
-        format_table(["team", "calls this month", "spend this month (USD)"], [list(r) for r in month_rows]),
+        table(["team", "calls this month", "spend this month (USD)"], month_rows),
     ]
     text = "\n".join(lines)
     if sys.stdout.isatty() and not final:

@@ -15,7 +15,8 @@ from datetime import date, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from html import escape
 
-from streams.reports.reports import WeeklyReport, cost_per_call_rise_rows, money, percent
+from streams.reports.reports import TEAM_WEEK_HEADERS, WeeklyReport, cost_per_call_rise_rows, team_week_rows
+from streams.reports.text import money, percent
 
 SVG = "http://www.w3.org/2000/svg"  # a namespace name, never fetched
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")
@@ -46,13 +47,7 @@ def render_weekly_html(report: WeeklyReport) -> str:
         "<h2>Spend by team per day</h2>",
         _daily_chart(report),
         "<h2>Spend by team against the prior week</h2>",
-        _table(
-            ["team", "this week ", "prior week ", "change ", "change % ", "calls "],
-            [
-                (t.team, money(t.cost), money(t.prior_cost), money(t.change), percent(t.change_ratio), t.calls)
-                for t in report.teams
-            ],
-        ),
+        _table(TEAM_WEEK_HEADERS, team_week_rows(report)),
         "<h2>Top five workflows by cost</h2>",
         _workflow_bars(report),
         _table(
@@ -87,7 +82,7 @@ def render_weekly_html(report: WeeklyReport) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """An HTML table; as in :func:`streams.reports.reports.table`, a header ending in a space marks a number column."""
+    """An HTML table; as in :func:`streams.reports.text.table`, a header ending in a space marks a number column."""
     if not rows:
         return "<p>None.</p>"
     numeric = [h.endswith(" ") for h in headers]

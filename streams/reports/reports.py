@@ -15,16 +15,17 @@ ClickHouse client (tests, benchmarks).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
 from streams.ingest.attribution import UNATTRIBUTED, normalise_team
 from streams.pricing.price_book import read_toml_without_floats
+from streams.reports.text import money, percent, table
 
 Query = Callable[[str, dict[str, Any]], tuple[Sequence[str], Sequence[Sequence[Any]]]]
 AllocationRule = Literal["separate", "proportional", "fixed"]
@@ -538,30 +539,7 @@ def roi_report(query: Query, month: date | None = None) -> list[WorkflowValue]:
     ]
 
 
-# --- Text for the terminal -----------------------------------------------------------
-
-
-def money(amount: Decimal, places: int = 2) -> str:
-    """An amount for people to read: rounded half-even to ``places``, with thousands separators."""
-    return f"{amount.quantize(Decimal(1).scaleb(-places), ROUND_HALF_EVEN):,}"
-
-
-def percent(ratio: Decimal | None) -> str:
-    return "n/a" if ratio is None else f"{(ratio * 100).quantize(Decimal('0.1'), ROUND_HALF_EVEN):+,}%"
-
-
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A plain-text table; columns whose header ends in a space are right-aligned (numbers)."""
-    cells = [[h.strip() for h in headers]] + [[str(v) for v in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    right = [h.endswith(" ") for h in headers]
-
-    def line(row: list[str]) -> str:
-        return "  ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(row, widths, right, strict=True)).rstrip()
-
-    out = [line(cells[0]), "  ".join("-" * w for w in widths)]
-    out.extend(line(row) for row in cells[1:])
-    return "\n".join(out)
+# --- Text for the terminal (money, percent, table: streams.reports.text) -------------
 
 
 # Rows of a long list shown in the terminal; the HTML page and the dataclasses have all.
@@ -580,13 +558,7 @@ def render_weekly(report: WeeklyReport) -> str:
         f"({percent(report.total_cost / report.prior_total_cost - 1 if report.prior_total_cost else None)}).",
         "",
         "Spend by team against the prior week",
-        table(
-            ["team", "this week ", "prior week ", "change ", "change % ", "calls "],
-            [
-                (t.team, money(t.cost), money(t.prior_cost), money(t.change), percent(t.change_ratio), t.calls)
-                for t in report.teams
-            ],
-        ),
+        table(TEAM_WEEK_HEADERS, team_week_rows(report)),
         "",
         "Top five workflows by cost",
         table(
@@ -727,6 +699,17 @@ def render_roi(entries: Sequence[WorkflowValue]) -> str:
             ),
         ]
     )
+
+
+TEAM_WEEK_HEADERS = ("team", "this week ", "prior week ", "change ", "change % ", "calls ")
+
+
+def team_week_rows(report: WeeklyReport) -> list[tuple[Any, ...]]:
+    """The rows of the spend-by-team table, as the terminal and the HTML page show them."""
+    return [
+        (t.team, money(t.cost), money(t.prior_cost), money(t.change), percent(t.change_ratio), t.calls)
+        for t in report.teams
+    ]
 
 
 def cost_per_call_rise_rows(report: WeeklyReport) -> list[tuple[Any, ...]]:
