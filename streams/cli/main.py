@@ -126,6 +126,7 @@ def sql(query: str, fmt: str) -> None:
     directory itself, read-only.
     """
     from streams.ledger.query import QueryError, read_only_query
+    from streams.reports.text import table
 
     try:
         columns, rows = read_only_query(Settings(), query)
@@ -134,7 +135,7 @@ def sql(query: str, fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps([dict(zip(columns, row)) for row in rows], indent=2))
     else:
-        click.echo(format_table(columns, rows))
+        click.echo(table(columns, rows))
 
 
 @cli.group()
@@ -206,12 +207,13 @@ def budgets_rm(budget_id: str) -> None:
 def budgets_list() -> None:
     """Every budget in force."""
     from streams.budgets.budget import current
+    from streams.reports.text import table
 
     rows = [
         [b.budget_id, b.scope, f"{b.amount:f}", b.currency, b.period, ",".join(map(str, b.thresholds)), b.hard_action]
         for b in asyncio.run(current(Settings()))
     ]
-    click.echo(format_table(["id", "scope", "amount", "currency", "period", "thresholds", "hard action"], rows))
+    click.echo(table(["id", "scope", "amount", "currency", "period", "thresholds", "hard action"], rows))
 
 
 @cli.group()
@@ -246,6 +248,7 @@ def dlq() -> None:
 def dlq_list(reason_code: str | None) -> None:
     """List dead letters with their reasons."""
     from streams.ingest.dead_letters import list_dead_letters
+    from streams.reports.text import table
 
     rows = [
         [d.record["failed_at"].isoformat(timespec="seconds"), f"{d.partition}/{d.offset}",
@@ -253,7 +256,7 @@ def dlq_list(reason_code: str | None) -> None:
         for d in asyncio.run(list_dead_letters(Settings()))
         if reason_code in (None, d.record["reason_code"])
     ]
-    click.echo(format_table(["failed at", "partition/offset", "reason code", "event id", "reason"], rows))
+    click.echo(table(["failed at", "partition/offset", "reason code", "event id", "reason"], rows))
 
 
 @dlq.command("resubmit")
@@ -276,14 +279,6 @@ def dlq_resubmit(reason_code: str | None, event_ids: tuple[str, ...], everything
 
     count = asyncio.run(resubmit(Settings(), wanted))
     click.echo(f"re-submitted {count} dead letter(s) to the usage topic")
-
-
-def format_table(columns: list[str], rows: list[list[Any]]) -> str:
-    cells = [[str(c) for c in columns]] + [["" if v is None else str(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 @cli.command()
