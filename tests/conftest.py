@@ -100,7 +100,7 @@ def client(settings: Settings) -> Iterator[Client]:
 
 @pytest.fixture
 def migrated(client: Client, settings: Settings) -> Client:
-    from streams.ledger.clickhouse import migrate
+    from streams.ledger.migrations import migrate
 
     migrate(client, settings.clickhouse_database)
     return client

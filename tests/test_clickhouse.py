@@ -1,4 +1,4 @@
-"""streams.ledger.clickhouse against a real ClickHouse engine.
+"""streams.ledger.clickhouse and streams.ledger.migrations against a real ClickHouse engine.
 
 By default the engine is chDB in-process. chDB allows one data directory per process,
 so the whole test process shares one directory (the session fixture
@@ -25,21 +25,17 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from streams.ledger.clickhouse import (
-    MIGRATIONS_DIR,
     USAGE_COLUMNS,
-    MigrationError,
     chdb_path,
     committed_sink_offsets,
     connect,
     insert_priced,
-    load_migrations,
-    migrate,
     query_rows,
     record_sink_offsets,
     stored_copies,
     redact_dsn,
-    split_statements,
 )
+from streams.ledger.migrations import MIGRATIONS_DIR, MigrationError, load_migrations, migrate, split_statements
 from streams.events import priced
 from streams.settings import Settings
 
@@ -319,7 +315,8 @@ def test_relative_chdb_dsn_creates_the_directory_under_cwd(tmp_path: Path) -> No
     # A separate process: this one already owns a chDB directory.
     pytest.importorskip("chdb")
     script = (
-        "from streams.ledger.clickhouse import connect, migrate\n"
+        "from streams.ledger.clickhouse import connect\n"
+        "from streams.ledger.migrations import migrate\n"
         "from streams.settings import Settings\n"
         "s = Settings()\n"
         "c = connect(s)\n"

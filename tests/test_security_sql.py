@@ -28,7 +28,8 @@ from clickhouse_connect.driver.client import Client
 from streams import web_auth
 from streams.ledger import sql_guard
 from streams.cli.main import cli
-from streams.ledger.clickhouse import connect, migrate
+from streams.ledger.clickhouse import connect
+from streams.ledger.migrations import migrate
 from streams.cli.localstack import EmbeddedBroker, WorkerProcess, isolated_environment
 from streams.sdk.producer import UsageProducer
 from streams.events.serialize import dumps

@@ -65,7 +65,7 @@ def _worker_running(settings: Settings) -> bool:
 @contextmanager
 def _write_client(settings: Settings) -> Iterator[Client]:
     """A migrated read-write client, refused while a worker owns the embedded engine."""
-    from streams.ledger import clickhouse
+    from streams.ledger import clickhouse, migrations
 
     if settings.is_embedded_clickhouse and _worker_running(settings):
         raise click.ClickException(
@@ -75,7 +75,7 @@ def _write_client(settings: Settings) -> Iterator[Client]:
         )
     client = clickhouse.connect(settings)
     try:
-        clickhouse.migrate(client, settings.clickhouse_database)
+        migrations.migrate(client, settings.clickhouse_database)
         yield client
     finally:
         client.close()

@@ -27,7 +27,7 @@ def cli() -> None:
 def worker() -> None:
     """Run the worker: create topics, migrate ClickHouse, then start the Faust agents."""
     from streams import app, web_auth
-    from streams.ledger import clickhouse
+    from streams.ledger import clickhouse, migrations
     from streams.runtime import faust_fixes, tuning
     from streams.runtime.topics import create_topics
 
@@ -35,7 +35,7 @@ def worker() -> None:
     web_auth.ensure_token(settings)
     asyncio.run(create_topics(settings))
     client = clickhouse.connect(settings)
-    clickhouse.migrate(client, settings.clickhouse_database)
+    migrations.migrate(client, settings.clickhouse_database)
     client.close()
     try:
         runner = tuning.worker(app.start())
@@ -61,11 +61,11 @@ def topics_create() -> None:
 @cli.command()
 def migrate() -> None:
     """Apply the ClickHouse migrations in clickhouse/ (idempotent)."""
-    from streams.ledger import clickhouse
+    from streams.ledger import clickhouse, migrations
 
     settings = Settings()
     client = clickhouse.connect(settings)
-    applied = clickhouse.migrate(client, settings.clickhouse_database)
+    applied = migrations.migrate(client, settings.clickhouse_database)
     click.echo(f"applied {len(applied)} migration(s): {', '.join(applied) or 'already up to date'}")
 
 

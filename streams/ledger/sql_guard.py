@@ -53,6 +53,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from streams.ledger import clickhouse
+from streams.ledger.migrations import MigrationError
 from streams.events.serialize import dumps
 from streams.settings import Settings
 
@@ -296,7 +297,7 @@ def read_only_client(settings: Settings) -> Client:
     """
     try:
         return clickhouse.connect(settings, readonly=True, limits=engine_limits(settings))
-    except (clickhouse.MigrationError, ConnectionError, ClickHouseError) as exc:
+    except (MigrationError, ConnectionError, ClickHouseError) as exc:
         raise QueryFailed(f"cannot open the ledger: {exc}") from exc
 
 
