@@ -149,6 +149,19 @@ class Settings(BaseSettings):
     routing_rules: Path | None = Field(None, description="Attribution routing rules (TOML).")
     anomaly_config: Path | None = Field(None, description="Anomaly detector settings (TOML).")
 
+    # --- Fault injection (tests and chaos drills) ------------------------------------
+    fault_clickhouse_down: Path | None = Field(
+        None,
+        description="While the file named here exists, the ClickHouse sink acts as if ClickHouse were down: every "
+                    "write fails before reaching it and is retried (streams.ledger.sink). Unset or empty: off.",
+    )
+
+    @field_validator("fault_clickhouse_down", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # An empty variable means off (as it did when the sink read it), not the directory ".".
+        return None if value == "" else value
+
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:

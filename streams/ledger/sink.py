@@ -41,11 +41,12 @@ memory stays bounded and nothing is dropped.
 All ClickHouse calls run in one dedicated thread: the client is synchronous (chDB has no
 async client) and must never block the event loop.
 
-A switch for tests and chaos drills: while the file named by the environment variable
-``SPENDSTREAM_FAULT_CLICKHOUSE_DOWN`` exists, the sink behaves as if ClickHouse were down
-(every write raises ``ConnectionError`` before touching it, and is retried as above).
-It works with the embedded engine, which lives inside the worker and cannot be stopped
-from outside; the read-only ``/sql`` endpoint, on a client of its own, keeps answering.
+A switch for tests and chaos drills: while the file named by ``fault_clickhouse_down``
+exists (the setting ``SPENDSTREAM_FAULT_CLICKHOUSE_DOWN``, passed in by the worker), the
+sink behaves as if ClickHouse were down (every write raises ``ConnectionError`` before
+touching it, and is retried as above). It works with the embedded engine, which lives
+inside the worker and cannot be stopped from outside; the read-only ``/sql`` endpoint, on
+a client of its own, keeps answering.
 """
 
 from __future__ import annotations
@@ -53,11 +54,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -69,6 +70,7 @@ from streams.ledger import rollup_repair
 
 log = logging.getLogger(__name__)
 
+# The environment variable of Settings.fault_clickhouse_down, for harnesses that set it on a worker.
 FAULT_CLICKHOUSE_DOWN_ENV = "SPENDSTREAM_FAULT_CLICKHOUSE_DOWN"
 
 
@@ -104,6 +106,7 @@ class ClickHouseSink:
         database: str,
         dedup_horizon: timedelta = timedelta(days=7),
         max_backoff: float = 30.0,
+        fault_clickhouse_down: Path | None = None,
     ) -> None:
         self._client_factory = client_factory
         self._client: Any = None
@@ -111,6 +114,7 @@ class ClickHouseSink:
         self.database = database
         self.dedup_horizon = dedup_horizon
         self.max_backoff = max_backoff
+        self.fault_clickhouse_down = fault_clickhouse_down
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-sink")
 
     async def write(self, messages: Sequence[PricedMessage]) -> SinkResult:
@@ -171,8 +175,8 @@ class ClickHouseSink:
         return fresh
 
     def _connected(self) -> Any:
-        fault = os.environ.get(FAULT_CLICKHOUSE_DOWN_ENV)
-        if fault and os.path.exists(fault):
+        fault = self.fault_clickhouse_down
+        if fault is not None and fault.exists():
             raise ConnectionError(f"ClickHouse unavailable (fault injection: {fault} exists)")
         if self._client is None:
             self._client = self._client_factory()
