@@ -47,6 +47,9 @@ sink behaves as if ClickHouse were down (every write raises ``ConnectionError`` 
 touching it, and is retried as above). It works with the embedded engine, which lives
 inside the worker and cannot be stopped from outside; the read-only ``/sql`` endpoint, on
 a client of its own, keeps answering.
+
+The sink owns its client and its thread: :meth:`ClickHouseSink.close` ends both when the
+worker stops.
 """
 
 from __future__ import annotations
@@ -190,7 +193,15 @@ class ClickHouseSink:
         return await self._run(lambda: fn(self._connected(), *args, **kwargs))
 
     def close(self) -> None:
+        """Let the ClickHouse call in progress finish, then stop the sink's thread and close
+        its client. Idempotent. For the worker's stop, once its streams are drained: the sink
+        takes no work afterwards (its thread is gone). It blocks while that last call runs,
+        so on a running event loop call it from a thread (``asyncio.to_thread``).
+        """
         self._thread.shutdown(wait=True)
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
 
 def _source(rows: pa.Table, index: int) -> tuple[int, int]:
