@@ -303,6 +303,14 @@ def record_sink_offsets(
 
     For operators: how far ClickHouse is behind the priced topic. A row's version is its
     ``last_offset``, so the highest range wins whatever order writes land in.
+
+    Nothing resumes from this table, whatever the comment of ``0002_sink_offsets.sql``
+    (applied, so left as it is) says: where the sink resumes is the priced topic's
+    committed offsets in Kafka, and what it skips of a replay is decided by looking up the
+    rows' event ids (:func:`stored_copies`), since a re-created priced topic starts again
+    from offset 0 (as ``0008_usage_repeats.sql`` notes). Retrying an insert does not reuse
+    a token stored here either: the token is derived again from the batch
+    (:func:`content_token`).
     """
     client.insert(
         SINK_OFFSETS_TABLE,
@@ -312,7 +320,8 @@ def record_sink_offsets(
 
 
 def committed_sink_offsets(client: Client, topic: str) -> dict[int, int]:
-    """Per partition of ``topic``, the last source offset the sink has inserted."""
+    """Per partition of ``topic``, the last source offset the sink has inserted (for
+    operators and tests; the sink does not read it)."""
     result = client.query(
         "SELECT partition, max(last_offset) FROM sink_offsets WHERE topic = {topic:String} GROUP BY partition",
         parameters={"topic": topic},
