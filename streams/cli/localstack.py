@@ -10,6 +10,7 @@ Every process here is started by us and stopped by its PID, never by name.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ import urllib.request
 import uuid
 from importlib.resources import files
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, get_origin
 
 from streams import web_auth
 from streams.settings import Settings
@@ -65,8 +66,15 @@ def isolated_environment(bootstrap: str, data_dir: Path, *, clickhouse_dsn: str 
 
 
 def settings_from(env: dict[str, str]) -> Settings:
-    """The settings a process started with ``env`` reads."""
-    return Settings(**{key.removeprefix("SPENDSTREAM_").lower(): value for key, value in env.items()})
+    """The settings a process started with ``env`` reads: list and dict values are JSON in
+    the environment, as pydantic-settings reads them there."""
+    values: dict[str, Any] = {}
+    for key, value in env.items():
+        name = key.removeprefix("SPENDSTREAM_").lower()
+        field = Settings.model_fields.get(name)
+        complex_field = field is not None and get_origin(field.annotation) in (list, dict)
+        values[name] = json.loads(value) if complex_field else value
+    return Settings(**values)
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""Four places where Faust's at-least-once delivery is weaker than the ledger needs.
+"""Five places where Faust's at-least-once delivery is weaker than the ledger needs.
 
 Each was found by the fault-injection tests (``tests/test_faults.py``) and is fixed here
 rather than worked around in the agents:
@@ -31,11 +31,21 @@ rather than worked around in the agents:
    of the log: the rows in between never reached ClickHouse. :func:`install` makes the
    seek put such partitions back at their beginning, as
    ``consumer_auto_offset_reset="earliest"`` promises.
+
+5. **An empty fetch list fetches everything.** Faust's fetcher hands aiokafka its live,
+   mutable set of active partitions, from another thread; aiokafka's
+   ``fetched_records(partitions)`` reads an empty set as "every partition". When the set
+   empties in between (a rebalance pauses every stream partition), aiokafka hands over,
+   and moves its position past, the records of partitions Faust has paused, and Faust
+   drops them as not active: a worker restarted soon after a crash skipped its whole
+   backlog, and the next commit made the loss permanent (the SIGKILL test, kills about a
+   second after start). :func:`install` makes the fetch take a snapshot of the set and
+   fetch nothing when it is empty.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Set
 from contextlib import contextmanager
 from importlib import metadata
 from typing import Any
@@ -43,6 +53,7 @@ from typing import Any
 import faust
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import ThreadDelegateConsumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 
 
@@ -70,7 +81,8 @@ def require_pinned_versions() -> None:
 
 def install() -> None:
     """Check the pinned releases, then patch Faust's recovery to seek before it resumes
-    (fix 1), and its seek to place every stream partition (fix 4). Idempotent."""
+    (fix 1), its seek to place every stream partition (fix 4) and its fetch to take only
+    active partitions (fix 5). Idempotent."""
     require_pinned_versions()
     if getattr(Recovery.on_recovery_completed, "seeks_first", False):
         return
@@ -105,6 +117,19 @@ def install() -> None:
         return committed
 
     ThreadDelegateConsumer.seek_to_committed = seek_to_committed_or_beginning  # type: ignore[method-assign]
+
+    fetch_records = AIOKafkaConsumerThread._fetch_records
+
+    async def fetch_active_only(
+        self: AIOKafkaConsumerThread, consumer: Any, active_partitions: Set[TP] | None,
+        timeout: float | None = None, max_records: int | None = None,
+    ) -> Mapping[TP, list[Any]]:
+        partitions = frozenset(active_partitions or ())  # one look at a set another thread changes
+        if not partitions:
+            return {}
+        return await fetch_records(self, consumer, partitions, timeout=timeout, max_records=max_records)
+
+    AIOKafkaConsumerThread._fetch_records = fetch_active_only  # type: ignore[method-assign]
 
 
 @contextmanager
