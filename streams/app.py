@@ -86,10 +86,17 @@ def start() -> faust.App:
         enrich_stage=EnrichStage(settings),
         anomaly=AnomalyEngine(AnomalyConfig.load(settings.anomaly_config) if settings.anomaly_config else None),
         sink=ClickHouseSink(lambda: clickhouse.connect(settings), topic=settings.priced_topic,
-                            database=settings.clickhouse_database),
+                            database=settings.clickhouse_database, fault_clickhouse_down=settings.fault_clickhouse_down),
         sql_queries=sql_guard.QueryRunner(settings),
     )
     return app
+
+
+@app.on_before_shutdown.connect
+async def _close_sink(app: faust.App, **kwargs: Any) -> None:
+    """Sent by Faust once the streams are drained and their offsets committed, before the
+    agents stop: finish the sink's last ClickHouse call, then close its client and thread."""
+    await asyncio.to_thread(parts.sink.close)
 
 
 async def send(topic: str, value: bytes | None, *, key: bytes | None = None, partition: int | None = None,
