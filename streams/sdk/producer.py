@@ -28,6 +28,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from streams.events.codec import USAGE_BATCH, USAGE_EVENT, Codec, default_codec
+from streams.sdk.providers.record import ProviderRecording
 from streams.settings import Settings
 
 ATTRIBUTION_KEYS = (
@@ -77,8 +78,9 @@ def usage_event(
     }
 
 
-class UsageProducer:
-    """Async producer of usage events, batching into envelopes by default."""
+class UsageProducer(ProviderRecording):
+    """Async producer of usage events, batching into envelopes by default; ``record_openai``
+    and the like (:mod:`streams.sdk.providers`) map a provider's response."""
 
     def __init__(
         self,
@@ -161,7 +163,7 @@ class UsageProducer:
         future.add_done_callback(self._in_flight.discard)
 
 
-class SyncUsageProducer:
+class SyncUsageProducer(ProviderRecording):
     """The same producer for code without an event loop: runs one in a background thread."""
 
     def __init__(self, settings: Settings | None = None, **options: Any) -> None:
