@@ -70,6 +70,59 @@ def migrate() -> None:
 
 
 @cli.command()
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+    help="table: one readable row per schema version; json: a list of objects, for scripts.",
+)
+def schemas(fmt: str) -> None:
+    """What a producer in another language needs: each schema's fingerprint, byte order and key.
+
+    The fingerprint is the 8 bytes after the C3 01 marker, in hex as written in the
+    header (little-endian CRC-64-AVRO of the specification's canonical form, which
+    spendstream writes). "Also accepted" lists fingerprints of known variant canonical
+    forms (Apache avro-python 1.11/1.12) that the worker reads as the same schema.
+    """
+    from streams.events.codec import default_codec
+    from streams.reports.text import table
+
+    settings = Settings()
+    rows = []
+    for version in default_codec().versions():
+        topic_field, key = _MESSAGE_KEYS.get(version.name, (None, "none"))
+        rows.append({
+            "schema": version.name,
+            "file": f"schemas/{version.file}",
+            "current": version.is_current,
+            "fingerprint": version.fingerprint.hex(),
+            "fingerprint_uint64": f"0x{int.from_bytes(version.fingerprint, 'little'):016x}",
+            "byte_order": "little-endian",
+            "also_accepted": {variant: fp.hex() for variant, fp in version.variant_fingerprints},
+            "topic": getattr(settings, topic_field) if topic_field else None,
+            "key": key,
+        })
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(table(
+        ["schema", "file", "fingerprint (header bytes)", "also accepted", "byte order", "topic", "key"],
+        [[r["schema"], r["file"], r["fingerprint"],
+          ", ".join(f"{fp} ({variant})" for variant, fp in r["also_accepted"].items()) or "-",
+          r["byte_order"], r["topic"] or "-", r["key"]] for r in rows],
+    ))
+
+
+# Where each record goes and what its Kafka message key is (Settings field, key).
+_MESSAGE_KEYS = {
+    "io.spendstream.v1.UsageEvent": ("usage_topic", "event_id as UTF-8 (advised; the worker dedupes by the record's event_id)"),
+    "io.spendstream.v1.UsageBatch": ("usage_topic", "none (the SDK sends no key)"),
+    "io.spendstream.v1.Budget": ("budgets_topic", "budget_id as UTF-8 (required: compacted; a null value removes it)"),
+    "io.spendstream.v1.CapState": ("cap_state_topic", "budget_id as UTF-8 (compacted, one record per budget)"),
+    "io.spendstream.v1.Alert": ("alerts_topic", "scope as UTF-8, e.g. team=search"),
+    "io.spendstream.v1.DeadLetter": ("dead_letter_topic", "the failed message's event_id as UTF-8, or none"),
+}
+
+
+@cli.command()
 @click.option("--provider", required=True)
 @click.option("--model", required=True)
 @click.option("--input-tokens", type=int, required=True)
