@@ -9,7 +9,8 @@ into Faust or aiokafka fenced in ``runtime/``. These rules keep it that way:
 - no import cycles between the package's modules (imports inside functions count too);
 - ``bench/`` never imports ``tests/``;
 - the lower layers import nothing above them: ``events`` only itself, ``pricing`` only
-  ``events`` and itself.
+  ``events`` and itself (both may use ``streams.resources``, which finds the packaged data
+  files and imports nothing from the package).
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ PUBLIC = {
     "aiokafka": {"aiokafka", "aiokafka.admin", "aiokafka.errors", "aiokafka.helpers", "aiokafka.structs"},
 }
 FENCED = ("streams/app.py", "streams/runtime/")
-LOWER_LAYERS = {"streams.events": ("streams.events",), "streams.pricing": ("streams.events", "streams.pricing")}
+LOWER_LAYERS = {
+    "streams.resources": (),
+    "streams.events": ("streams.events", "streams.resources"),
+    "streams.pricing": ("streams.events", "streams.pricing", "streams.resources"),
+}
 
 
 def module_name(path: Path) -> str:

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import IO, Any, get_origin
 
 from streams import web_auth
+from streams.resources import example_config_dir
 from streams.settings import Settings
 
-EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "config"
+EXAMPLE_CONFIG = example_config_dir()
 
 
 def worker_environment(

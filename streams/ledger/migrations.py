@@ -25,9 +25,11 @@ from pathlib import Path
 
 from clickhouse_connect.driver.client import Client
 
+from streams.resources import migrations_dir
+
 logger = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "clickhouse"
+MIGRATIONS_DIR = migrations_dir()
 MIGRATIONS_TABLE = "schema_migrations"
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
