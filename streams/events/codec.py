@@ -6,6 +6,13 @@ finds the writer's schema in ``schemas/`` by that fingerprint, so any language's
 library can produce events and schemas can evolve: an older writer schema that is kept in
 ``schemas/`` is read into the current schema of the same name.
 
+Libraries do not all compute the same fingerprint: Apache's ``avro`` for Python (1.11,
+1.12) keeps an annotated primitive such as ``{"type": "long", "logicalType":
+"timestamp-millis"}`` as ``{"type":"long"}`` in the canonical form, where the
+specification, Java and fastavro write ``"long"``. So every schema version is also found
+by the fingerprints of the known variant canonical forms (:data:`FINGERPRINT_VARIANTS`);
+encoding always writes the specification's.
+
 The codec is the first stage of the flow. It turns bytes into dicts, or raises
 :class:`DecodeError` with a stable reason code that the enrich agent puts on the
 dead-letter record.
@@ -57,6 +64,14 @@ class SchemaVersion:
     fingerprint: bytes
     writer: Any
     reader: Any  # None: read as written (the current version)
+    file: str = ""
+    # (variant, fingerprint) of the known non-specification canonical forms that differ
+    # from the specification's for this schema; decoding accepts them too.
+    variant_fingerprints: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def is_current(self) -> bool:
+        return self.reader is None
 
 
 class Codec:
@@ -66,6 +81,7 @@ class Codec:
         self._named: dict[str, Any] = {}
         self._current: dict[str, SchemaVersion] = {}
         self._by_fingerprint: dict[bytes, SchemaVersion] = {}
+        self._versions: list[SchemaVersion] = []
         for path in _dependency_order(schemas_dir):
             self._load(path)
 
@@ -76,16 +92,30 @@ class Codec:
         named = dict(self._named) if is_old_version else self._named
         parsed = parse_schema(json.loads(path.read_text()), named_schemas=named)
         name = parsed["name"]
-        canonical = to_parsing_canonical_form(expand_schema(parsed))
+        expanded = expand_schema(parsed)
+        canonical = to_parsing_canonical_form(expanded)
         fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
+        variants = tuple(
+            (variant, variant_fp)
+            for variant, form in FINGERPRINT_VARIANTS.items()
+            if (variant_fp := bytes.fromhex(fingerprint(form(expanded), "CRC-64-AVRO"))) != fp
+        )
         current = self._current.get(name)
         reader = current.writer if (is_old_version and current) else parsed
         # fastavro resolves a writer schema into a reader schema field by field, even an
         # identical one: the current version decodes without a reader schema (20% faster).
-        version = SchemaVersion(name, fp, parsed, None if reader is parsed else reader)
+        version = SchemaVersion(name, fp, parsed, None if reader is parsed else reader, path.name, variants)
         self._by_fingerprint[fp] = version
+        for _, variant_fp in variants:
+            # The specification's fingerprint of a schema wins over a variant's collision.
+            self._by_fingerprint.setdefault(variant_fp, version)
+        self._versions.append(version)
         if not is_old_version:
             self._current[name] = version
+
+    def versions(self) -> list[SchemaVersion]:
+        """Every schema version found in ``schemas/``: current ones first, then older ones."""
+        return list(self._versions)
 
     def fingerprint_of(self, name: str) -> bytes:
         return self._current[name].fingerprint
@@ -133,6 +163,58 @@ class Codec:
                 f"{len(value) - body.tell()} trailing bytes after the {version.name} record",
             )
         return version.name, record
+
+
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+# Attributes Apache avro-python does not keep on a schema object (avro.schema.SCHEMA_RESERVED_PROPS).
+_AVRO_PYTHON_RESERVED = frozenset({"type", "name", "namespace", "fields", "items", "size", "symbols", "values", "doc"})
+
+
+def avro_python_canonical_form(schema: Any) -> str:
+    """The canonical form Apache's ``avro`` for Python (1.11, 1.12) fingerprints.
+
+    It is the specification's Parsing Canonical Form except for one step, [PRIMITIVES]: a
+    primitive written as an object with any other attribute than the reserved ones (a
+    ``logicalType``, ``precision``, ``avro.java.string``...) stays an object,
+    ``{"type":"long"}``, instead of becoming ``"long"``. ``schema`` is fastavro's
+    expanded form (full names, named types inlined), as :class:`Codec` holds it.
+    """
+    return json.dumps(_canonical(schema, set(), keep_annotated_primitives=True), separators=(",", ":"))
+
+
+def _canonical(schema: Any, seen: set[str], *, keep_annotated_primitives: bool) -> Any:
+    """Parsing Canonical Form as JSON data; a named type is defined at its first use only."""
+    def canon(s: Any) -> Any:
+        return _canonical(s, seen, keep_annotated_primitives=keep_annotated_primitives)
+
+    if isinstance(schema, str):
+        return schema
+    if isinstance(schema, list):
+        return [canon(branch) for branch in schema]
+    kind = schema["type"]
+    if not isinstance(kind, str):  # {"type": {...}} or {"type": [...]}
+        return canon(kind)
+    if kind in _PRIMITIVES:
+        annotated = any(k not in _AVRO_PYTHON_RESERVED and not k.startswith("__fastavro") for k in schema)
+        return {"type": kind} if (keep_annotated_primitives and annotated) else kind
+    if kind == "array":
+        return {"type": "array", "items": canon(schema["items"])}
+    if kind == "map":
+        return {"type": "map", "values": canon(schema["values"])}
+    name = schema["name"]  # fastavro's expanded form spells every name in full
+    if name in seen:
+        return name
+    seen.add(name)
+    if kind == "enum":
+        return {"name": name, "type": "enum", "symbols": list(schema["symbols"])}
+    if kind == "fixed":
+        return {"name": name, "type": "fixed", "size": schema["size"]}
+    fields = [{"name": field["name"], "type": canon(field["type"])} for field in schema["fields"]]
+    return {"name": name, "type": kind, "fields": fields}
+
+
+# The known canonical forms producers fingerprint besides the specification's, by who computes them.
+FINGERPRINT_VARIANTS: dict[str, Any] = {"avro-python": avro_python_canonical_form}
 
 
 def _is_old_version(path: Path) -> bool:
