@@ -21,6 +21,7 @@ there), and the enrich agent commits after every batch, so a crash replays at mo
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -59,6 +60,9 @@ app = faust_app.create(settings, web_middlewares=[web_auth.middleware(settings)]
 stats: Counter[str] = Counter()
 # Wall-clock marks of the flow (epoch seconds), for progress displays and benchmarks.
 marks: dict[str, float] = {}
+# The worker's own lines (start, ready) log at WARNING: they show at the worker's default level.
+logger = logging.getLogger("spendstream.worker")
+ROLES = "all"  # every agent runs in every worker, for now
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,13 @@ def start() -> faust.App:
         sql_queries=sql_guard.QueryRunner(settings),
     )
     return app
+
+
+def starting_line(settings: Settings) -> str:
+    """What this worker connects to and serves, with the ClickHouse password masked."""
+    return (f"spendstream worker starting: Kafka {settings.kafka_bootstrap}, "
+            f"ClickHouse {clickhouse.redact_dsn(settings.clickhouse_dsn)} database {settings.clickhouse_database}, "
+            f"web {settings.web_url}, roles {ROLES}, {settings.partitions} partitions per topic")
 
 
 @app.on_before_shutdown.connect
@@ -264,11 +275,22 @@ def _on_budget_change(budget_id: str, budget: Budget | None) -> None:
         asyncio.ensure_future(parts.sink.with_client(clickhouse.record_budget, record, deleted=budget is None))
 
 
+budgets_view: list[CompactedView] = []  # the one started by follow_budgets
+
+
 @app.task
 async def follow_budgets() -> None:
     """Keep the budgets topic in memory for the life of the worker."""
     view = CompactedView(settings, settings.budgets_topic, decode_budget, _on_budget_change)
     await view.start()
+    budgets_view.append(view)
+
+
+@app.on_before_shutdown.connect
+async def _stop_budgets_view(app: faust.App, **kwargs: Any) -> None:
+    """Stop the budgets topic's consumer (left open, it warns "Unclosed AIOKafkaConsumer")."""
+    while budgets_view:
+        await budgets_view.pop().stop()
 
 
 @app.agent(priced_topic, supervisor_strategy=CrashingSupervisor)
@@ -292,13 +314,27 @@ async def sink_to_clickhouse(stream: faust.StreamT) -> None:
 
 
 # --- HTTP, bound to localhost by default, every page but /ready behind the token -----------
-@app.page("/ready")
-async def ready(web: View, request: Request) -> Response:
+def is_ready() -> bool:
     """Ready once the tables are recovered, the partitions assigned and the enrich stage's
     children started (a first chunk would otherwise wait seconds for their imports)."""
-    is_ready = (app.tables.recovery.completed.is_set() and not app.rebalancing and bool(app.consumer.assignment())
-                and parts.enrich_stage.started)
-    return web.json({"ready": is_ready}, status=200 if is_ready else 503)
+    return (app.tables.recovery.completed.is_set() and not app.rebalancing and bool(app.consumer.assignment())
+            and parts.enrich_stage.started)
+
+
+@app.task
+async def say_ready() -> None:
+    """Log one line when the worker first becomes ready (when ``/ready`` first answers 200)."""
+    while not is_ready():
+        await asyncio.sleep(0.1)
+    logger.warning("spendstream worker ready: %d partition(s) assigned, serving %s",
+                   len(app.consumer.assignment()), settings.web_url)
+
+
+@app.page("/ready")
+async def ready(web: View, request: Request) -> Response:
+    """200 when :func:`is_ready`, else 503."""
+    ready_now = is_ready()
+    return web.json({"ready": ready_now}, status=200 if ready_now else 503)
 
 
 @app.page("/stats")

@@ -3,13 +3,16 @@
 
 Windows, time buckets and alert ids are integers of epoch minutes, so a replay computes
 exactly what live traffic did; amounts stay decimals, rounded only where they leave: to
-the Avro schemas' 12 decimal places in a record, to cents in a message.
+the Avro schemas' 12 decimal places in a record, in a message to the digits they have
+(:func:`format_money`).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+
+from streams.events.amounts import exact
 
 # --- Time: epoch minutes, UTC -------------------------------------------------------------
 
@@ -53,4 +56,7 @@ def to_avro_scale(value: Decimal) -> Decimal:
 
 
 def format_money(value: Decimal) -> str:
-    return f"{value:.2f}"
+    """An amount for a message: every digit of a ledger amount (0.004 is not "0.00"), at least
+    two decimals; an estimate with more than six decimals (a median, a quotient) to six."""
+    value = Decimal(value)
+    return exact(value if value.as_tuple().exponent >= -6 else value.quantize(MICRO))  # type: ignore[operator]

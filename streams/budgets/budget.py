@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from streams.events import scopes
 from streams.events.codec import BUDGET, default_codec
 from streams.runtime.compacted import CompactedView
+from streams.runtime.kafka_start import start_or_stop
 from streams.settings import Settings
 
 DEFAULT_THRESHOLDS = (Decimal("0.8"), Decimal("1.0"))
@@ -378,7 +379,7 @@ async def ids_on_topic(settings: Settings) -> set[str]:
 @asynccontextmanager
 async def _producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
     producer = AIOKafkaProducer(**settings.kafka_client_options(), acks="all")
-    await producer.start()
+    await start_or_stop(producer)
     try:
         yield producer
     finally:

@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 
 from streams.budgets.budget import Budget
 from streams.budgets.periods import period_bounds, period_start
+from streams.events import amounts
 
 MONEY = Decimal("1e-12")
 # Too early in a period, a projection mostly reflects noise: project from this share on.
@@ -79,8 +80,10 @@ def check(
         alerts.append(_threshold_alert(budget, period, index, "firing", spent, now, tz))
     if warn_now:
         alerts.append(_alert(budget, period, "budget_forecast", budget.hard_threshold, "firing", forecast, now, tz,
-                             f"{budget.scope} is projected to spend {_money(forecast)} {budget.currency} by the end "
-                             f"of its {budget.period}, over its {_money(budget.amount)} {budget.currency} budget"))
+                             f"{budget.scope} is projected to spend {amounts.rounded_up(forecast)} {budget.currency} "
+                             f"by the end of its {budget.period}, "
+                             f"{amounts.percent(forecast, budget.amount, threshold=budget.hard_threshold)} of its "
+                             f"{amounts.exact(budget.amount)} {budget.currency} budget"))
     state = {
         "budget_id": budget.budget_id,
         "scope": budget.scope,
@@ -129,10 +132,13 @@ def _threshold_alert(
     threshold = budget.thresholds[index]
     kind = "budget_hard" if index == len(budget.thresholds) - 1 else "budget_soft"
     if state == "firing":
-        message = (f"{budget.scope} has spent {_money(spent)} {budget.currency}, "
-                   f"{threshold * 100:.0f}% of its {_money(budget.amount)} {budget.currency} {budget.period} budget")
+        # Exact amounts and the true share (rounded down): "spent 0.066 USD, 132% of its 0.05 USD day budget".
+        message = (f"{budget.scope} has spent {amounts.exact(spent)} {budget.currency}, "
+                   f"{amounts.percent(spent, budget.amount, threshold=threshold)} of its "
+                   f"{amounts.exact(budget.amount)} {budget.currency} {budget.period} budget")
     else:
-        message = f"{budget.scope} is back under {threshold * 100:.0f}% of its {budget.period} budget"
+        message = (f"{budget.scope} is back under {amounts.threshold_percent(threshold)} of its "
+                   f"{amounts.exact(budget.amount)} {budget.currency} {budget.period} budget")
     return _alert(budget, period, kind, threshold, state, spent, now, tz, message)
 
 
@@ -157,6 +163,3 @@ def _alert(
         "emitted_at": now,
     }
 
-
-def _money(value: Decimal) -> str:
-    return f"{value.quantize(Decimal('0.01')):,}"

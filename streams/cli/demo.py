@@ -81,37 +81,45 @@ async def drive(settings: Settings, events: int, rate: float) -> None:
             if time.monotonic() >= next_draw:
                 next_draw = time.monotonic() + 1
                 draw(settings, produced, events)
-    while True:  # wait for the ledger to catch up
-        stats = draw(settings, produced, events)
-        if stats.get("rows_inserted", 0) + stats.get("duplicates_dropped", 0) >= stats.get("events", 0) - stats.get(
-            "dead_letters", 0
-        ) and stats.get("events", 0) >= events:
-            break
+    # Wait for the ledger to catch up, then draw once more: the final table, whose progress
+    # line is printed once, not also by the last redraw before it.
+    while not caught_up(get_json(settings, "/stats"), events):
+        draw(settings, produced, events)
         await asyncio.sleep(0.5)
     draw(settings, produced, events, final=True)
+
+
+def caught_up(stats: dict[str, Any], events: int) -> bool:
+    """Every event counted, and every good one in ClickHouse (or dropped as a duplicate)."""
+    in_ledger = stats.get("rows_inserted", 0) + stats.get("duplicates_dropped", 0)
+    return in_ledger >= stats.get("events", 0) - stats.get("dead_letters", 0) and stats.get("events", 0) >= events
+
+
+_printed = {"progress": ""}  # the last progress line printed without a terminal
 
 
 def draw(settings: Settings, produced: int, total: int, *, final: bool = False) -> dict[str, Any]:
     stats = get_json(settings, "/stats")
     spend = get_json(settings, "/spend")
-    month_rows = []
+    month_rows = []  # every spend scope (team=…, team=…,feature=…, …), as the table's first column says
     for scope, periods in sorted(spend.items()):
         for period, value in periods.items():
             if period.startswith("month:"):
-                month_rows.append((scope.removeprefix("team="), value["calls"], value["spent"]))
+                month_rows.append((scope, value["calls"], value["spent"]))
     month_rows.sort(key=lambda r: -Decimal(r[2]))
     lines = [
         f"produced {produced}/{total}  priced {stats.get('priced', 0)}  unpriced {stats.get('unpriced', 0)}  "
         f"dead letters {stats.get('dead_letters', 0)}  in ClickHouse {stats.get('rows_inserted', 0)}",
-        table(["team", "calls this month", "spend this month (USD)"], month_rows),
+        table(["scope", "calls this month", "spend this month (USD)"], month_rows),
     ]
     text = "\n".join(lines)
-    if sys.stdout.isatty() and not final:
+    if sys.stdout.isatty():  # each drawing replaces the last, the final one too
         print("\033[2J\033[H" + text, flush=True)
-    elif final or sys.stdout.isatty():
-        print(text, flush=True)
-    else:
-        print(lines[0], flush=True)
+    elif lines[0] != _printed["progress"]:  # without a terminal, a progress line only when it changed
+        print(text if final else lines[0], flush=True)
+        _printed["progress"] = lines[0]
+    elif final:
+        print(lines[1], flush=True)
     return stats
 
 

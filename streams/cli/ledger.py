@@ -96,7 +96,7 @@ def report() -> None:
     type=click.DateTime(["%Y-%m-%d"]),
     help="Any day of the week to report (weeks start on Monday, UTC). Default: last week.",
 )
-@click.option("--currency", default="USD", show_default=True)
+@click.option("--currency", default="USD", show_default=True, help="Report spend in this currency only.")
 @click.option("--min-rise", default="0.25", show_default=True, help="Cost-per-call rise worth flagging, as a fraction.")
 @click.option(
     "--min-calls",
@@ -149,7 +149,7 @@ def weekly(week: datetime | None, currency: str, min_rise: str, min_calls: int, 
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Fixed shares per team (TOML) for --allocate fixed; see config/chargeback_shares.example.toml.",
 )
-@click.option("--currency", default="USD", show_default=True)
+@click.option("--currency", default="USD", show_default=True, help="Report spend in this currency only.")
 def chargeback(month: str, rule: reports.AllocationRule, shares_path: Path | None, currency: str) -> None:
     """Monthly chargeback/showback per team: API spend, shared spend, licences, budget."""
     if (rule == "fixed") != (shares_path is not None):
@@ -165,7 +165,7 @@ def chargeback(month: str, rule: reports.AllocationRule, shares_path: Path | Non
 
 @report.command()
 @click.option("--month", required=True, help="YYYY-MM")
-@click.option("--currency", default="USD", show_default=True)
+@click.option("--currency", default="USD", show_default=True, help="Report spend in this currency only.")
 def people(month: str, currency: str) -> None:
     """Per person for a month: API spend under their user id beside their licences."""
     query = _ledger_query(Settings())
@@ -240,8 +240,10 @@ def export() -> None:
 
 @export.command()
 @click.option("--period", required=True, help="Billing period, YYYY-MM.")
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True)
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True,
+              help="File format of the export.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The file to write the export to.")
 def focus(period: str, fmt: Any, out: Path) -> None:
     """FinOps FOCUS export of a month: API usage and licences, checked against the ledger."""
     from streams.reports.focus import FOCUS_VERSION, export_focus, verify_export

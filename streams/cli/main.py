@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from streams.cli.errors import CLIENT_LOGGERS, Group, quiet_client_logs
 from streams.settings import Settings
 
 
-@click.group()
-def cli() -> None:
+@click.group(cls=Group)
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """spendstream: a streaming ledger of AI spend."""
+    if ctx.invoked_subcommand != "worker":
+        for name in CLIENT_LOGGERS:  # for the whole command; see quiet_client_logs
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 @cli.command()
@@ -32,9 +38,11 @@ def worker() -> None:
     from streams.runtime.topics import create_topics
 
     settings = app.settings
+    app.logger.warning("%s", app.starting_line(settings))
     web_auth.ensure_token(settings)
-    asyncio.run(create_topics(settings))
-    client = clickhouse.connect(settings)
+    with quiet_client_logs():  # a broker or ClickHouse never reached is one error line (errors.Group)
+        asyncio.run(create_topics(settings))
+        client = clickhouse.connect(settings)
     migrations.migrate(client, settings.clickhouse_database)
     client.close()
     try:
@@ -123,42 +131,60 @@ _MESSAGE_KEYS = {
 
 
 @cli.command()
-@click.option("--provider", required=True)
-@click.option("--model", required=True)
-@click.option("--input-tokens", type=int, required=True)
-@click.option("--output-tokens", type=int, required=True)
-@click.option("--cache-read-tokens", type=int, default=0)
-@click.option("--cache-write-tokens", type=int, default=0)
-@click.option("--reasoning-tokens", type=int, default=0)
-@click.option("--service-tier", default="standard", type=click.Choice(["standard", "batch", "priority", "flex"]))
-@click.option("--team")
-@click.option("--feature")
-@click.option("--environment")
-@click.option("--user-id")
-@click.option("--project")
-@click.option("--agent-id")
-@click.option("--session-id")
-@click.option("--api-key-id")
-@click.option("--service")
+@click.option("--provider", required=True, help="Provider as in the price book, e.g. openai or anthropic.")
+@click.option("--model", required=True, help="Model name as the provider reports it, e.g. gpt-4o.")
+@click.option("--input-tokens", type=int, required=True, help="Input (prompt) tokens, not counting cache reads.")
+@click.option("--output-tokens", type=int, required=True, help="Output (completion) tokens.")
+@click.option("--cache-read-tokens", type=int, default=0, show_default=True, help="Input tokens read from the cache.")
+@click.option("--cache-write-tokens", type=int, default=0, show_default=True, help="Input tokens written to the cache.")
+@click.option("--reasoning-tokens", type=int, default=0, show_default=True, help="Reasoning tokens (part of output).")
+@click.option("--service-tier", default="standard", show_default=True,
+              type=click.Choice(["standard", "batch", "priority", "flex"]), help="The provider's service tier.")
+@click.option("--team", help="Team the spend counts towards (budgets and chargeback).")
+@click.option("--feature", help="Feature or workflow that made the call.")
+@click.option("--environment", help="e.g. production, staging, dev.")
+@click.option("--user-id", help="The person the call was made for.")
+@click.option("--project", help="Project the spend counts towards.")
+@click.option("--agent-id", help="The agent that made the call.")
+@click.option("--session-id", help="The agent or chat session.")
+@click.option("--api-key-id", help="Id (not the secret) of the API key used.")
+@click.option("--service", help="The service that made the call.")
 @click.option("--tag", "tags", multiple=True, help="key=value, repeatable")
 @click.option("--event-id", help="Idempotency key (generated when omitted).")
 @click.option("--count", type=int, default=1, show_default=True, help="Publish this many copies (new ids).")
 def emit(tags: tuple[str, ...], count: int, event_id: str | None, **fields: Any) -> None:
     """Publish usage events from the command line."""
-    from streams.sdk.producer import UsageProducer
+    from datetime import datetime, timezone
+
+    from streams.events.validation import InvalidEvent, validate
+    from streams.sdk.producer import UsageProducer, usage_event
 
     if event_id and count > 1:
         raise click.UsageError("--event-id names one event; it cannot go with --count > 1")
+    if count < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--count")
     parsed_tags = dict(_key_value(tag) for tag in tags)
+    settings = Settings()
+    events = [usage_event(event_id=event_id, tags=parsed_tags, **fields) for _ in range(count)]
+    try:  # the worker's own checks, here, rather than a dead letter later
+        validate(events[0], datetime.now(timezone.utc), settings.limits())
+    except InvalidEvent as exc:
+        raise click.ClickException(f"{_option_of(exc.reason)}: {exc.reason}; nothing was sent") from exc
 
     async def publish() -> list[str]:
-        async with UsageProducer(Settings()) as producer:
-            return [
-                await producer.record(event_id=event_id, tags=parsed_tags, **fields) for _ in range(count)
-            ]
+        async with UsageProducer(settings) as producer:
+            for event in events:
+                await producer.send(event)
+            return [event["event_id"] for event in events]
 
     ids = asyncio.run(publish())
     click.echo(f"published {len(ids)} event(s); last event_id {ids[-1]}")
+
+
+def _option_of(reason: str) -> str:
+    """The ``emit`` option a validation reason names first (fields are spelled as options)."""
+    field = reason.split()[0].rpartition(".")[2]
+    return "--" + field.replace("_", "-")
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -170,7 +196,8 @@ def _key_value(text: str) -> tuple[str, str]:
 
 @cli.command()
 @click.argument("query")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="table: aligned columns to read; json: a list of objects, for scripts.")
 def sql(query: str, fmt: str) -> None:
     """Run a read-only SQL query against the ledger.
 
@@ -200,10 +227,12 @@ def budgets() -> None:
 @click.argument("budget_id")
 @click.option("--scope", required=True, help="e.g. team=search or team=search,feature=answers")
 @click.option("--amount", required=True, help="Exact amount, e.g. 5000 or 99.50")
-@click.option("--period", required=True, type=click.Choice(["day", "week", "month"]))
-@click.option("--currency", default="USD", show_default=True)
+@click.option("--period", required=True, type=click.Choice(["day", "week", "month"]),
+              help="The period the amount is for; spend starts again from zero in each.")
+@click.option("--currency", default="USD", show_default=True, help="Currency of the amount (ISO 4217 code).")
 @click.option("--threshold", "thresholds", multiple=True, help="Fraction of the amount, repeatable (default 0.8 and 1.0).")
-@click.option("--action", "hard_action", type=click.Choice(["block", "alert"]), default="block", show_default=True)
+@click.option("--action", "hard_action", type=click.Choice(["block", "alert"]), default="block", show_default=True,
+              help="At the last threshold: block further calls (SDK guard) or only alert.")
 def budgets_set(budget_id: str, thresholds: tuple[str, ...], **fields: Any) -> None:
     """Create or change a budget; it applies to the current period at once."""
     from pydantic import ValidationError

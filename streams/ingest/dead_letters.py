@@ -23,6 +23,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.events.codec import DEAD_LETTER, Codec, default_codec
+from streams.runtime.kafka_start import start_or_stop
 from streams.settings import Settings
 
 RESUBMIT_GROUP_SUFFIX = "-dlq-resubmit"
@@ -89,7 +90,7 @@ async def read(settings: Settings, *, group: str | None = None) -> tuple[list[De
     consumer = AIOKafkaConsumer(
         **settings.kafka_client_options(), group_id=group, enable_auto_commit=False, auto_offset_reset="earliest"
     )
-    await consumer.start()
+    await start_or_stop(consumer)
     partitions = [TopicPartition(settings.dead_letter_topic, p)
                   for p in sorted(consumer.partitions_for_topic(settings.dead_letter_topic) or [])]
     consumer.assign(partitions)
@@ -117,7 +118,7 @@ async def resubmit(settings: Settings, wanted: Callable[[dict[str, Any]], bool])
     """Publish the original bytes of not-yet-resubmitted dead letters that ``wanted`` selects."""
     found, consumer = await read(settings, group=settings.app_id + RESUBMIT_GROUP_SUFFIX)
     producer = AIOKafkaProducer(**settings.kafka_client_options(), acks="all")
-    await producer.start()
+    await start_or_stop(producer)
     try:
         chosen = [d for d in found if wanted(d.record)]
         sends = [await producer.send(settings.usage_topic, d.record["original"]) for d in chosen]

@@ -184,7 +184,7 @@ def _select_database(client: Client, database: str, *, create: bool) -> None:
     if create:
         client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
     elif not _database_exists(client, database):
-        raise MigrationError(f"ClickHouse database {database!r} does not exist; run the migrations first")
+        raise MigrationError(f"ClickHouse database {database!r} does not exist; run `spendstream migrate`")
     client.database = database
 
 

@@ -15,10 +15,19 @@ from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.runtime.kafka_start import start_or_stop
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 V = TypeVar("V")
+
+
+class MissingTopic(RuntimeError):
+    """A topic the command reads does not exist (yet)."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(f"topic {topic} does not exist; run `spendstream topics create`")
+        self.topic = topic
 
 
 class CompactedView(Generic[V]):
@@ -42,7 +51,7 @@ class CompactedView(Generic[V]):
         self._consumer = AIOKafkaConsumer(
             **self.settings.kafka_client_options(), enable_auto_commit=False, auto_offset_reset="earliest"
         )
-        await self._consumer.start()
+        await start_or_stop(self._consumer)
         partitions = self._consumer.partitions_for_topic(self.topic)
         for _ in range(50):  # metadata of a topic created a moment ago can lag
             if partitions:
@@ -51,7 +60,8 @@ class CompactedView(Generic[V]):
             await self._consumer._client.force_metadata_update()  # noqa: SLF001 (no public refresh)
             partitions = self._consumer.partitions_for_topic(self.topic)
         if not partitions:
-            raise RuntimeError(f"topic {self.topic} does not exist; run `spendstream topics create`")
+            await self._consumer.stop()  # else it warns "Unclosed AIOKafkaConsumer" at exit
+            raise MissingTopic(self.topic)
         assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         self._consumer.assign(assigned)
         await self._consumer.seek_to_beginning(*assigned)

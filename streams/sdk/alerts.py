@@ -14,6 +14,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from streams.events.codec import ALERT, default_codec
+from streams.runtime.kafka_start import start_or_stop
 from streams.settings import Settings
 
 
@@ -26,7 +27,7 @@ async def follow(settings: Settings, *, from_beginning: bool = False, count: int
         enable_auto_commit=False,
         **settings.kafka_client_options(),
     )
-    await consumer.start()
+    await start_or_stop(consumer)
     seen = 0
     try:
         async for record in consumer:

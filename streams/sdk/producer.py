@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaProducer
 
 from streams.events.codec import USAGE_BATCH, USAGE_EVENT, Codec, default_codec
 from streams.sdk.providers.record import ProviderRecording
+from streams.runtime.kafka_start import start_or_stop
 from streams.settings import Settings
 
 ATTRIBUTION_KEYS = (
@@ -104,7 +105,7 @@ class UsageProducer(ProviderRecording):
         self._linger_task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        await self._producer.start()
+        await start_or_stop(self._producer)
 
     async def stop(self) -> None:
         await self.flush()
@@ -209,7 +210,7 @@ async def publish_raw(settings: Settings, values: Iterable[bytes], **options: An
     acknowledged before the next: for bytes the SDK would not make (malformed input in
     the demo and the fault tests). ``options`` go to ``AIOKafkaProducer``."""
     producer = AIOKafkaProducer(**settings.kafka_client_options(), **options)
-    await producer.start()
+    await start_or_stop(producer)
     try:
         for value in values:
             await producer.send_and_wait(settings.usage_topic, value)
