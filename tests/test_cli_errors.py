@@ -138,3 +138,15 @@ def test_every_option_of_every_command_has_help() -> None:
                if isinstance(param, click.Option) and not param.hidden and not (param.help or "").strip()]
     assert missing == []
     assert len(all_commands()) > 20  # the walk found the groups' commands too
+
+
+def test_a_bad_argument_is_one_line_pointing_at_help() -> None:
+    from streams.cli.main import cli
+
+    for args, expected in ((["emit", "--provider", "x"], "--model"),
+                           (["budgets", "set", "b", "--scope", "team=a", "--amount", "1", "--period", "year"], "--period"),
+                           (["no-such-command"], "no-such-command")):
+        result = CliRunner().invoke(cli, args)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert expected in lines[0] and "--help`" in lines[0]

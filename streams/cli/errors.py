@@ -86,11 +86,20 @@ def quiet_client_logs() -> Iterator[None]:
 
 
 class Group(click.Group):
-    """The ``spendstream`` group: known operational errors become a one-line ClickException."""
+    """The ``spendstream`` group: known operational errors, and a command's usage errors,
+    become a one-line ClickException."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # a group named alone: its help is the answer
+        except click.UsageError as exc:
+            # A bad argument: one line and where to read more, not the usage block.
+            where = (exc.ctx or ctx).command_path
+            one = click.ClickException(f"{exc.format_message()} (see `{where} --help`)")
+            one.exit_code = exc.exit_code
+            raise one from exc
         except (click.exceptions.Exit, click.Abort, click.ClickException):
             raise
         except Exception as exc:
