@@ -28,12 +28,12 @@ from aiokafka import AIOKafkaConsumer
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from streams.budgets.budget import Budget, publish  # noqa: E402
-from streams.events.codec import default_codec  # noqa: E402
 from streams.cli.localstack import EmbeddedBroker, WorkerProcess, settings_from, worker_environment  # noqa: E402
+from streams.cli.synthetic import generate  # noqa: E402
+from streams.events.codec import default_codec  # noqa: E402
+from streams.runtime.topics import create_topics  # noqa: E402
 from streams.sdk.producer import UsageProducer, usage_event  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.cli.synthetic import generate  # noqa: E402
-from streams.runtime.topics import create_topics  # noqa: E402
 
 
 async def measure(settings: Settings, probes: int, rate: float) -> tuple[list[float], list[float], float]:

@@ -74,15 +74,15 @@ from typing import Any, Self
 from urllib.parse import quote, urlencode
 
 import fastavro
-from genai_prices import Usage, calc_price
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
+from genai_prices import Usage, calc_price
 
-from streams.events.codec import SCHEMAS_DIR, USAGE_BATCH, USAGE_EVENT, default_codec
 from streams.cli.localstack import EmbeddedBroker, WorkerProcess, free_port, settings_from
+from streams.events.codec import SCHEMAS_DIR, USAGE_BATCH, USAGE_EVENT, default_codec
+from streams.ledger.sink import FAULT_CLICKHOUSE_DOWN_ENV, ClickHouseSink
 from streams.sdk.producer import UsageProducer, publish_raw, usage_event
 from streams.settings import Settings
-from streams.ledger.sink import FAULT_CLICKHOUSE_DOWN_ENV, ClickHouseSink
 
 TEAM = "chaos"
 SCOPE = f"team={TEAM}"

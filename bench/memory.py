@@ -52,12 +52,12 @@ from aiokafka import AIOKafkaProducer
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.run import caught_up, process_tree, status_mb  # noqa: E402
-from streams.events.codec import USAGE_BATCH, default_codec  # noqa: E402
-from streams.web_auth import get_json  # noqa: E402
 from streams.cli.localstack import EmbeddedBroker, WorkerProcess, settings_from, worker_environment  # noqa: E402
-from streams.settings import Settings  # noqa: E402
 from streams.cli.synthetic import TrafficShape, generate  # noqa: E402
+from streams.events.codec import USAGE_BATCH, default_codec  # noqa: E402
 from streams.runtime.topics import create_topics  # noqa: E402
+from streams.settings import Settings  # noqa: E402
+from streams.web_auth import get_json  # noqa: E402
 
 GOAL = 1.20
 

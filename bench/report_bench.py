@@ -30,11 +30,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from streams.cli.synthetic import MODELS, TEAMS  # noqa: E402
 from streams.ledger.clickhouse import connect, query_rows  # noqa: E402
 from streams.ledger.migrations import load_migrations, migrate  # noqa: E402
 from streams.reports.reports import Query, WeeklyReport, weekly_report  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.cli.synthetic import MODELS, TEAMS  # noqa: E402
 
 WEEK = date(2025, 11, 3)  # the report week: the last of the eight generated weeks
 START = WEEK - timedelta(weeks=7)

@@ -45,12 +45,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from streams.events.codec import USAGE_BATCH, USAGE_EVENT, default_codec  # noqa: E402
-from streams.web_auth import get_json  # noqa: E402
 from streams.cli.localstack import EmbeddedBroker, WorkerProcess, settings_from, worker_environment  # noqa: E402
-from streams.settings import Settings  # noqa: E402
 from streams.cli.synthetic import generate  # noqa: E402
+from streams.events.codec import USAGE_BATCH, USAGE_EVENT, default_codec  # noqa: E402
 from streams.runtime.topics import all_topics, create_topics  # noqa: E402
+from streams.settings import Settings  # noqa: E402
+from streams.web_auth import get_json  # noqa: E402
 
 ENVELOPE_SIZE = 500
 

@@ -34,7 +34,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from streams.cli.localstack import EmbeddedBroker, isolated_environment
 from bench.faults import (
     RESTART_SECONDS,
     Figures,
@@ -48,6 +47,7 @@ from bench.faults import (
     scenario_graceful,
     scenario_sigkill,
 )
+from streams.cli.localstack import EmbeddedBroker, isolated_environment
 
 
 class Tally:

@@ -17,8 +17,8 @@ import urllib.request
 
 from aiokafka import AIOKafkaConsumer
 
-from streams.sdk.alerts import format_alert
 from streams.events.codec import default_codec
+from streams.sdk.alerts import format_alert
 from streams.settings import Settings
 
 ICONS = {"critical": ":rotating_light:", "warning": ":warning:", "info": ":information_source:"}

@@ -38,9 +38,9 @@ from streams.anomaly.engine import AnomalyEngine
 from streams.anomaly.state import SWEEP_KEY, AnomalyState
 from streams.budgets.budget import Budget, BudgetIndex, decode_budget
 from streams.budgets.periods import DeltasMessage, aggregate, encode_deltas, negated
-from streams.events.scopes import scope_partition
 from streams.budgets.spend_state import SpendState, cap_states, spend_by_scope
 from streams.events.codec import ALERT, CAP_STATE, default_codec
+from streams.events.scopes import scope_partition
 from streams.events.serialize import jsonable
 from streams.ingest.dead_letters import DeadLetter, dead_letter_message
 from streams.ingest.enrich import chunks_by_size

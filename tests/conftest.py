@@ -121,12 +121,12 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
 def priced_usage(count: int, *, seed: int, start: datetime, days: int) -> list[dict[str, Any]]:
     """``count`` priced rows spread evenly over ``days`` days from ``start``."""
-    from streams.ingest.attribution import Router
+    from streams.cli.synthetic import generate
     from streams.events.codec import USAGE_EVENT, Codec
+    from streams.ingest.attribution import Router
     from streams.ingest.enrich import Enricher, SourceMessage
     from streams.pricing.price_book import PriceBook
     from streams.pricing.rate_cards import Pricer
-    from streams.cli.synthetic import generate
 
     end = start + timedelta(days=days)
     codec = Codec()

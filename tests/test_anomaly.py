@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
+from bench.incidents import START, Incident, Traffic, default_incidents, replay, score
 from streams.anomaly.config import AnomalyConfig, AnomalyConfigError
 from streams.anomaly.engine import AnomalyEngine
 from streams.anomaly.summaries import BatchSummary, Bucket, scope_of_state_key
 from streams.anomaly.units import instant, minute_of
 from streams.events.codec import ALERT, default_codec
-from bench.incidents import START, Incident, Traffic, default_incidents, replay, score
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "anomaly.example.toml"
 # The worker's batches cover a second or so of event time; five minutes keeps the suite fast

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from streams.sdk.guard import BudgetExceeded, CapGuard
 from streams.cli.localstack import WorkerProcess
+from streams.sdk.guard import BudgetExceeded, CapGuard
 from streams.sdk.producer import UsageProducer, usage_event
 from tests.conftest import settings_of
 from tests.test_budgets import read_all

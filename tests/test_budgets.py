@@ -14,12 +14,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from streams.budgets.budget import Budget, publish
+from streams.cli.localstack import WorkerProcess
+from streams.cli.synthetic import generate
 from streams.events.codec import default_codec
 from streams.sdk.guard import BudgetExceeded, CapGuard
-from streams.cli.localstack import WorkerProcess
 from streams.sdk.producer import UsageProducer
 from streams.settings import Settings
-from streams.cli.synthetic import generate
 from tests.conftest import settings_of
 
 pytestmark = pytest.mark.integration

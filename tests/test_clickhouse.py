@@ -24,6 +24,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
+from streams.events import priced
 from streams.ledger.clickhouse import (
     USAGE_COLUMNS,
     chdb_path,
@@ -32,11 +33,10 @@ from streams.ledger.clickhouse import (
     insert_priced,
     query_rows,
     record_sink_offsets,
-    stored_copies,
     redact_dsn,
+    stored_copies,
 )
 from streams.ledger.migrations import MIGRATIONS_DIR, MigrationError, load_migrations, migrate, split_statements
-from streams.events import priced
 from streams.settings import Settings
 
 SERVER_URL_ENV = "SPENDSTREAM_TEST_CLICKHOUSE_URL"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from streams.events import priced
-from streams.ingest.attribution import Router
 from streams.events.codec import USAGE_BATCH, USAGE_EVENT, default_codec
+from streams.ingest.attribution import Router
 from streams.ingest.enrich import Enricher, SourceMessage
 from streams.pricing.rate_cards import Pricer
 from streams.sdk.producer import usage_event

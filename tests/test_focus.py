@@ -21,10 +21,10 @@ import pytest
 from click.testing import CliRunner
 from clickhouse_connect.driver.client import Client
 
-from streams.reports import focus
 from streams.cli.ledger import commands
-from streams.reports.licences import import_licences, read_licences
 from streams.cli.localstack import free_port
+from streams.reports import focus
+from streams.reports.licences import import_licences, read_licences
 from streams.reports.reports import next_month
 from streams.settings import Settings
 

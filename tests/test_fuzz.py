@@ -12,8 +12,8 @@ from decimal import Decimal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.ingest.attribution import Router
 from streams.events.codec import USAGE_BATCH, USAGE_EVENT, default_codec
+from streams.ingest.attribution import Router
 from streams.ingest.enrich import Enricher, SourceMessage
 from streams.pricing.rate_cards import Pricer
 from streams.sdk.producer import usage_event

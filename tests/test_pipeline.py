@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from streams.events.codec import USAGE_BATCH, USAGE_EVENT, default_codec
-from streams.cli.localstack import WorkerProcess
-from streams.sdk.producer import UsageProducer, publish_raw, usage_event
-from streams.cli.synthetic import generate
-from streams.runtime.topics import create_topics
 from bench.faults import catalog_cost, wait_until
+from streams.cli.localstack import WorkerProcess
+from streams.cli.synthetic import generate
+from streams.events.codec import USAGE_BATCH, USAGE_EVENT, default_codec
+from streams.runtime.topics import create_topics
+from streams.sdk.producer import UsageProducer, publish_raw, usage_event
 from tests.conftest import settings_of
 
 pytestmark = pytest.mark.integration

@@ -16,12 +16,12 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streams.events.validation import REQUIRED_FIELDS, TOKEN_FIELDS, InvalidEvent, Limits, suspects, validate
 from streams.ingest.enrich import event_columns
 from streams.pricing.columns import PRICE_COLUMNS, price_columns
 from streams.pricing.price_book import PriceBook
 from streams.pricing.rate_cards import Pricer
 from streams.sdk.producer import usage_event
-from streams.events.validation import REQUIRED_FIELDS, TOKEN_FIELDS, InvalidEvent, Limits, suspects, validate
 
 NOW = datetime(2026, 11, 22, 12, tzinfo=timezone.utc)
 CONFIG = Path(__file__).resolve().parent.parent / "config"

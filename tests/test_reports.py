@@ -22,14 +22,14 @@ from click.testing import CliRunner
 from clickhouse_connect.driver.client import Client
 from conftest import CONFIG_DIR, LEDGER_WEEK
 
-from streams.events import priced
-from streams.reports import reports
-from streams.ledger.clickhouse import insert_priced, query_rows
 from streams.cli.ledger import commands
-from streams.reports.licences import LicenceImportError, import_licences, read_licences
 from streams.cli.localstack import free_port
-from streams.settings import Settings
+from streams.events import priced
+from streams.ledger.clickhouse import insert_priced, query_rows
+from streams.reports import reports
+from streams.reports.licences import LicenceImportError, import_licences, read_licences
 from streams.reports.value_ledger import ValueLedgerError, import_value_ledger
+from streams.settings import Settings
 
 PICO = Decimal("0.000000000001")
 PRIOR_WEEK = LEDGER_WEEK - timedelta(days=7)

@@ -18,9 +18,9 @@ from clickhouse_connect.driver.client import Client
 
 from streams.events import priced
 from streams.ledger.clickhouse import connect, insert_priced, query_rows
-from streams.settings import Settings
 from streams.ledger.rollup_repair import repair
 from streams.ledger.sink import ClickHouseSink, PricedMessage
+from streams.settings import Settings
 
 DIMENSIONS = ("team", "feature", "environment", "provider", "model", "currency")
 COSTS = ("cost_input", "cost_output", "cost_cache_read", "cost_cache_write", "cost_other", "cost_total")

@@ -8,13 +8,12 @@ the way a Python service following the README would, and read with spendstream's
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-
-import asyncio
 
 import avro.io
 import avro.schema
@@ -25,7 +24,6 @@ from click.testing import CliRunner
 
 from bench.faults import wait_until
 from streams.cli.localstack import WorkerProcess
-
 from streams.cli.main import cli
 from streams.events.codec import (
     BUDGET,

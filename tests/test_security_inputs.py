@@ -29,12 +29,12 @@ from streams.budgets.budget import (
     load_file,
     publish,
 )
-from streams.cli.main import cli
-from streams.ledger.clickhouse import connect
-from streams.events.codec import BUDGET, SCHEMAS_DIR, default_codec
 from streams.cli.localstack import WorkerProcess
-from streams.settings import Settings
+from streams.cli.main import cli
+from streams.events.codec import BUDGET, SCHEMAS_DIR, default_codec
+from streams.ledger.clickhouse import connect
 from streams.runtime.topics import create_topics
+from streams.settings import Settings
 from tests.conftest import settings_of
 
 PASSWORD = "s3cret-Pa55"

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from streams.budgets.budget import Budget, publish
+from streams.cli.localstack import WorkerProcess
 from streams.ingest.dead_letters import list_dead_letters
 from streams.sdk.guard import BudgetExceeded, CapGuard
-from streams.cli.localstack import WorkerProcess
 from streams.sdk.producer import UsageProducer, usage_event
 from streams.settings import Settings
 from tests.conftest import settings_of

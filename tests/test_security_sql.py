@@ -26,15 +26,15 @@ from click.testing import CliRunner
 from clickhouse_connect.driver.client import Client
 
 from streams import web_auth
-from streams.ledger import sql_guard
+from streams.cli.localstack import EmbeddedBroker, WorkerProcess, isolated_environment
 from streams.cli.main import cli
+from streams.cli.synthetic import generate
+from streams.events.serialize import dumps
+from streams.ledger import sql_guard
 from streams.ledger.clickhouse import connect
 from streams.ledger.migrations import migrate
-from streams.cli.localstack import EmbeddedBroker, WorkerProcess, isolated_environment
 from streams.sdk.producer import UsageProducer
-from streams.events.serialize import dumps
 from streams.settings import Settings
-from streams.cli.synthetic import generate
 from tests.conftest import settings_of
 
 SECRET = f"not-for-sql-{uuid.uuid4().hex}"

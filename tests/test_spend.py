@@ -7,7 +7,15 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from streams.budgets.periods import (
-    Delta, DeltasMessage, aggregate, by_partition, decode_deltas, encode_deltas, is_expired, period_bounds, period_keys,
+    Delta,
+    DeltasMessage,
+    aggregate,
+    by_partition,
+    decode_deltas,
+    encode_deltas,
+    is_expired,
+    period_bounds,
+    period_keys,
 )
 from streams.events.scopes import partition_of, scope_value_problem, scopes_of, spend_key, split_key
 

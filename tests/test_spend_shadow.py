@@ -10,9 +10,9 @@ from types import SimpleNamespace
 from typing import Any
 
 from streams.budgets.budget import Budget, BudgetIndex
-from streams.settings import Settings
 from streams.budgets.periods import Delta, DeltasMessage, encode_deltas
 from streams.budgets.spend_state import ShadowSpend, SpendState
+from streams.settings import Settings
 
 AT = datetime(2026, 11, 22, 10, tzinfo=timezone.utc)
 

@@ -6,9 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from streams.events.validation import SCOPED_ATTRIBUTION, InvalidEvent, Limits, suspects, validate
 from streams.ingest.enrich import event_columns
 from streams.sdk.producer import usage_event
-from streams.events.validation import SCOPED_ATTRIBUTION, InvalidEvent, Limits, suspects, validate
 
 NOW = datetime(2026, 11, 22, 12, tzinfo=timezone.utc)
 

@@ -16,10 +16,10 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streams.events import priced
 from streams.anomaly.contributions import FieldTest, RowFilter, RowText, given
 from streams.anomaly.detectors.base import Detector
 from streams.anomaly.summaries import BatchSummary
+from streams.events import priced
 
 # The fields the detectors read; row mappings given to ``summarize`` are read with this
 # schema (microseconds: a watermark keeps the precision its rows have).

@@ -31,8 +31,8 @@ from typing import Any
 from streams.anomaly.decisions import BlockDecision, Outcome
 from streams.anomaly.engine import AnomalyEngine
 from streams.anomaly.summaries import BatchSummary, scope_of_state_key
-from streams.runtime.changelog import already_applied, is_marker, write_markers
 from streams.events.scopes import scope_partition
+from streams.runtime.changelog import already_applied, is_marker, write_markers
 
 SWEEP_KEY = b"sweep"
 FLUSH_EVERY = 2000  # state writes between changelog flushes within a batch

@@ -47,10 +47,18 @@ from zoneinfo import ZoneInfo
 
 from streams.budgets.budget import BudgetIndex
 from streams.budgets.caps import Announced, check
+from streams.budgets.periods import (
+    ALWAYS_TRACKED,
+    Delta,
+    DeltasMessage,
+    decode_deltas,
+    is_expired,
+    period_keys,
+    period_start,
+)
+from streams.events.scopes import partition_of, scope_kinds, scope_partition, spend_key, split_key
 from streams.runtime.changelog import already_applied, is_marker, write_markers
 from streams.settings import Settings
-from streams.budgets.periods import ALWAYS_TRACKED, Delta, DeltasMessage, decode_deltas, is_expired, period_keys, period_start
-from streams.events.scopes import partition_of, scope_kinds, scope_partition, spend_key, split_key
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-
 from streams.cli.localstack import EmbeddedBroker, WorkerProcess, settings_from, worker_environment
-from streams.sdk.producer import UsageProducer, publish_raw
+from streams.cli.synthetic import generate
 from streams.ledger.query import query_worker
 from streams.reports.text import table
+from streams.sdk.producer import UsageProducer, publish_raw
 from streams.settings import Settings
-from streams.cli.synthetic import generate
 from streams.web_auth import get_json
 
 DEMO_DIR = Path(".spendstream/demo")

@@ -31,8 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from streams.pricing.price_book import format_validation_errors, read_toml_without_floats
 from streams.events.scopes import scope_value_problem
+from streams.pricing.price_book import format_validation_errors, read_toml_without_floats
 
 __all__ = ["UNATTRIBUTED", "Attributed", "Router", "RoutingRules", "RoutingRulesError", "TeamRules"]
 

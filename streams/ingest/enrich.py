@@ -30,12 +30,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streams.events import priced
+from streams.events.codec import USAGE_BATCH, USAGE_EVENT, Codec, DecodeError
+from streams.events.validation import ATTRIBUTION_FIELDS, InvalidEvent, Limits, suspects, validate
 from streams.ingest.attribution import Router
 from streams.ingest.dead_letters import DeadLetter
-from streams.events.codec import USAGE_BATCH, USAGE_EVENT, Codec, DecodeError
 from streams.pricing.columns import PRICE_COLUMNS, price_columns
 from streams.pricing.rate_cards import Pricer
-from streams.events.validation import ATTRIBUTION_FIELDS, InvalidEvent, Limits, suspects, validate
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,20 +40,20 @@ from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
-from streams.events import priced
-from streams.runtime import tuning
 from streams.anomaly.config import AnomalyConfig
 from streams.anomaly.engine import AnomalyEngine
 from streams.anomaly.summaries import BatchSummary
-from streams.ingest.attribution import Router
+from streams.budgets.periods import Delta, DeltasMessage, aggregate, by_partition, encode_deltas
+from streams.events import priced
 from streams.events.codec import default_codec
+from streams.events.scopes import scope_partition
+from streams.ingest.attribution import Router
 from streams.ingest.dead_letters import DeadLetter
 from streams.ingest.enrich import Enricher, SourceMessage
 from streams.pricing.price_book import PriceBook
 from streams.pricing.rate_cards import Pricer
+from streams.runtime import tuning
 from streams.settings import Settings
-from streams.budgets.periods import Delta, DeltasMessage, aggregate, by_partition, encode_deltas
-from streams.events.scopes import scope_partition
 
 # (partition, offset, value) of a usage message: cheaper to pickle than a dataclass.
 RawMessage = tuple[int, int, bytes | None]

@@ -17,8 +17,8 @@ import urllib.request
 from typing import Any
 
 from streams import web_auth
-from streams.ledger import sql_guard
 from streams.events.serialize import jsonable
+from streams.ledger import sql_guard
 from streams.settings import Settings
 
 Rows = tuple[list[str], list[list[Any]]]

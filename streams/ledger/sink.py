@@ -68,8 +68,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streams.events import priced
-from streams.ledger import clickhouse
-from streams.ledger import rollup_repair
+from streams.ledger import clickhouse, rollup_repair
 
 log = logging.getLogger(__name__)
 

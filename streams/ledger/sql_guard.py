@@ -52,9 +52,9 @@ from clickhouse_connect.driver.binding import bind_query
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from streams.events.serialize import dumps
 from streams.ledger import clickhouse
 from streams.ledger.migrations import MigrationError
-from streams.events.serialize import dumps
 from streams.settings import Settings
 
 # Functions that reach outside the database, lowercased: files, the network, other

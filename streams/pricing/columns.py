@@ -33,8 +33,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streams.events.priced import MONEY
-from streams.pricing.rate_cards import ColumnRates, Pricer
 from streams.events.validation import map_sizes
+from streams.pricing.rate_cards import ColumnRates, Pricer
 
 _COUNT = pa.decimal128(19, 0)  # int64's digits: the narrowest decimal Arrow casts an int64 to
 _RATE = pa.decimal128(15, 12)

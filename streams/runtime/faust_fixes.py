@@ -56,7 +56,6 @@ from faust.transport.consumer import ThreadDelegateConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 
-
 # The releases whose internals these fixes (and streams.runtime.tuning's) were written against.
 PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
 

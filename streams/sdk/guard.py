@@ -18,11 +18,11 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from streams.ingest.attribution import normalise_team
 from streams.events.codec import default_codec
+from streams.events.scopes import SCOPE_FIELDS, scope_value_problem, scopes_of
+from streams.ingest.attribution import normalise_team
 from streams.runtime.compacted import CompactedView
 from streams.settings import Settings
-from streams.events.scopes import SCOPE_FIELDS, scope_value_problem, scopes_of
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from streams.events.codec import USAGE_BATCH, USAGE_EVENT, Codec, default_codec
-from streams.sdk.providers.record import ProviderRecording
 from streams.runtime.kafka_start import start_or_stop
+from streams.sdk.providers.record import ProviderRecording
 from streams.settings import Settings
 
 ATTRIBUTION_KEYS = (
