@@ -87,6 +87,11 @@ def repair_sql(rollup: Rollup, database: str) -> str:
     Recomputing more keys than needed is harmless (their difference is zero and
     ``HAVING`` leaves them out), so teams and days are filtered independently. Integer
     columns are summed as Int128 so that the subtraction cannot wrap.
+
+    Only identifiers are formatted into this SQL: the database name (checked by
+    ``migrations.checked_identifier``) and the rollup's table, view query and columns as
+    ClickHouse itself lists them (:func:`rollups`). The teams and days are values, bound
+    by the engine as ``{teams:Array(String)}`` and ``{days:Array(Date)}``.
     """
     source = (f"(SELECT * FROM {database}.usage WHERE team IN {{teams:Array(String)}} "
               f"AND toDate(occurred_at) IN {{days:Array(Date)}})")
