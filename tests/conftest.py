@@ -9,6 +9,7 @@ shared between tests, even on real servers.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -60,6 +61,20 @@ def _print_log(path: Path) -> None:
     if path.exists():
         print(f"--- {path} (last 4000 characters) ---")
         print(path.read_text(errors="replace")[-4000:])
+
+
+def schemas_with_an_older_usage_event(directory: Path) -> dict[str, Any]:
+    """Copy ``schemas/`` into ``directory`` with an older UsageEvent beside the current one
+    (``usage_event.v0.avsc``: without ``tags`` and ``request_fingerprint``); returns that
+    older schema, for schema-evolution tests."""
+    from streams.events.codec import SCHEMAS_DIR
+
+    for path in SCHEMAS_DIR.glob("*.avsc"):
+        (directory / path.name).write_text(path.read_text())
+    old = json.loads((SCHEMAS_DIR / "usage_event.avsc").read_text())
+    old["fields"] = [f for f in old["fields"] if f["name"] not in ("tags", "request_fingerprint")]
+    (directory / "usage_event.v0.avsc").write_text(json.dumps(old))
+    return old
 
 
 # --- ClickHouse in this process --------------------------------------------------------

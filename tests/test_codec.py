@@ -11,6 +11,7 @@ import pytest
 
 from streams.events.codec import MAGIC, SCHEMAS_DIR, USAGE_BATCH, USAGE_EVENT, Codec, DecodeError, default_codec
 from streams.sdk.producer import usage_event
+from tests.conftest import schemas_with_an_older_usage_event
 
 
 def event() -> dict:
@@ -95,11 +96,7 @@ def test_truncated_and_trailing_bodies_are_rejected() -> None:
 
 def test_older_writer_version_is_read_into_the_current_schema(tmp_path) -> None:
     """Schema evolution: an old producer's schema kept as usage_event.v0.avsc still decodes."""
-    for path in SCHEMAS_DIR.glob("*.avsc"):
-        (tmp_path / path.name).write_text(path.read_text())
-    old = json.loads((SCHEMAS_DIR / "usage_event.avsc").read_text())
-    old["fields"] = [f for f in old["fields"] if f["name"] not in ("tags", "request_fingerprint")]
-    (tmp_path / "usage_event.v0.avsc").write_text(json.dumps(old))
+    old = schemas_with_an_older_usage_event(tmp_path)
     codec = Codec(tmp_path)
     body = io.BytesIO()
     record = {k: v for k, v in event().items() if k not in ("tags", "request_fingerprint")}

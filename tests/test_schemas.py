@@ -38,7 +38,7 @@ from streams.events.codec import (
     default_codec,
 )
 from streams.sdk.producer import usage_event
-from tests.conftest import settings_of
+from tests.conftest import schemas_with_an_older_usage_event, settings_of
 
 
 def event(event_id: str = "e-1") -> dict:
@@ -143,11 +143,7 @@ def test_a_byte_swapped_fingerprint_is_still_unknown() -> None:
 
 def test_older_versions_accept_the_variant_too(tmp_path: Path) -> None:
     """usage_event.v0.avsc, written by the reference library, is read into the current schema."""
-    for path in SCHEMAS_DIR.glob("*.avsc"):
-        (tmp_path / path.name).write_text(path.read_text())
-    old = json.loads((SCHEMAS_DIR / "usage_event.avsc").read_text())
-    old["fields"] = [f for f in old["fields"] if f["name"] not in ("tags", "request_fingerprint")]
-    (tmp_path / "usage_event.v0.avsc").write_text(json.dumps(old))
+    old = schemas_with_an_older_usage_event(tmp_path)
     codec = Codec(tmp_path)
     v0 = next(v for v in codec.versions() if v.file == "usage_event.v0.avsc")
     assert not v0.is_current and v0.variant_fingerprints

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from streams.sdk.providers.fields import UsageFields, UsageMissing, as_dict, count, normalise_service_tier
+from streams.sdk.providers.fields import UsageFields, UsageMissing, as_dict, collected, count, normalise_service_tier
 
 __all__ = ["AnthropicStream", "usage_from_anthropic", "usage_from_anthropic_stream"]
 
@@ -119,7 +119,4 @@ def usage_from_anthropic_stream(
     events: Iterable[Any], *, provider: str = "anthropic", model: str | None = None
 ) -> UsageFields:
     """The usage of a whole streamed message (see :class:`AnthropicStream`)."""
-    stream = AnthropicStream(provider=provider, model=model)
-    for event in events:
-        stream.add(event)
-    return stream.usage()
+    return collected(AnthropicStream(provider=provider, model=model), events)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from streams.sdk.providers.fields import UsageFields, UsageMissing, as_dict, count, normalise_service_tier
+from streams.sdk.providers.fields import UsageFields, UsageMissing, as_dict, collected, count, normalise_service_tier
 
 __all__ = ["BedrockStream", "usage_from_bedrock", "usage_from_bedrock_stream"]
 
@@ -70,7 +70,4 @@ class BedrockStream:
 
 
 def usage_from_bedrock_stream(events: Iterable[Any], *, model: str, provider: str = "aws") -> UsageFields:
-    stream = BedrockStream(model=model, provider=provider)
-    for event in events:
-        stream.add(event)
-    return stream.usage()
+    return collected(BedrockStream(model=model, provider=provider), events)

@@ -13,12 +13,12 @@ Adapters never import a provider SDK: they read SDK response objects (pydantic m
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["UsageFields", "UsageMissing", "as_dict", "count", "normalise_service_tier"]
+__all__ = ["UsageFields", "UsageMissing", "as_dict", "collected", "count", "normalise_service_tier"]
 
 
 class UsageMissing(ValueError):
@@ -108,3 +108,19 @@ def normalise_service_tier(tier: Any) -> tuple[str, dict[str, str]]:
     if name in ("batch", "priority", "flex"):
         return name, {}
     return "standard", {"provider_service_tier": name[:64]}
+
+
+class StreamCollector(Protocol):
+    """A provider's stream collector: fed each chunk or event, asked for usage once."""
+
+    def add(self, item: Any) -> None: ...
+
+    def usage(self) -> UsageFields: ...
+
+
+def collected(stream: StreamCollector, items: Iterable[Any]) -> UsageFields:
+    """Feed ``items`` to ``stream`` and take its usage at the end (raises :class:`UsageMissing`
+    when the stream carried none)."""
+    for item in items:
+        stream.add(item)
+    return stream.usage()

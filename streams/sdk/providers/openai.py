@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from streams.sdk.providers.fields import UsageFields, UsageMissing, as_dict, count, normalise_service_tier
+from streams.sdk.providers.fields import UsageFields, UsageMissing, as_dict, collected, count, normalise_service_tier
 
 __all__ = ["OpenAIStream", "usage_from_openai", "usage_from_openai_stream"]
 
@@ -157,7 +157,4 @@ def usage_from_openai_stream(
     chunks: Iterable[Any], *, provider: str = "openai", model: str | None = None
 ) -> UsageFields:
     """The usage of a whole stream of chunks or events (see :class:`OpenAIStream`)."""
-    stream = OpenAIStream(provider=provider, model=model)
-    for chunk in chunks:
-        stream.add(chunk)
-    return stream.usage()
+    return collected(OpenAIStream(provider=provider, model=model), chunks)
