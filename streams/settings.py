@@ -70,6 +70,26 @@ class Settings(BaseSettings):
         2, ge=1, description="Read-only queries the worker runs at once; more wait their turn."
     )
 
+    # --- The OTLP receiver (`spendstream otlp`) ----------------------------------------
+    otlp_host: str = Field("127.0.0.1", description="Address the OTLP/HTTP receiver listens on.")
+    otlp_port: int = Field(4318, ge=1, le=65535, description="Port of the OTLP/HTTP receiver (4318: OTLP/HTTP's own).")
+    otlp_max_body_bytes: int = Field(
+        16_000_000, ge=1024,
+        description="Largest export request the receiver reads, after gzip is undone; a larger one is refused (413).",
+    )
+    otlp_attributes: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Where an OTLP span's attribution comes from: for each UsageEvent attribution field, the "
+                    "span or resource attributes to read, first found wins (span before resource), e.g. "
+                    '{"team": ["app.team"]}. Fields not named keep their defaults (streams.ingest.otlp.mapping).',
+    )
+    otlp_native_usage_scopes: list[str] = Field(
+        default_factory=lambda: ["openlit"],
+        description="Instrumentation scopes (name prefixes) whose GenAI spans carry the provider's own token counts "
+                    "(Anthropic's input without cache reads and writes, Gemini's output without thoughts) instead of "
+                    "the semantic conventions' totals.",
+    )
+
     # --- The worker ------------------------------------------------------------------
     app_id: str = "spendstream"
     worker_data_dir: Path = Path(".spendstream/worker")

@@ -83,20 +83,25 @@ def auth_headers(settings: Settings) -> dict[str, str]:
     return {"Authorization": f"Bearer {read_token(settings)}"}
 
 
-def get_json(settings: Settings, path: str, *, timeout: float = 10) -> Any:
-    """GET a worker endpoint (``/stats``, ``/spend?scope=...``) with the token, as JSON."""
-    request = urllib.request.Request(settings.web_url + path, headers=auth_headers(settings))
+def get_json(settings: Settings, path: str, *, timeout: float = 10, base_url: str | None = None) -> Any:
+    """GET a worker endpoint (``/stats``, ``/spend?scope=...``) with the token, as JSON; ``base_url``
+    for another server behind the same token (the OTLP receiver)."""
+    request = urllib.request.Request((base_url or settings.web_url) + path, headers=auth_headers(settings))
     with urllib.request.urlopen(request, timeout=timeout) as resp:
         return json.load(resp)
 
 
-def middleware(settings: Settings) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def middleware(
+    settings: Settings, *, bind_host: str | None = None
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     """The aiohttp middleware that applies the three checks of this module's docstring.
 
-    The token is read on the first request, not here: the app is declared before the
-    worker's start-up has written the token file.
+    ``bind_host`` is the address the server listens on (the worker's ``web_host`` unless
+    said otherwise, e.g. the OTLP receiver's). The token is read on the first request, not
+    here: the app is declared before the worker's start-up has written the token file.
     """
-    allowed_hosts = {h.lower() for h in settings.web_allowed_hosts} | {"localhost", settings.web_host.lower()}
+    bound = (bind_host or settings.web_host).lower()
+    allowed_hosts = {h.lower() for h in settings.web_allowed_hosts} | {"localhost", bound}
     token: list[bytes] = []
 
     @web.middleware

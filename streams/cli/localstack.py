@@ -154,22 +154,18 @@ class EmbeddedBroker:
 class WorkerProcess:
     """``spendstream worker`` in a child process, configured by environment variables."""
 
+    command = "worker"
+
     def __init__(self, env: dict[str, str], log: Path | None = None) -> None:
         self.env = {**os.environ, **env}
         self.settings = settings_from(env)
-        self.web_url = self.settings.web_url
+        self.web_url = self.base_url(self.settings)
         self.log_path = log
         self.proc: subprocess.Popen | None = None
         self._log: IO[bytes] | None = None
 
     def start(self, *, ready_timeout: float = 90.0) -> "WorkerProcess":
-        self._log = open(self.log_path, "ab") if self.log_path else None
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams", "worker"],
-            env=self.env,
-            stdout=self._log or subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
+        self.launch()
         try:
             self.wait_ready(ready_timeout)
         except BaseException:
@@ -177,12 +173,28 @@ class WorkerProcess:
             raise
         return self
 
+    def launch(self) -> "WorkerProcess":
+        """Start the process without waiting for it (then :meth:`wait_ready`), so that
+        several can start at once."""
+        self._log = open(self.log_path, "ab") if self.log_path else None
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams", self.command],
+            env=self.env,
+            stdout=self._log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+    @staticmethod
+    def base_url(settings: Settings) -> str:
+        return settings.web_url
+
     def wait_ready(self, timeout: float) -> None:
-        """Wait until the worker has its partitions and serves ``/ready``."""
+        """Wait until the process serves ``/ready`` (the worker: once it has its partitions)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}; see {self.log_path}")
+                raise RuntimeError(f"{self.command} exited with {self.proc.returncode}; see {self.log_path}")
             try:
                 with urllib.request.urlopen(self.web_url + "/ready", timeout=1) as resp:
                     if resp.status == 200:
@@ -190,11 +202,11 @@ class WorkerProcess:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.2)
-        raise TimeoutError(f"worker not ready after {timeout}s; see {self.log_path}")
+        raise TimeoutError(f"{self.command} not ready after {timeout}s; see {self.log_path}")
 
     def get_json(self, path: str, *, timeout: float = 30) -> Any:
         """GET one of the worker's endpoints (``/stats``), with its token, as JSON."""
-        return web_auth.get_json(self.settings, path, timeout=timeout)
+        return web_auth.get_json(self.settings, path, timeout=timeout, base_url=self.web_url)
 
     def stop(self, *, sig: int = signal.SIGTERM, grace: float = 30.0) -> int | None:
         code = None
@@ -205,3 +217,13 @@ class WorkerProcess:
             self._log.close()
             self._log = None
         return code
+
+
+class ReceiverProcess(WorkerProcess):
+    """``spendstream otlp`` in a child process: ready once it listens with its producer started."""
+
+    command = "otlp"
+
+    @staticmethod
+    def base_url(settings: Settings) -> str:
+        return f"http://{settings.otlp_host}:{settings.otlp_port}"

@@ -52,6 +52,25 @@ def worker() -> None:
     runner.execute_from_commandline()
 
 
+@cli.command()
+def otlp() -> None:
+    """Receive OpenTelemetry GenAI spans (OTLP/HTTP, POST /v1/traces) and publish them as usage events.
+
+    Listens on SPENDSTREAM_OTLP_HOST:SPENDSTREAM_OTLP_PORT (127.0.0.1:4318) behind the
+    worker's bearer token; stateless, so several can run behind a load balancer. Stops on
+    SIGTERM or Ctrl-C once what it accepted is in Kafka.
+    """
+    from streams.ingest.otlp.mapping import AttributeMappingError, SpanMapper
+    from streams.ingest.otlp.server import CannotListen, serve
+
+    settings = Settings()
+    try:
+        mapper = SpanMapper.from_settings(settings)
+        asyncio.run(serve(settings, mapper, announce=lambda line: click.echo(line, err=True)))
+    except (AttributeMappingError, CannotListen) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @cli.group()
 def topics() -> None:
     """Kafka topics."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from datetime import datetime, timezone
 from typing import Any
@@ -137,6 +137,18 @@ class UsageProducer(ProviderRecording):
             await self._send_pending()
         elif self._linger_task is None:
             self._linger_task = asyncio.create_task(self._flush_after_linger())
+
+    async def publish(self, events: Sequence[dict[str, Any]]) -> None:
+        """Send ``events`` now, in envelopes of up to ``batch_size``, and return once the broker
+        has acknowledged every one (raises the Kafka error if it did not): for a caller that
+        answers its own client only after delivery, as the OTLP receiver does."""
+        deliveries = [
+            await self._producer.send(
+                self.settings.usage_topic, self.codec.encode(USAGE_BATCH, {"events": list(events[i : i + self.batch_size])})
+            )
+            for i in range(0, len(events), self.batch_size)
+        ]
+        await asyncio.gather(*deliveries)
 
     async def flush(self) -> None:
         """Send what is pending and wait until the broker has everything sent so far."""
