@@ -13,6 +13,8 @@ value the topic cannot hold or a repeated id stops the whole file, with its line
     period = "month"                      # day, week or month, in SPENDSTREAM_TIMEZONE
     thresholds = ["0.8", "1.0"]           # fractions of amount; the last is the hard cap
     hard_action = "block"                 # block: the guard refuses calls; alert: only alert
+    fail_policy = "open"                  # no worker answers a reservation in time: open allows, closed refuses
+    reservation_expiry_seconds = 600      # optional: an unsettled reservation is released after this
 """
 
 from __future__ import annotations
@@ -113,6 +115,11 @@ class Budget(BaseModel):
     period: Literal["day", "week", "month"]
     thresholds: tuple[Decimal, ...] = Field(default=DEFAULT_THRESHOLDS, max_length=MAX_THRESHOLDS)
     hard_action: Literal["block", "alert"] = "block"
+    # When no worker answers a reservation in time (streams.budgets.reservations): allow the
+    # call (logged and counted) or refuse it. A budget that only alerts never refuses.
+    fail_policy: Literal["open", "closed"] = "open"
+    # An unsettled reservation against this budget is released after this; None: the worker's setting.
+    reservation_expiry_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
     updated_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
 
     @field_validator("scope")
@@ -203,6 +210,8 @@ FILE_KEYS: dict[str, str] = {
     "period": "period",
     "thresholds": "thresholds",
     "hard_action": "hard_action",
+    "fail_policy": "fail_policy",
+    "reservation_expiry_seconds": "reservation_expiry_seconds",
 }
 _KEY_OF_FIELD = {field: key for key, field in FILE_KEYS.items()}
 _BUDGETS_HEADER = re.compile(r"^\s*\[\[\s*budgets\s*\]\]")

@@ -252,6 +252,11 @@ def budgets() -> None:
 @click.option("--threshold", "thresholds", multiple=True, help="Fraction of the amount, repeatable (default 0.8 and 1.0).")
 @click.option("--action", "hard_action", type=click.Choice(["block", "alert"]), default="block", show_default=True,
               help="At the last threshold: block further calls (SDK guard) or only alert.")
+@click.option("--fail-policy", type=click.Choice(["open", "closed"]), default="open", show_default=True,
+              help="When no worker answers a reservation in time: allow the call (logged, counted) or refuse it.")
+@click.option("--reservation-expiry", "reservation_expiry_seconds", type=int, default=None,
+              help="Seconds after which an unsettled reservation is released (default: the worker's "
+                   "SPENDSTREAM_RESERVATION_EXPIRY_SECONDS).")
 def budgets_set(budget_id: str, thresholds: tuple[str, ...], **fields: Any) -> None:
     """Create or change a budget; it applies to the current period at once."""
     from pydantic import ValidationError
@@ -270,6 +275,7 @@ def budgets_set(budget_id: str, thresholds: tuple[str, ...], **fields: Any) -> N
 
 # Budget fields as `budgets set` spells them, for its error messages.
 _BUDGET_OPTIONS = {"budget_id": "BUDGET_ID", "thresholds": "--threshold", "hard_action": "--action",
+                   "fail_policy": "--fail-policy", "reservation_expiry_seconds": "--reservation-expiry",
                    **{name: f"--{name}" for name in ("scope", "amount", "period", "currency")}}
 
 
