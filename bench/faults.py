@@ -312,7 +312,7 @@ def settled_ledger(worker: WorkerProcess, distinct: int, *, timeout: float = SET
     """
     def progress() -> tuple[int, ...]:
         s = stats(worker)
-        return (ledger(worker).rows, s.get("rows_inserted", 0), s.get("duplicates_dropped", 0), s.get("priced", 0))
+        return (ledger(worker).rows, s.get("rows_inserted", 0), s.get("duplicates_dropped", 0), s.get("received", 0))
 
     until_quiet(progress, lambda now: now[0] >= distinct, timeout=timeout, idle=idle, quiet_after=2.5)
     return ledger(worker)
@@ -704,7 +704,7 @@ def scenario_clickhouse_down(env: dict[str, str], workdir: Path, *, outage: floa
 
         fault.touch()
         base = stats(worker)
-        inserted, priced = base.get("rows_inserted", 0), base.get("priced", 0)
+        inserted, priced = base.get("rows_inserted", 0), base.get("received", 0)
         rss, stalled = [rss_mb(worker)], True
         with Traffic(settings, "outage") as traffic:
             end = time.monotonic() + outage
@@ -720,7 +720,7 @@ def scenario_clickhouse_down(env: dict[str, str], workdir: Path, *, outage: floa
         except AssertionError as exc:
             figures.problems.append(str(exc))
         stalled &= stats(worker).get("rows_inserted", 0) == inserted
-        priced_during = stats(worker).get("priced", 0) - priced
+        priced_during = stats(worker).get("received", 0) - priced
         calls_during = live_spend(worker)[1] - len(before)
         fault.unlink()
         removed = time.monotonic()
@@ -803,7 +803,7 @@ def broker_fault(env: dict[str, str], workdir: Path, title: str, fault_name: str
         with Traffic(settings, prefix) as traffic:
             time.sleep(3)
             before = len(traffic.produced)
-            priced = stats(worker).get("priced", 0)
+            priced = stats(worker).get("received", 0)
             done = fault(figures)
             recovery = recovered(figures, worker, fault_name)
         if recovery is None:
@@ -835,10 +835,10 @@ def recovered(figures: Figures, worker: WorkerProcess, fault: str, *, timeout: f
     that did not come back is a problem in ``figures``; one that died too, and then there
     is nothing more to measure: None."""
     back = time.monotonic()
-    at_return = stats(worker).get("priced", 0)  # the worker's HTTP side never stopped
+    at_return = stats(worker).get("received", 0)  # the worker's HTTP side never stopped
     progress = ready = None
     while time.monotonic() - back < timeout and worker.proc is not None and worker.proc.poll() is None:
-        if progress is None and stats(worker).get("priced", 0) > at_return:
+        if progress is None and stats(worker).get("received", 0) > at_return:
             progress = time.monotonic() - back
         if ready is None and _is_ready(worker):
             ready = time.monotonic() - back

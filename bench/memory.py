@@ -70,8 +70,8 @@ class Sample:
 
     @property
     def events(self) -> int:
-        """The worker's 'events' counter (rows + dead letters enriched)."""
-        return int(self.stats.get("events", 0))
+        """The worker's 'received' counter (events enriched: rows, copies dropped and dead letters)."""
+        return int(self.stats.get("received", 0))
 
     @property
     def rows(self) -> int:

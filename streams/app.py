@@ -159,9 +159,9 @@ async def enrich(stream: faust.StreamT) -> None:
                 prepared = await chunk
                 await _publish(prepared)
                 stats.update(
-                    events=prepared.rows + len(prepared.dead_letters) + prepared.duplicates,
-                    priced=prepared.rows - prepared.unpriced, unpriced=prepared.unpriced,
+                    received=prepared.rows + len(prepared.dead_letters) + prepared.duplicates,
                     dead_letters=len(prepared.dead_letters), duplicates_in_batch=prepared.duplicates,
+                    duplicates_dropped=prepared.duplicates,
                 )
             await faust_fixes.commit_batch(stream, events, settings.usage_topic)
         stats.update(messages=len(events), enrich_batches=1)
@@ -307,7 +307,8 @@ async def sink_to_clickhouse(stream: faust.StreamT) -> None:
             )
             if result.repeats:
                 await _take_back(result.repeats)
-        stats.update(rows_inserted=result.inserted, duplicates_dropped=result.duplicates, sink_inserts=1,
+        stats.update(rows_inserted=result.inserted, priced=result.inserted - result.unpriced, unpriced=result.unpriced,
+                     duplicates_dropped=result.duplicates, sink_inserts=1,
                      sink_messages=len(events), repeats_taken_back=len(result.repeats),
                      rollup_repairs=result.repaired)
         marks["last_insert_at"] = time.time()
@@ -339,6 +340,10 @@ async def ready(web: View, request: Request) -> Response:
 
 @app.page("/stats")
 async def get_stats(web: View, request: Request) -> Response:
+    """This worker's counts since it started (README, "Run it yourself"): events ``received``
+    by enrich = ``dead_letters`` + ``rows_inserted`` (unique rows in the ledger, ``priced``
+    and ``unpriced``) + ``duplicates_dropped`` (copies, of which ``duplicates_in_batch``
+    dropped by enrich), once the sink has caught up; with several workers, summed over them."""
     return web.json({**stats, **marks})
 
 

@@ -80,7 +80,7 @@ def test_runaway_agent_is_alerted_blocked_and_remembered(stack_env: dict[str, st
     try:
         asyncio.run(agent_calls(settings, "loop-1", 10, same_request=True))
         deadline = time.monotonic() + 30
-        while second.get_json("/stats").get("events", 0) < 10 and time.monotonic() < deadline:
+        while second.get_json("/stats").get("received", 0) < 10 and time.monotonic() < deadline:
             time.sleep(0.2)
         alerts = asyncio.run(read_all(settings, settings.alerts_topic, lambda rs: False, timeout=3))
         assert len(runaway_alerts(alerts, "agent=loop-1")) == 1  # still open: not announced again

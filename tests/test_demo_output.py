@@ -23,7 +23,7 @@ class FakeProducer:
 
 
 def test_live_table_heads_scopes_and_prints_the_last_progress_line_once(monkeypatch, capsys) -> None:
-    answers = iter([{"events": 2, "rows_inserted": 0}] * 3 + [{"events": 3, "rows_inserted": 3}] * 100)
+    answers = iter([{"received": 2, "rows_inserted": 0}] * 3 + [{"received": 3, "rows_inserted": 3}] * 100)
     spend = {"team=search": {"month:2026-11": {"calls": 3, "spent": "0.5"}},
              "team=search,feature=answers": {"month:2026-11": {"calls": 1, "spent": "0.2"}}}
 

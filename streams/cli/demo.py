@@ -91,7 +91,7 @@ async def drive(settings: Settings, events: int, rate: float) -> None:
 def caught_up(stats: dict[str, Any], events: int) -> bool:
     """Every event counted, and every good one in ClickHouse (or dropped as a duplicate)."""
     in_ledger = stats.get("rows_inserted", 0) + stats.get("duplicates_dropped", 0)
-    return in_ledger >= stats.get("events", 0) - stats.get("dead_letters", 0) and stats.get("events", 0) >= events
+    return in_ledger >= stats.get("received", 0) - stats.get("dead_letters", 0) and stats.get("received", 0) >= events
 
 
 _printed = {"progress": ""}  # the last progress line printed without a terminal

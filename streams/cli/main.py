@@ -389,6 +389,60 @@ def dlq_resubmit(reason_code: str | None, event_ids: tuple[str, ...], everything
 
 
 @cli.command()
+def up() -> None:
+    """Start the embedded broker and a worker in the background, data and logs in .spendstream/.
+
+    They use the same settings as every other command (the broker on
+    SPENDSTREAM_KAFKA_BOOTSTRAP, 127.0.0.1:9092 by default), so `emit`, `budgets`, `sql`
+    and the reports find them. `spendstream down` stops them.
+    """
+    from streams.cli.stack import StackError
+    from streams.cli.stack import up as start
+
+    try:
+        lines = start(Settings())
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo("\n".join(lines))
+
+
+@cli.command()
+def status() -> None:
+    """What `spendstream up` started here, where it serves, and whether the ledger has caught up."""
+    from streams.cli.stack import status as show
+
+    lines = show(Settings())
+    click.echo("\n".join(lines))
+
+
+@cli.command()
+@click.option("--grace", type=float, default=30.0, show_default=True,
+              help="Seconds each process gets to stop after SIGTERM before it is killed.")
+def down(grace: float) -> None:
+    """Stop exactly the processes `spendstream up` started here (by their PIDs); the data stays."""
+    from streams.cli.stack import down as stop
+
+    click.echo("\n".join(stop(grace=grace)))
+
+
+@cli.command()
+@click.option("--timeout", type=float, default=120.0, show_default=True,
+              help="Give up (exit 1) after this many seconds.")
+def wait(timeout: float) -> None:
+    """Return once every event produced so far is in the ledger (or dead-lettered, or dropped
+    as a copy of one already there): the workers' group has processed every usage message on
+    the topic now, and every priced message made from them."""
+    from streams.runtime.lag import NotLanded, wait_landed
+
+    try:
+        usage, priced = asyncio.run(wait_landed(Settings(), timeout=timeout))
+    except NotLanded as exc:
+        raise click.ClickException(f"{exc} after {timeout:g}s; is a worker running? `spendstream status`") from exc
+    click.echo(f"in the ledger: everything produced to {usage.topic} so far "
+               f"(the group is at its end, and at the end of {priced.topic})")
+
+
+@cli.command()
 @click.option("--events", type=int, default=20000, show_default=True, help="Usage events to publish.")
 @click.option("--rate", type=float, default=4000, show_default=True, help="Events per second.")
 def demo(events: int, rate: float) -> None:

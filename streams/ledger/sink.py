@@ -91,6 +91,7 @@ class SinkResult:
     duplicates: int                     # rows dropped: re-deliveries and repeats
     repeats: list[dict[str, Any]] = field(default_factory=list)  # newly recorded: take their spend back
     repaired: int = 0                   # (team, day) keys whose rollups were recomputed
+    unpriced: int = 0                   # of the rows inserted, those stored unpriced
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +157,8 @@ class ClickHouseSink:
         rollup_repair.repair(client, self.database, damaged)                       # 5
         fresh = self._record_repeats(client, rows, repeats)                        # 6
         clickhouse.record_sink_offsets(client, self.topic, ranges, row_count=inserted, dedup_token=token)
-        return SinkResult(inserted, rows.num_rows - inserted, fresh, len(damaged))  # 7
+        unpriced = pc.sum(pc.invert(new_rows.column("priced"))).as_py() or 0
+        return SinkResult(inserted, rows.num_rows - inserted, fresh, len(damaged), unpriced)  # 7
 
     def _record_repeats(self, client: Any, rows: pa.Table, repeats: list[_Repeat]) -> list[dict[str, Any]]:
         """Record the repeats not recorded before; return them as row dicts."""
