@@ -48,6 +48,7 @@ def nothing_listening(tmp_path: Path) -> dict[str, str]:
     ["alerts", "tail", "--count", "1"],
     ["dlq", "list"],
     ["emit", "--provider", "openai", "--model", "gpt-4o", "--input-tokens", "10", "--output-tokens", "1"],
+    ["otlp"],
 ])
 def test_no_broker_is_one_line_naming_the_address_and_the_variable(nothing_listening: dict[str, str], args) -> None:
     done = spendstream(nothing_listening, *args)
@@ -81,6 +82,14 @@ def test_no_migrations_names_the_command(tmp_path: Path) -> None:
 def test_a_bad_setting_names_the_variable(nothing_listening: dict[str, str]) -> None:
     done = spendstream({**nothing_listening, "SPENDSTREAM_PARTITIONS": "0"}, "migrate")
     assert_one_line(done, "SPENDSTREAM_PARTITIONS", "greater than or equal to 1")
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ('{"teams": ["app.team"]}', "SPENDSTREAM_OTLP_ATTRIBUTES names 'teams', which a UsageEvent does not have; use team"),
+    ('{"team": "app.team"', "SPENDSTREAM_OTLP_ATTRIBUTES: not valid JSON"),
+])
+def test_a_bad_otlp_attribute_mapping_names_the_variable(nothing_listening: dict[str, str], value: str, expected: str) -> None:
+    assert_one_line(spendstream({**nothing_listening, "SPENDSTREAM_OTLP_ATTRIBUTES": value}, "otlp"), expected)
 
 
 def test_the_worker_without_a_broker_says_where_it_looked(nothing_listening: dict[str, str]) -> None:

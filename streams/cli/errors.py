@@ -9,6 +9,7 @@ here are translated, so a real bug keeps its traceback.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,6 +22,7 @@ def one_line(exc: BaseException) -> str | None:
     from aiokafka.errors import KafkaConnectionError, NoBrokersAvailable, UnknownTopicOrPartitionError
     from clickhouse_connect.driver.exceptions import OperationalError
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from streams.ledger.migrations import MigrationError
     from streams.runtime.compacted import MissingTopic
@@ -43,6 +45,8 @@ def one_line(exc: BaseException) -> str | None:
     if isinstance(exc, OperationalError):
         return (f"cannot reach ClickHouse at {_dsn()}; start it or set SPENDSTREAM_CLICKHOUSE_DSN "
                 f"({str(exc).splitlines()[0][:200]})")
+    if isinstance(exc, SettingsError) and (field := re.search(r'field "(\w+)"', str(exc))):
+        return f"SPENDSTREAM_{field[1].upper()}: not valid JSON (fix the environment variable)"
     if isinstance(exc, ValidationError) and exc.title == "Settings":
         return "; ".join(
             f"SPENDSTREAM_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
