@@ -4,6 +4,7 @@ it, and a non-zero exit: never a traceback. A real bug keeps its traceback."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -84,12 +85,33 @@ def test_a_bad_setting_names_the_variable(nothing_listening: dict[str, str]) -> 
     assert_one_line(done, "SPENDSTREAM_PARTITIONS", "greater than or equal to 1")
 
 
+def in_process(env: dict[str, str], *args: str) -> str:
+    """Run a command in this process (no interpreter start: these fail before any I/O);
+    its one output line."""
+    from streams.cli.main import cli
+
+    result = CliRunner().invoke(cli, args, env=env)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    return lines[0]
+
+
 @pytest.mark.parametrize(("value", "expected"), [
     ('{"teams": ["app.team"]}', "SPENDSTREAM_OTLP_ATTRIBUTES names 'teams', which a UsageEvent does not have; use team"),
     ('{"team": "app.team"', "SPENDSTREAM_OTLP_ATTRIBUTES: not valid JSON"),
 ])
 def test_a_bad_otlp_attribute_mapping_names_the_variable(nothing_listening: dict[str, str], value: str, expected: str) -> None:
-    assert_one_line(spendstream({**nothing_listening, "SPENDSTREAM_OTLP_ATTRIBUTES": value}, "otlp"), expected)
+    assert expected in in_process({**nothing_listening, "SPENDSTREAM_OTLP_ATTRIBUTES": value}, "otlp")
+
+
+def test_the_otlp_receiver_on_a_taken_port_says_so(nothing_listening: dict[str, str]) -> None:
+    """The address is taken before any broker is tried."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = in_process({**nothing_listening, "SPENDSTREAM_OTLP_PORT": str(port)}, "otlp")
+    assert f"cannot listen on 127.0.0.1:{port}" in line and "SPENDSTREAM_OTLP_PORT" in line
 
 
 def test_the_worker_without_a_broker_says_where_it_looked(nothing_listening: dict[str, str]) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -204,11 +202,3 @@ def test_without_the_token_a_request_is_refused(stack: tuple[WorkerProcess, Rece
     assert exporter.export(captured.get_finished_spans()) is SpanExportResult.FAILURE
     exporter.shutdown()
 
-
-def test_a_second_receiver_on_a_taken_port_says_so_in_one_line(stack: tuple[WorkerProcess, ReceiverProcess]) -> None:
-    _, receiver = stack
-    done = subprocess.run([sys.executable, "-m", "streams", "otlp"], env=receiver.env, capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith(
-        f"Error: cannot listen on 127.0.0.1:{receiver.settings.otlp_port}"), done.stderr

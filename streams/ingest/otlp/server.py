@@ -65,13 +65,12 @@ class CannotListen(RuntimeError):
 class Receiver:
     """The receiver's handlers, its producer and its counters."""
 
-    def __init__(self, settings: Settings, mapper: SpanMapper, producer: UsageProducer) -> None:
+    def __init__(self, settings: Settings, mapper: SpanMapper) -> None:
         self.settings = settings
         self.mapper = mapper
-        self.producer = producer
+        self.producer: UsageProducer | None = None  # set once started: until then, and when stopping, 503
         self.counts: Counter[str] = Counter({name: 0 for name in OUTCOMES})
         self.requests: Counter[str] = Counter()
-        self.ready = False
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -84,6 +83,10 @@ class Receiver:
         return app
 
     async def traces(self, request: web.Request) -> web.Response:
+        producer = self.producer
+        if producer is None:
+            return self._status(503, JSON, _UNAVAILABLE, "starting or stopping; retry", "unavailable",
+                                headers={"Retry-After": _RETRY_AFTER_SECONDS})
         try:
             kind = media_type(request.headers.get("Content-Type"))
         except UnsupportedMediaType as exc:
@@ -106,7 +109,7 @@ class Receiver:
                 rejected.append(mapped.reason)
         if events:
             try:
-                await self.producer.publish(events)
+                await producer.publish(events)
             except KafkaError as exc:  # the exporter retries the whole request: count none of it
                 log.error("could not publish %d usage events to Kafka (%s); answered 503", len(events), type(exc).__name__)
                 return self._status(503, kind, _UNAVAILABLE, "Kafka did not take the usage events; retry", "unavailable",
@@ -128,16 +131,16 @@ class Receiver:
         return web.json_response({"spans": dict(self.counts), "requests": dict(self.requests)})
 
     async def ready_page(self, request: web.Request) -> web.Response:
-        return web.json_response({"ready": self.ready}, status=200 if self.ready else 503)
+        ready = self.producer is not None
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
 
 
 async def serve(settings: Settings, mapper: SpanMapper, *, announce: Any = print) -> None:
-    """Run the receiver until SIGTERM or SIGINT: start the producer (Kafka must answer), listen,
-    then on a signal stop listening and close the producer (everything sent is delivered)."""
+    """Run the receiver until SIGTERM or SIGINT: listen (a taken address fails at once),
+    start the producer (Kafka must answer; until then requests get 503), then on a signal
+    stop listening and close the producer (everything sent is delivered)."""
     web_auth.ensure_token(settings)
-    producer = UsageProducer(settings)
-    await producer.start()
-    receiver = Receiver(settings, mapper, producer)
+    receiver = Receiver(settings, mapper)
     runner = web.AppRunner(receiver.app(), access_log=None)
     await runner.setup()
     try:
@@ -148,17 +151,23 @@ async def serve(settings: Settings, mapper: SpanMapper, *, announce: Any = print
                 f"cannot listen on {settings.otlp_host}:{settings.otlp_port} ({exc.strerror or exc}); "
                 "set SPENDSTREAM_OTLP_HOST / SPENDSTREAM_OTLP_PORT to a free address of this machine"
             ) from exc
+        producer = UsageProducer(settings)  # created here: one never started warns at exit
+        await producer.start()  # stops its client if Kafka does not answer
+    except BaseException:
+        await runner.cleanup()
+        raise
+    try:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        receiver.ready = True
+        receiver.producer = producer
         announce(
             f"spendstream otlp: receiving OTLP/HTTP traces at http://{settings.otlp_host}:{settings.otlp_port}"
             f"{TRACES_PATH}, publishing usage events to {settings.usage_topic} at {settings.kafka_bootstrap}"
         )
         await stop.wait()
     finally:
-        receiver.ready = False
-        await runner.cleanup()
+        receiver.producer = None
+        await runner.cleanup()  # waits for the requests in flight, whose events are then in Kafka
         await producer.stop()
