@@ -10,6 +10,7 @@ changes.
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -168,6 +169,26 @@ class Settings(BaseSettings):
     price_book: Path | None = Field(None, description="Organisation price book (TOML).")
     routing_rules: Path | None = Field(None, description="Attribution routing rules (TOML).")
     anomaly_config: Path | None = Field(None, description="Anomaly detector settings (TOML).")
+
+    # --- Provider bills and reconciliation (streams.ledger.bills, streams.reports.reconcile)
+    openai_admin_key: SecretStr | None = Field(
+        None, description="OpenAI admin key (sk-admin-...) that `spendstream bills fetch --provider openai` uses; never logged."
+    )
+    anthropic_admin_key: SecretStr | None = Field(
+        None, description="Anthropic Admin API key (sk-ant-admin...) for `bills fetch --provider anthropic`; never logged."
+    )
+    openai_api_base: str = Field("https://api.openai.com/v1", description="Where OpenAI's organization API answers.")
+    anthropic_api_base: str = Field("https://api.anthropic.com", description="Where Anthropic's Admin API answers.")
+    bills_ca_cert: Path | None = Field(
+        None, description="CA bundle the bill fetcher trusts instead of the system's (a TLS-inspecting proxy)."
+    )
+    reconcile_drift_ratio: Decimal = Field(
+        Decimal("0.02"), ge=0,
+        description="A provider's day is a drift when its unexplained difference exceeds this share of its bill ...",
+    )
+    reconcile_drift_min: Decimal = Field(
+        Decimal(10), ge=0, description="... and this amount (in the bill's currency): then one reconciliation_drift alert."
+    )
 
     # --- Fault injection (tests and chaos drills) ------------------------------------
     fault_clickhouse_down: Path | None = Field(

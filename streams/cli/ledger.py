@@ -10,6 +10,7 @@ process owns the data directory.
 
 from __future__ import annotations
 
+import asyncio
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -22,10 +23,12 @@ from typing import Any, TypeVar
 import click
 from clickhouse_connect.driver.client import Client
 
-from streams.reports import reports
+from streams.ledger.bills.formats import FORMATS
+from streams.reports import reconcile, reports
 from streams.settings import Settings
 
 T = TypeVar("T")
+
 
 
 def _ledger_query(settings: Settings) -> reports.Query:
@@ -125,11 +128,12 @@ def weekly(week: datetime | None, currency: str, min_rise: str, min_calls: int, 
             query, reports.week_containing(day), currency=currency, min_rise=rise, min_calls=min_calls
         )
     )
-    click.echo(reports.render_weekly(result))
+    bills = _run(lambda: reconcile.reconcile(query, result.week_start, result.week_end + timedelta(days=1)))
+    click.echo(reports.render_weekly(result) + "\n\n" + reconcile.render_section(bills))
     if html_path:
         from streams.reports.html import render_weekly_html
 
-        html_path.write_text(render_weekly_html(result), encoding="utf-8")
+        html_path.write_text(render_weekly_html(result, bills), encoding="utf-8")
         click.echo(f"\nwrote {html_path}")
 
 
@@ -230,6 +234,82 @@ def value_import(path: Path) -> None:
     )
 
 
+# --- bills, reconcile -----------------------------------------------------------------
+
+
+@click.group()
+def bills() -> None:
+    """Provider bills: what the providers say they charged, beside the ledger."""
+
+
+@bills.command("import")
+@click.argument("path", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", required=True, type=click.Choice(list(FORMATS)),
+              help="The report's shape: " + "; ".join(f"{name}: {what}" for name, (_, what) in FORMATS.items()))
+def bills_import(path: Path, fmt: str) -> None:
+    """Import a provider's cost or usage report; importing it again adds nothing."""
+    from streams.ledger.bills.formats import read_file
+    from streams.ledger.bills.lines import BillImportError
+    from streams.ledger.bills.store import store_lines
+
+    try:
+        lines = read_file(path, fmt)
+    except BillImportError as exc:
+        raise click.ClickException(str(exc)) from exc
+    with _write_client(Settings()) as client:
+        done = store_lines(client, lines, imported_from=path.name)
+    click.echo(f"{path}: {len(lines)} line(s), {done.written} new or revised, {done.unchanged} already imported")
+
+
+@bills.command("fetch")
+@click.option("--provider", required=True, type=click.Choice(["openai", "anthropic"]),
+              help="Whose admin API to ask; the key comes from SPENDSTREAM_OPENAI_ADMIN_KEY or "
+                   "SPENDSTREAM_ANTHROPIC_ADMIN_KEY.")
+@click.option("--since", required=True, type=click.DateTime(["%Y-%m-%d"]), help="First UTC day to fetch.")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]),
+              help="Day after the last one to fetch (default: tomorrow, so today's running total is included).")
+def bills_fetch(provider: str, since: datetime, until: datetime | None) -> None:
+    """Fetch the provider's cost and usage reports through its admin API, page by page, and import them."""
+    from streams.ledger.bills.fetch import FetchError, fetch
+    from streams.ledger.bills.lines import BillImportError
+    from streams.ledger.bills.store import store_lines
+
+    settings = Settings()
+    end = until.date() if until else datetime.now(UTC).date() + timedelta(days=1)
+    if end <= since.date():
+        raise click.BadParameter("must be after --since", param_hint="--until")
+    try:
+        fetched = fetch(settings, provider, since.date(), end)
+    except (FetchError, BillImportError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    with _write_client(settings) as client:
+        for report, lines in fetched:
+            done = store_lines(client, lines, imported_from=f"{report.fmt} fetched {since:%Y-%m-%d}..{end}")
+            click.echo(f"{report.fmt}: {len(lines)} line(s), {done.written} new or revised, "
+                       f"{done.unchanged} already imported")
+
+
+@click.command("reconcile")
+@click.option("--month", required=True, help="The month to reconcile, YYYY-MM (UTC days).")
+@click.option("--alert/--no-alert", default=True, show_default=True,
+              help="Publish a reconciliation_drift alert (once) for each provider and day over the threshold.")
+def reconcile_command(month: str, alert: bool) -> None:
+    """The ledger against the provider bills: per provider, day and model, the difference and
+    how much of it is explained (events never received, price book, unpriced calls)."""
+    settings = Settings()
+    start = _month(month)
+    rec = _run(lambda: reconcile.reconcile(_ledger_query(settings), start, reports.next_month(start)))
+    ratio, minimum = settings.reconcile_drift_ratio, settings.reconcile_drift_min
+    click.echo(reconcile.render(rec, ratio=ratio, minimum=minimum))
+    if alert:
+        from streams.sdk.alerts import announce_once
+
+        alerts = reconcile.drift_alerts(rec, ratio=ratio, minimum=minimum, now=datetime.now(UTC))
+        published = asyncio.run(announce_once(settings, alerts))
+        click.echo(f"\n{len(published)} reconciliation_drift alert(s) published "
+                   f"({len(alerts) - len(published)} announced before)")
+
+
 # --- export --------------------------------------------------------------------------
 
 
@@ -264,4 +344,4 @@ def focus(period: str, fmt: Any, out: Path) -> None:
     click.echo("checked: the file's totals per currency and team equal the ledger's")
 
 
-commands: list[click.Command] = [report, licences, value, export]
+commands: list[click.Command] = [report, licences, value, bills, reconcile_command, export]

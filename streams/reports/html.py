@@ -15,7 +15,13 @@ from datetime import date, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from html import escape
 
-from streams.reports.reports import TEAM_WEEK_HEADERS, WeeklyReport, cost_per_call_rise_rows, team_week_rows
+from streams.reports import reconcile
+from streams.reports.reports import (
+    TEAM_WEEK_HEADERS,
+    WeeklyReport,
+    cost_per_call_rise_rows,
+    team_week_rows,
+)
 from streams.reports.text import money, percent
 
 SVG = "http://www.w3.org/2000/svg"  # a namespace name, never fetched
@@ -32,8 +38,9 @@ svg text { font-size: 11px; fill: #444; }
 """
 
 
-def render_weekly_html(report: WeeklyReport) -> str:
-    """The whole page, as a string to write to a ``.html`` file."""
+def render_weekly_html(report: WeeklyReport, bills: reconcile.Reconciliation | None = None) -> str:
+    """The whole page, as a string to write to a ``.html`` file; ``bills`` adds the week's
+    reconciliation against the provider bills."""
     c = escape(report.currency)
     title = f"AI spend, week of {report.week_start} to {report.week_end}"
     change = report.total_cost / report.prior_total_cost - 1 if report.prior_total_cost else None
@@ -73,6 +80,13 @@ def render_weekly_html(report: WeeklyReport) -> str:
             [(u.provider, u.model, u.calls, u.input_tokens, u.output_tokens) for u in report.unpriced],
         ),
     ]
+    if bills is not None:
+        sections += [
+            '<h2 id="bills">Ledger against provider bills</h2>',
+            _table(reconcile.TOTAL_HEADERS, reconcile.total_rows(bills.providers())),
+            "<h3>Lines that differ, largest unexplained first</h3>",
+            _table(reconcile.LINE_HEADERS, reconcile.line_rows(reconcile.differing(bills))),
+        ]
     body = "\n".join(sections)
     return (
         "<!DOCTYPE html>\n"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.events.codec import ALERT, default_codec
 from streams.runtime.kafka_start import start_or_stop
@@ -46,3 +46,48 @@ def format_alert(alert: dict[str, Any]) -> str:
     """``2026-11-22T10:01:02Z CRITICAL firing budget_hard team=search: <message>``."""
     at = alert["emitted_at"].strftime("%Y-%m-%dT%H:%M:%SZ")
     return f"{at} {alert['severity'].upper():8} {alert['state']:8} {alert['kind']} {alert['scope']}: {alert['message']}"
+
+
+async def announce_once(settings: Settings, alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Publish the ``alerts`` whose ``alert_id`` is not on the alert topic yet; return them.
+
+    For alerts raised outside the worker (``spendstream reconcile``), which keeps no table
+    of what it announced: the alert topic is that record.
+
+    1. Read the alert topic from its beginning to its current end, collecting alert ids.
+    2. Publish each alert whose id was not there, keyed by its scope, and wait for Kafka to
+       confirm them.
+
+    Run twice, the second run publishes nothing. Alerts the topic's retention has deleted
+    are not remembered: past it, a day reconciled again is announced again.
+    """
+    if not alerts:
+        return []
+    codec = default_codec()
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, **settings.kafka_client_options())
+    await start_or_stop(consumer)
+    seen: set[str] = set()
+    try:  # 1
+        await consumer.topics()  # loads the metadata partitions_for_topic reads
+        partitions = [TopicPartition(settings.alerts_topic, p)
+                      for p in sorted(consumer.partitions_for_topic(settings.alerts_topic) or ())]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    name, alert = codec.decode(record.value)
+                    if name == ALERT:
+                        seen.add(alert["alert_id"])
+    finally:
+        await consumer.stop()
+    fresh = [alert for alert in alerts if alert["alert_id"] not in seen]
+    producer = AIOKafkaProducer(**settings.kafka_client_options())
+    await start_or_stop(producer)
+    try:  # 2
+        for alert in fresh:
+            await producer.send_and_wait(settings.alerts_topic, codec.encode(ALERT, alert), key=alert["scope"].encode())
+    finally:
+        await producer.stop()
+    return fresh
