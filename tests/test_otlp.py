@@ -94,8 +94,8 @@ def sql(worker: WorkerProcess, query: str) -> list[list[Any]]:
 
 
 def post(receiver: ReceiverProcess, body: bytes, content_type: str, *, token: bool = True,
-         encoding: str | None = None) -> tuple[int, bytes]:
-    headers = {"Content-Type": content_type, **(web_auth.auth_headers(receiver.settings) if token else {})}
+         encoding: str | None = None, **extra: str) -> tuple[int, bytes]:
+    headers = {"Content-Type": content_type, **(web_auth.auth_headers(receiver.settings) if token else {}), **extra}
     if encoding:
         headers["Content-Encoding"] = encoding
     request = urllib.request.Request(receiver.web_url + "/v1/traces", data=body, headers=headers)
@@ -189,10 +189,12 @@ def test_a_malformed_body_gets_400_saying_why_and_nothing_is_published(stack: tu
     assert after["requests"]["malformed"] - before["requests"].get("malformed", 0) == 2
 
 
-def test_without_the_token_a_request_is_refused(stack: tuple[WorkerProcess, ReceiverProcess]) -> None:
+def test_without_the_token_or_from_another_site_a_request_is_refused(stack: tuple[WorkerProcess, ReceiverProcess]) -> None:
     _, receiver = stack
     status, answer = post(receiver, b"", "application/x-protobuf", token=False)
     assert status == 401 and b"Bearer" in answer
+    assert post(receiver, b"", "application/x-protobuf", Host="rebound.example")[0] == 421
+    assert post(receiver, b"", "application/x-protobuf", Origin="https://evil.example")[0] == 403
     exporter = OTLPSpanExporter(endpoint=receiver.web_url + "/v1/traces", headers={"Authorization": "Bearer wrong"})
     provider = TracerProvider()
     captured = InMemorySpanExporter()

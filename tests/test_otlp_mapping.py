@@ -156,6 +156,12 @@ def test_a_count_that_is_not_a_token_count_is_rejected_with_the_reason(value: An
     assert "gen_ai.usage.input_tokens" in mapped.reason and why in mapped.reason and SPAN in mapped.reason
 
 
+def test_a_value_longer_than_the_worker_accepts_is_rejected() -> None:
+    mapped = SpanMapper().map(span({**call("openai", "gpt-4o", input=1, output=1), "team": "t" * 257}))
+    assert mapped.outcome == "rejected" and "team is 257 characters long, over 256" in mapped.reason
+    assert SpanMapper().map(span({**call("openai", "gpt-4o", input=1, output=1), "team": "t" * 256})).event
+
+
 def test_usage_without_a_model_is_rejected() -> None:
     mapped = SpanMapper().map(span({"gen_ai.provider.name": "openai", "gen_ai.usage.input_tokens": 3,
                                     "gen_ai.usage.output_tokens": 1}))

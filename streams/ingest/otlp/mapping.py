@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from streams.events.validation import Limits
 from streams.ingest.otlp.decode import OtlpSpan
 from streams.sdk.producer import ATTRIBUTION_KEYS, usage_event
 from streams.sdk.providers import (
@@ -80,6 +81,9 @@ COUNTS = {
                   "gen_ai.usage.reasoning_output_tokens"),
 }
 SERVICE_TIER = ("openai.response.service_tier", "gen_ai.openai.response.service_tier")
+PROVIDER = ("gen_ai.provider.name", "gen_ai.system")
+MODEL = ("gen_ai.response.model", "gen_ai.request.model")
+_LIMITS = Limits()
 _LONG_MAX = 2**63 - 1
 
 DEFAULT_ATTRIBUTES: dict[str, tuple[str, ...]] = {
@@ -182,27 +186,32 @@ class SpanMapper:
         """One span's outcome, in these steps:
 
         1. A span whose operation wraps calls (agent, tool) is ``not_a_call``.
-        2. Read the usage counts; a count that is not a whole number from 0 to 2^63-1
-           is ``rejected`` (it cannot be encoded; the exporter is told why).
+        2. Read the usage counts; one that is not a whole number fitting 64 bits is
+           ``rejected`` (with the reason, which the exporter is told).
         3. Without counts: ``failed_call`` if the span's status is ERROR, else ``usage_missing``.
-        4. Map the counts with the provider's adapter (see "Whose conventions").
-        5. Attribution, occurred_at (the span's end), an event id from trace and span id.
+        4. Map the counts with the provider's adapter (see "Whose conventions"); usage
+           naming no model is ``rejected``.
+        5. Attribution, occurred_at (the span's end), an event id from trace and span id;
+           a model, provider or attribution value longer than the worker accepts is
+           ``rejected`` (:func:`_identifier`).
         """
-        attrs = span.attributes
-        operation = str(attrs.get("gen_ai.operation.name") or "")
+        operation = str(span.attributes.get("gen_ai.operation.name") or "")
         if operation in WRAPPING_OPERATIONS:
             return Mapped("not_a_call")
         try:
-            counts = self._counts(attrs)
+            counts = self._counts(span.attributes)
+            if counts is None:
+                return Mapped("failed_call" if span.failed else "usage_missing")
+            return Mapped("recorded", event=self._event(span, counts, operation))
         except _Rejected as exc:
             return Mapped("rejected", reason=f"span {span.span_id} of trace {span.trace_id}: {exc}")
-        if counts is None:
-            return Mapped("failed_call" if span.failed else "usage_missing")
-        provider = catalog_provider(str(attrs.get("gen_ai.provider.name") or attrs.get("gen_ai.system") or ""))
-        model = str(attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model") or "")
+
+    def _event(self, span: OtlpSpan, counts: _Counts, operation: str) -> dict[str, Any]:
+        attrs = span.attributes
+        provider = catalog_provider(_identifier("gen_ai.provider.name", _first(attrs, PROVIDER) or ""))
+        model = _identifier("gen_ai.response.model", _first(attrs, MODEL) or "")
         if not model:
-            return Mapped("rejected", reason=f"span {span.span_id} of trace {span.trace_id} has usage but names no "
-                                             "model (gen_ai.response.model or gen_ai.request.model)")
+            raise _Rejected("it has usage but names no model (gen_ai.response.model or gen_ai.request.model)")
         native = span.scope.startswith(self.native_scopes) or _cannot_be_totals(counts)
         adapter, block = NATIVE.get(provider, TOTALS) if native else TOTALS
         fields = adapter(block(counts), provider=provider, model=model)
@@ -210,13 +219,12 @@ class SpanMapper:
         tags = {**fields.tags, **tier_tags, "source": "otlp"}
         if operation:
             tags["otel_operation"] = operation[:64]
-        event = usage_event(
+        return usage_event(
             **{**fields.as_fields(), "service_tier": tier, "tags": tags},
             event_id=f"otlp-{span.trace_id}-{span.span_id}",
             occurred_at=_time(span.end_ns or span.start_ns),
             **self._attribution(span),
         )
-        return Mapped("recorded", event=event)
 
     def _counts(self, attrs: dict[str, Any]) -> _Counts | None:
         found = {name: _count(attrs, keys) for name, keys in COUNTS.items()}
@@ -230,10 +238,20 @@ class SpanMapper:
             found = _first(span.attributes, keys)
             if found is None:
                 found = _first(span.resource, keys)
-            values[name] = None if found is None else str(found)
+            values[name] = None if found is None else _identifier(name, found)
         if values.get("trace_id") is None:
             values["trace_id"] = span.trace_id or None
         return values
+
+
+def _identifier(name: str, value: Any) -> str:
+    """An attribute as an event's identifier (model, team...): over the length the worker
+    accepts it can never be processed, and it is refused here rather than sent (it would
+    also swell the Kafka message the span's whole request shares)."""
+    text = str(value)
+    if len(text) > _LIMITS.max_identifier_length:
+        raise _Rejected(f"{name} is {len(text)} characters long, over {_LIMITS.max_identifier_length}")
+    return text
 
 
 def _first(attrs: Mapping[str, Any], keys: tuple[str, ...]) -> Any:

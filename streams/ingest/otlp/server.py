@@ -120,6 +120,7 @@ class Receiver:
         if rejected:
             more = f" (and {len(rejected) - _MAX_REASONS} more)" if len(rejected) > _MAX_REASONS else ""
             message = "; ".join(rejected[:_MAX_REASONS]) + more
+            log.warning("rejected %d of the request's spans: %s", len(rejected), message)
         return web.Response(body=encode_response(kind, len(rejected), message), content_type=kind)
 
     def _status(self, http: int, kind: str, code: int, message: str, counter: str,
