@@ -3,7 +3,8 @@
 Kafka: ``SPENDSTREAM_TEST_KAFKA_BOOTSTRAP`` names a real cluster; otherwise each test
 starts its own embedded broker on a free port. ClickHouse: ``SPENDSTREAM_TEST_CLICKHOUSE_URL``
 names a real server; otherwise the worker opens an embedded chDB directory of the test's
-own. Every test gets its own topic names, consumer group and database, so nothing is
+own. When a Docker engine answers, the session starts Kafka and ClickHouse containers and
+sets both variables to them (``tests/backends.py``; ``SPENDSTREAM_TEST_BACKEND`` picks). Every test gets its own topic names, consumer group and database, so nothing is
 shared between tests, even on real servers.
 """
 
@@ -22,6 +23,41 @@ from clickhouse_connect.driver.client import Client
 
 from streams.cli.localstack import EmbeddedBroker, WorkerProcess, isolated_environment, settings_from
 from streams.settings import Settings
+from tests import backends
+
+# --- Which servers: SPENDSTREAM_TEST_BACKEND=embedded|containers|env (tests/backends.py) ---
+BACKEND = pytest.StashKey[backends.Choice]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        config.stash[BACKEND] = backends.choose(os.environ, backends.docker_answers)
+    except backends.BackendError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Said once, above the session's last line (also with -q): which backend, and why."""
+    terminalreporter.write_line(config.stash[BACKEND].header())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def servers(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Make the ``env`` variables say where the servers are for the whole session: the
+    containers' addresses (started only when an integration test is selected), or unset
+    for the embedded backend chosen explicitly."""
+    backend = request.config.stash[BACKEND].backend
+    with pytest.MonkeyPatch.context() as patch:
+        if backend == "embedded":
+            for name in (backends.KAFKA_ENV, backends.CLICKHOUSE_ENV):
+                patch.delenv(name, raising=False)
+        if backend == "containers" and any(item.get_closest_marker("integration") for item in request.session.items):
+            with backends.containers() as variables:
+                for name, value in variables.items():
+                    patch.setenv(name, value)
+                yield
+                return
+        yield
 
 
 @pytest.fixture
