@@ -170,6 +170,7 @@ def test_schemas_command_lists_what_the_codec_writes_and_accepts() -> None:
         version = next(v for v in codec.versions() if f"schemas/{v.file}" == row["file"])
         assert row["schema"] == version.name
         assert row["fingerprint"] == version.fingerprint.hex()
+        assert row["current"] == version.is_current
         if version.is_current:  # what the codec writes; an older version is only read
             assert codec.header(version.name)[2:] == version.fingerprint
         assert row["also_accepted"] == {k: fp.hex() for k, fp in version.variant_fingerprints}

@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 MONEY = pa.decimal128(38, 12)
+# The unpriced_reason of a call whose usage never came (UsageEvent.usage_missing).
+USAGE_MISSING = "usage_missing"
 _TEXT = pa.string()
 _COUNT = pa.int64()
 
@@ -59,6 +61,15 @@ SCHEMA = pa.schema(
         ("priced", pa.bool_()),
         ("unpriced_reason", _TEXT),
         ("price_version", _TEXT),
+        ("usage_missing", pa.bool_()),
+        ("router", _TEXT),
+        ("upstream_provider", _TEXT),
+        ("attempt", pa.int32()),
+        ("retry_of", _TEXT),
+        ("fallback_from", _TEXT),
+        ("reported_cost", MONEY),
+        ("reported_currency", _TEXT),
+        ("reservation_id", _TEXT),
         ("source_partition", pa.int32()),
         ("source_offset", _COUNT),
     ]

@@ -16,6 +16,7 @@ change to one is a change to both.
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,6 +38,10 @@ ATTRIBUTION_FIELDS = (
 # The attribution values that become part of a scope key: the spend and budget scopes
 # (streams.events.scopes.SCOPE_FIELDS), and the anomaly detectors' trace=… and service=… scopes.
 SCOPED_ATTRIBUTION = (*SCOPE_FIELDS.values(), "trace_id", "service")
+# Optional identifiers of the route a call took (router hops) and of the reservation it settles.
+ROUTE_FIELDS = ("router", "upstream_provider", "retry_of", "fallback_from", "reservation_id")
+MAX_ATTEMPT = 1000
+CURRENCY_CODE = re.compile("[A-Z]{3}")  # ISO 4217, matched whole
 
 
 class InvalidEvent(ValueError):
@@ -95,6 +100,7 @@ def validate(event: dict[str, Any], now: datetime, limits: Limits) -> None:
     _tags(event["tags"], limits)
     if event["request_fingerprint"] is not None:
         _identifier(event["request_fingerprint"], "request_fingerprint", limits, required=False)
+    _route(event, limits)
 
 
 def _identifier(value: str | None, name: str, limits: Limits, *, required: bool) -> None:
@@ -144,6 +150,22 @@ def _usage(usage: dict[str, Any], limits: Limits) -> None:
             raise InvalidEvent("invalid_usage", f"usage.other_units[{unit!r}] = {count} is out of range")
 
 
+def _route(event: dict[str, Any], limits: Limits) -> None:
+    """The router-hop fields: identifiers, a plausible attempt number, and a reported cost
+    that is not negative and says its currency."""
+    for name in ROUTE_FIELDS:
+        _identifier(event[name], name, limits, required=False)
+    if not 1 <= event["attempt"] <= MAX_ATTEMPT:
+        raise InvalidEvent("invalid_field", f"attempt is {event['attempt']}; it counts from 1 (at most {MAX_ATTEMPT})")
+    cost, currency = event["reported_cost"], event["reported_currency"]
+    if cost is not None and cost < 0:
+        raise InvalidEvent("invalid_field", f"reported_cost is negative ({cost})")
+    if cost is not None and not (currency and CURRENCY_CODE.fullmatch(currency)):
+        raise InvalidEvent(
+            "invalid_field", f"reported_currency {str(currency)[:20]!r} is not an ISO 4217 code; it is required with reported_cost"
+        )
+
+
 def _tags(tags: dict[str, str], limits: Limits) -> None:
     if len(tags) > limits.max_tags:
         raise InvalidEvent("invalid_field", f"{len(tags)} tags, over the limit of {limits.max_tags}")
@@ -172,8 +194,13 @@ def suspects(events: Mapping[str, pa.Array], now: datetime, limits: Limits) -> p
         flags.append(pc.and_(pc.greater(length, 0), pc.less_equal(length, longest)))
     for name in TOKEN_FIELDS:
         flags.append(pc.and_(pc.greater_equal(events[name], 0), pc.less_equal(events[name], limits.max_tokens)))
-    for name in (*ATTRIBUTION_FIELDS, "request_fingerprint"):
+    for name in (*ATTRIBUTION_FIELDS, "request_fingerprint", *ROUTE_FIELDS):
         flags.append(pc.fill_null(pc.less_equal(pc.utf8_length(events[name]), longest), True))
+    flags.append(pc.and_(pc.greater_equal(events["attempt"], 1), pc.less_equal(events["attempt"], MAX_ATTEMPT)))
+    reported = events["reported_cost"]
+    flags.append(pc.fill_null(pc.greater_equal(reported, pa.scalar(0, reported.type)), True))
+    currency_ok = pc.fill_null(pc.match_substring_regex(events["reported_currency"], f"^{CURRENCY_CODE.pattern}$"), False)
+    flags.append(pc.or_(pc.is_null(reported), currency_ok))
     for name in SCOPED_ATTRIBUTION:
         for separator in SCOPE_SEPARATORS:
             flags.append(pc.fill_null(pc.invert(pc.match_substring(events[name], separator)), True))

@@ -31,10 +31,10 @@ import pyarrow.compute as pc
 
 from streams.events import priced
 from streams.events.codec import USAGE_BATCH, USAGE_EVENT, Codec, DecodeError
-from streams.events.validation import ATTRIBUTION_FIELDS, InvalidEvent, Limits, suspects, validate
+from streams.events.validation import ATTRIBUTION_FIELDS, ROUTE_FIELDS, InvalidEvent, Limits, suspects, validate
 from streams.ingest.attribution import Router
 from streams.ingest.dead_letters import DeadLetter
-from streams.pricing.columns import PRICE_COLUMNS, price_columns
+from streams.pricing.columns import PRICE_COLUMNS, price_columns, unpriced_where
 from streams.pricing.rate_cards import Pricer
 
 
@@ -73,6 +73,12 @@ EVENT_TYPE = pa.struct([
     ("attribution", pa.struct([(name, _TEXT) for name in ATTRIBUTION_FIELDS])),
     ("tags", pa.map_(_TEXT, _TEXT)),
     ("request_fingerprint", _TEXT),
+    ("usage_missing", pa.bool_()),
+    *((name, _TEXT) for name in ("router", "upstream_provider")),
+    ("attempt", pa.int32()),
+    *((name, _TEXT) for name in ("retry_of", "fallback_from")),
+    ("reported_cost", priced.MONEY),
+    *((name, _TEXT) for name in ("reported_currency", "reservation_id")),
 ])
 _NESTED = ("usage", "attribution")
 _PROVIDERS_REMEMBERED = 1024
@@ -123,7 +129,8 @@ class Enricher:
            :func:`~streams.events.validation.validate`, which says why they are dead letters.
         4. Drop repeats of an ``event_id`` within the call, keeping the first.
         5. Attribute (:meth:`Router.attribute_columns`) and price
-           (:func:`streams.pricing.columns.price_columns`) the rest, column-wise.
+           (:func:`streams.pricing.columns.price_columns`) the rest, column-wise; an event
+           that says its usage is missing is stored unpriced (``usage_missing``), never at $0.
         6. Assemble the priced table in the priced topic's schema.
         """
         # 1. Decode.
@@ -184,9 +191,10 @@ class Enricher:
             columns["team"], columns["api_key_id"], columns["service"], columns["user_id"]
         )
         columns.update(price_columns(self.pricer, columns))
+        columns.update(unpriced_where(columns, columns["usage_missing"], priced.USAGE_MISSING))
 
         # 6. The priced table.
-        for name in (*ATTRIBUTION_FIELDS, "request_fingerprint"):
+        for name in (*ATTRIBUTION_FIELDS, "request_fingerprint", *ROUTE_FIELDS, "reported_currency"):
             columns[name] = pc.fill_null(columns[name], "")
         columns["source_partition"] = pa.array([source.partition for source, _ in sources], pa.int32())
         columns["source_offset"] = pa.array([source.offset for source, _ in sources], pa.int64())

@@ -128,6 +128,17 @@ def price_columns(pricer: Pricer, events: Mapping[str, pa.Array]) -> dict[str, p
     return columns
 
 
+def unpriced_where(columns: Mapping[str, pa.Array], rows: pa.BooleanArray, reason: str) -> dict[str, pa.Array]:
+    """The :data:`PRICE_COLUMNS` with ``rows`` made unpriced for ``reason``: zero cost parts,
+    ``priced`` false. For calls whose counts cannot be trusted whatever the rate card says."""
+    if not pc.any(rows).as_py():
+        return {}
+    out = {name: pc.if_else(rows, pa.scalar(0, columns[name].type), columns[name]) for name in COST_COLUMNS}
+    out["priced"] = pc.and_(columns["priced"], pc.invert(rows))
+    out["unpriced_reason"] = pc.if_else(rows, reason, columns["unpriced_reason"])
+    return out
+
+
 def _group_rows(columns: Sequence[pa.Array]) -> tuple[pa.Array, pa.Array]:
     """Per row, the index of its distinct combination of ``columns``; and each combination's
     first row. Pairwise dictionary codes keep every intermediate key below rows squared."""

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -53,9 +54,24 @@ def usage_event(
     occurred_at: datetime | None = None,
     tags: Mapping[str, str] | None = None,
     request_fingerprint: str | None = None,
+    usage_missing: bool = False,
+    router: str | None = None,
+    upstream_provider: str | None = None,
+    attempt: int = 1,
+    retry_of: str | None = None,
+    fallback_from: str | None = None,
+    reported_cost: Decimal | None = None,
+    reported_currency: str | None = None,
+    reservation_id: str | None = None,
     **attribution: str | None,
 ) -> dict[str, Any]:
-    """Build a UsageEvent record; attribution keywords are team, feature, environment, ..."""
+    """Build a UsageEvent record; attribution keywords are team, feature, environment, ...
+
+    A call made through a router gives ``router`` and ``upstream_provider``; a retry or a
+    fallback is its own event with ``attempt`` > 1 and ``retry_of`` or ``fallback_from``
+    naming the attempt before it; ``reported_cost`` (exact, with ``reported_currency``) is
+    what the router or provider said the call cost. ``usage_missing`` records a call whose
+    usage never came (it is stored unpriced, never at $0)."""
     unknown = set(attribution) - set(ATTRIBUTION_KEYS)
     if unknown:
         raise TypeError(f"unknown attribution field(s) {sorted(unknown)}; use one of {ATTRIBUTION_KEYS} or tags")
@@ -76,6 +92,15 @@ def usage_event(
         "attribution": {key: attribution.get(key) for key in ATTRIBUTION_KEYS},
         "tags": dict(tags or {}),
         "request_fingerprint": request_fingerprint,
+        "usage_missing": usage_missing,
+        "router": router,
+        "upstream_provider": upstream_provider,
+        "attempt": attempt,
+        "retry_of": retry_of,
+        "fallback_from": fallback_from,
+        "reported_cost": reported_cost,
+        "reported_currency": reported_currency,
+        "reservation_id": reservation_id,
     }
 
 
