@@ -61,13 +61,27 @@ def enricher() -> Enricher:
     return Enricher(Codec(), Pricer(), Router(), clock=lambda: AT + timedelta(hours=1))
 
 
-def priced(enricher: Enricher, fields: UsageFields) -> dict[str, Any]:
-    """The priced row the pipeline makes of the adapter's fields."""
+def stored(enricher: Enricher, fields: UsageFields) -> dict[str, Any]:
+    """The row the pipeline makes of the adapter's fields."""
     event = usage_event(**fields.as_fields(), occurred_at=AT, team="search", feature="answers")
     batch = enricher.enrich([SourceMessage(0, 0, enricher.codec.encode(USAGE_EVENT, event))])
     assert not batch.dead_letters, batch.dead_letters
     (row,) = batch.priced.to_pylist()
+    return row
+
+
+def priced(enricher: Enricher, fields: UsageFields) -> dict[str, Any]:
+    row = stored(enricher, fields)
     assert row["priced"], row["unpriced_reason"]
+    return row
+
+
+def flagged(enricher: Enricher, fields: UsageFields, why: str) -> dict[str, Any]:
+    """A call whose usage never came: stored unpriced, flagged, at zero cost, never 'priced at $0'."""
+    assert fields.usage_missing and why in fields.usage_missing
+    row = stored(enricher, fields)
+    assert (row["usage_missing"], row["priced"], row["unpriced_reason"]) == (True, False, "usage_missing")
+    assert Decimal(row["cost_total"]) == 0 and why in row["tags"][0][1]
     return row
 
 
@@ -113,9 +127,12 @@ def test_openai_chat_stream_records_the_usage_chunk(enricher: Enricher) -> None:
     assert cost(enricher, fields) == expected
 
 
-def test_openai_stream_without_usage_is_never_zero() -> None:
-    with pytest.raises(UsageMissing, match="include_usage") as caught:
-        usage_from_openai_stream(load("openai_chat_stream_no_usage.jsonl"))
+def test_openai_stream_without_usage_is_flagged_never_zero(enricher: Enricher) -> None:
+    fields = usage_from_openai_stream(load("openai_chat_stream_no_usage.jsonl"))
+    assert (fields.provider, fields.model, fields.input_tokens) == ("openai", "gpt-4o-mini-2024-07-18", 0)
+    flagged(enricher, fields, "include_usage")
+    with pytest.raises(UsageMissing, match="no model is known") as caught:
+        usage_from_openai_stream([])
     assert caught.value.provider == "openai"
 
 
@@ -182,9 +199,9 @@ def test_anthropic_stream_adds_message_start_and_message_delta(enricher: Enriche
     assert cost(enricher, fields) == expected == Decimal("0.0011218")
 
 
-def test_anthropic_stream_broken_off_is_never_zero() -> None:
-    with pytest.raises(UsageMissing, match="message_delta"):
-        usage_from_anthropic_stream(load("anthropic_stream_broken_off.jsonl"))
+def test_anthropic_stream_broken_off_is_flagged_never_zero(enricher: Enricher) -> None:
+    flagged(enricher, usage_from_anthropic_stream(load("anthropic_stream_broken_off.jsonl")), "message_delta")
+    flagged(enricher, usage_from_anthropic_stream([], model="claude-haiku-4-5"), "message_start")
     with pytest.raises(UsageMissing, match="message_start"):
         usage_from_anthropic_stream([])
 
@@ -228,8 +245,8 @@ def test_gemini_stream_takes_the_last_usage_metadata(enricher: Enricher) -> None
     assert (fields.input_tokens, fields.output_tokens) == (800, 120)
     expected = 800 * Decimal("0.3") / M + 120 * Decimal("2.5") / M  # gemini-2.5-flash
     assert cost(enricher, fields) == expected == Decimal("0.00054")
-    with pytest.raises(UsageMissing, match="google"):
-        usage_from_gemini_stream([{"candidates": [], "modelVersion": "gemini-2.5-flash"}])
+    flagged(enricher, usage_from_gemini_stream([{"candidates": [], "modelVersion": "gemini-2.5-flash"}]),
+            "usage_metadata")
 
 
 # --- AWS Bedrock ------------------------------------------------------------------------------
@@ -252,8 +269,8 @@ def test_bedrock_converse_stream_metadata(enricher: Enricher) -> None:
     fields = stream.usage()
     expected = 25 * Decimal("0.8") / M + 80 * Decimal("3.2") / M  # Nova Pro: $0.80 in, $3.20 out
     assert cost(enricher, fields) == expected == Decimal("0.000276")
-    with pytest.raises(UsageMissing, match="metadata"):
-        usage_from_bedrock_stream(load("bedrock_converse_stream_no_metadata.jsonl"), model="amazon.nova-pro-v1:0")
+    flagged(enricher, usage_from_bedrock_stream(load("bedrock_converse_stream_no_metadata.jsonl"),
+                                                model="amazon.nova-pro-v1:0"), "metadata")
 
 
 # --- OpenRouter -------------------------------------------------------------------------------
@@ -262,13 +279,14 @@ def test_bedrock_converse_stream_metadata(enricher: Enricher) -> None:
 def test_openrouter_keeps_the_serving_provider_and_the_router_cost(enricher: Enricher) -> None:
     fields = usage_from_openrouter(load("openrouter_chat.json"))
     assert (fields.provider, fields.model) == ("openrouter", "anthropic/claude-sonnet-4.5")
-    assert fields.reported_cost == Decimal("0.00438")
-    assert dict(fields.tags) == {"served_by": "Anthropic", "router_cost": "0.00438"}
+    assert (fields.router, fields.upstream_provider) == ("openrouter", "Anthropic")
+    assert (fields.reported_cost, fields.reported_currency) == (Decimal("0.00438"), "USD")
     # anthropic/claude-sonnet-4.5 at OpenRouter: input $3, cache read $0.30, output $15 per million.
     expected = 400 * Decimal(3) / M + 600 * Decimal("0.3") / M + 200 * Decimal(15) / M
     row = priced(enricher, fields)
-    assert Decimal(row["cost_total"]) == expected == fields.reported_cost
-    assert dict(row["tags"]) == {"served_by": "Anthropic", "router_cost": "0.00438"}
+    assert Decimal(row["cost_total"]) == expected == fields.reported_cost == Decimal(row["reported_cost"])
+    assert (row["router"], row["upstream_provider"], row["reported_currency"]) == ("openrouter", "Anthropic", "USD")
+    assert (row["attempt"], row["retry_of"], row["fallback_from"], row["tags"]) == (1, "", "", [])
 
 
 def test_openrouter_stream_records_the_last_chunk(enricher: Enricher) -> None:
@@ -276,8 +294,9 @@ def test_openrouter_stream_records_the_last_chunk(enricher: Enricher) -> None:
     fields = usage_from_openrouter_stream(chunks)
     assert fields == usage_from_openrouter(load("openrouter_chat.json"))
     assert cost(enricher, fields) == Decimal("0.00438")  # as the non-streamed call above
-    with pytest.raises(UsageMissing, match="openrouter"):
-        usage_from_openrouter_stream(chunks[:2])
+    cut_off = usage_from_openrouter_stream(chunks[:2])
+    assert (cut_off.router, cut_off.upstream_provider) == ("openrouter", "Anthropic")
+    flagged(enricher, cut_off, "usage chunk")
 
 
 # --- SDK objects and the producers' record_* --------------------------------------------------
@@ -337,7 +356,11 @@ def test_record_methods_build_the_event_with_attribution() -> None:
     assert anthropic["tags"] == {"ticket": "7"}
     assert bedrock["model"] == "amazon.nova-pro-v1:0" and bedrock["attribution"]["team"] == "ops"
     assert gemini["service_tier"] == "batch"
-    assert openrouter["tags"] == {"served_by": "Anthropic", "router_cost": "0.00438", "ticket": "8"}
+    assert openrouter["tags"] == {"ticket": "8"}
+    assert (openrouter["router"], openrouter["upstream_provider"], openrouter["reported_currency"]) == (
+        "openrouter", "Anthropic", "USD")
+    usage.record_openai({"id": "chatcmpl-x", "model": "gpt-4o", "choices": []}, team="support")
+    assert usage.events[-1]["usage_missing"] and usage.events[-1]["attribution"]["team"] == "support"
     with pytest.raises(UsageMissing):
-        usage.record_openai({"id": "chatcmpl-x", "model": "gpt-4o", "choices": []}, team="support")
-    assert len(usage.events) == 5
+        usage.record_openai({"id": "chatcmpl-y", "choices": []}, team="support")
+    assert len(usage.events) == 6

@@ -20,7 +20,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from streams.sdk.providers.fields import UsageFields, UsageMissing, as_dict, collected, count, normalise_service_tier
+from streams.sdk.providers.fields import (
+    UsageFields,
+    UsageMissing,
+    as_dict,
+    collected,
+    count,
+    missing_usage,
+    normalise_service_tier,
+)
 
 __all__ = ["AnthropicStream", "usage_from_anthropic", "usage_from_anthropic_stream"]
 
@@ -29,7 +37,8 @@ def usage_from_anthropic(
     message: Any, *, provider: str = "anthropic", model: str | None = None, service_tier: str | None = None
 ) -> UsageFields:
     """The usage of one Anthropic ``Message`` or Message Batches result line (SDK object
-    or JSON). Raises :class:`UsageMissing` when it carries no usage."""
+    or JSON). Without usage it is flagged ``usage_missing`` (:func:`missing_usage`); an
+    errored batch result (not billed) raises :class:`UsageMissing`."""
     data = as_dict(message)
     if not isinstance(data, dict):
         raise UsageMissing(provider, f"expected a message object or dict, got {type(message).__name__}")
@@ -40,7 +49,7 @@ def usage_from_anthropic(
         return usage_from_anthropic(result["message"], provider=provider, model=model, service_tier="batch")
     usage = data.get("usage")
     if not usage:
-        raise UsageMissing(provider, f"message {data.get('id', '?')!r} has no usage block")
+        return missing_usage(provider, model or data.get("model"), f"message {data.get('id', '?')!r} has no usage block")
     name = model or data.get("model")
     if not name:
         raise UsageMissing(provider, "message names no model; pass model=")
@@ -76,9 +85,9 @@ class AnthropicStream:
                 stream.add(event)
         usage.record_usage(stream.usage(), team="search")
 
-    :meth:`usage` raises :class:`UsageMissing` when the stream lacked ``message_start`` (no
-    input counts) or ``message_delta`` (no final output count, e.g. the stream broke off):
-    never a $0 or input-only record. (A later change will record it as a flagged event.)
+    When the stream lacked ``message_start`` (no input counts) or ``message_delta`` (no
+    final output count, e.g. the stream broke off), :meth:`usage` returns a record flagged
+    ``usage_missing``: never a $0 or input-only record.
     """
 
     def __init__(self, *, provider: str = "anthropic", model: str | None = None) -> None:
@@ -105,11 +114,13 @@ class AnthropicStream:
             self._usage.update({k: v for k, v in data["usage"].items() if v is not None})
 
     def usage(self) -> UsageFields:
-        if self._usage is None or "input_tokens" not in self._usage:
-            raise UsageMissing(self.provider, "the stream had no message_start usage (input and cache counts)")
-        if not self._delta_seen:
-            raise UsageMissing(self.provider, "the stream ended without a message_delta usage (final output count)")
         model = self.model or self._model_seen
+        if self._usage is None or "input_tokens" not in self._usage:
+            return missing_usage(self.provider, model, "the stream had no message_start usage (input and cache counts)")
+        if not self._delta_seen:
+            return missing_usage(
+                self.provider, model, "the stream ended without a message_delta usage (final output count)"
+            )
         if not model:
             raise UsageMissing(self.provider, "the stream named no model; pass model=")
         return _fields(self._usage, self.provider, model, None)

@@ -13,7 +13,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from streams.sdk.providers.fields import UsageFields, UsageMissing, as_dict, collected, count, normalise_service_tier
+from streams.sdk.providers.fields import (
+    UsageFields,
+    UsageMissing,
+    as_dict,
+    collected,
+    count,
+    missing_usage,
+    normalise_service_tier,
+)
 
 __all__ = ["BedrockStream", "usage_from_bedrock", "usage_from_bedrock_stream"]
 
@@ -22,7 +30,7 @@ def usage_from_bedrock(
     response: Any, *, model: str, provider: str = "aws", service_tier: str | None = None
 ) -> UsageFields:
     """The usage of one Converse response, or of a ConverseStream ``metadata`` event
-    (``{"metadata": {"usage": ...}}`` or its inner dict). Raises :class:`UsageMissing`."""
+    (``{"metadata": {"usage": ...}}`` or its inner dict); without usage, flagged ``usage_missing``."""
     data = as_dict(response)
     if not isinstance(data, dict):
         raise UsageMissing(provider, f"expected a response dict, got {type(response).__name__}")
@@ -30,7 +38,7 @@ def usage_from_bedrock(
         data = data["metadata"]
     usage = data.get("usage")
     if not usage or usage.get("inputTokens") is None:
-        raise UsageMissing(provider, "the response has no usage.inputTokens")
+        return missing_usage(provider, model, "the response has no usage.inputTokens")
     cache_read = count(usage, "cacheReadInputTokens")
     cache_write = count(usage, "cacheWriteInputTokens")
     reported = data.get("serviceTier")
@@ -50,8 +58,8 @@ def usage_from_bedrock(
 
 class BedrockStream:
     """Collects a ConverseStream's events (``response["stream"]``), for one record at the end.
-    :meth:`usage` raises :class:`UsageMissing` when no ``metadata`` event with usage came
-    (never a $0 record; a later change will record it as a flagged event)."""
+    When no ``metadata`` event with usage came, :meth:`usage` returns a record flagged
+    ``usage_missing`` (never a $0 record)."""
 
     def __init__(self, *, model: str, provider: str = "aws") -> None:
         self.model = model
@@ -65,7 +73,7 @@ class BedrockStream:
 
     def usage(self) -> UsageFields:
         if self._metadata is None:
-            raise UsageMissing(self.provider, "the ConverseStream ended without a metadata event carrying usage")
+            return missing_usage(self.provider, self.model, "the ConverseStream ended without a metadata event carrying usage")
         return usage_from_bedrock(self._metadata, model=self.model, provider=self.provider)
 
 

@@ -18,15 +18,16 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
-__all__ = ["UsageFields", "UsageMissing", "as_dict", "collected", "count", "normalise_service_tier"]
+__all__ = ["UsageFields", "UsageMissing", "as_dict", "collected", "count", "missing_usage", "normalise_service_tier"]
 
 
 class UsageMissing(ValueError):
-    """A response or stream that says nothing about what the provider billed.
+    """A response that cannot be recorded at all: not a response, an errored batch result
+    (not billed), or a call without usage whose model nobody knows.
 
-    Never recorded as a zero-cost call: the provider billed it all the same (the "streamed
-    calls logged at $0" bug). For now the adapters raise; a later change will record such a
-    call as a flagged event instead.
+    A call the provider billed but whose usage never came (a stream without its usage
+    chunk) is not this: it is recorded flagged (:func:`missing_usage`), never as $0 (the
+    "streamed calls logged at $0" bug).
     """
 
     def __init__(self, provider: str, missing: str) -> None:
@@ -50,6 +51,10 @@ class UsageFields:
     service_tier: str = "standard"
     tags: Mapping[str, str] = field(default_factory=dict)
     reported_cost: Decimal | None = None  # what a router says it charged (OpenRouter's usage.cost)
+    reported_currency: str | None = None
+    router: str | None = None  # the router that made the call, and the provider that served it
+    upstream_provider: str | None = None
+    usage_missing: str | None = None  # why the call's usage is not known (see missing_usage)
 
     def as_fields(self) -> dict[str, Any]:
         """Keyword arguments for :func:`streams.sdk.producer.usage_event` / ``record``."""
@@ -63,7 +68,12 @@ class UsageFields:
             "cache_write_tokens": self.cache_write_tokens,
             "reasoning_tokens": self.reasoning_tokens,
             "other_units": {unit: n for unit, n in self.other_units.items() if n},
-            "tags": dict(self.tags),
+            "tags": {**self.tags, **({"usage_missing": self.usage_missing} if self.usage_missing else {})},
+            "usage_missing": self.usage_missing is not None,
+            "router": self.router,
+            "upstream_provider": self.upstream_provider,
+            "reported_cost": self.reported_cost,
+            "reported_currency": self.reported_currency,
         }
 
 
@@ -86,6 +96,15 @@ def as_dict(obj: Any) -> Any:
     if hasattr(obj, "__dict__"):
         return {k: as_dict(v) for k, v in vars(obj).items() if not k.startswith("_")}
     return obj
+
+
+def missing_usage(provider: str, model: str | None, missing: str) -> UsageFields:
+    """A billed call whose usage never came, as a record flagged ``usage_missing`` (the
+    worker stores it unpriced, with that reason, in reports and the unpriced alert), never
+    as a $0 call. Raises :class:`UsageMissing` when not even the model is known."""
+    if not model:
+        raise UsageMissing(provider, f"{missing}, and no model is known; pass model=")
+    return UsageFields(provider=provider, model=model, input_tokens=0, output_tokens=0, usage_missing=missing[:512])
 
 
 def count(block: Mapping[str, Any] | None, *names: str) -> int:

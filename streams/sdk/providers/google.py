@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from streams.sdk.providers.fields import UsageFields, UsageMissing, as_dict, normalise_service_tier
+from streams.sdk.providers.fields import UsageFields, UsageMissing, as_dict, missing_usage, normalise_service_tier
 
 __all__ = ["usage_from_gemini", "usage_from_gemini_stream"]
 
@@ -47,13 +47,14 @@ def usage_from_gemini(
     response: Any, *, provider: str = "google", model: str | None = None, service_tier: str | None = None
 ) -> UsageFields:
     """The usage of one ``GenerateContentResponse`` (SDK object or JSON). ``model`` defaults
-    to the response's ``model_version``. Raises :class:`UsageMissing` when it has no usage."""
+    to the response's ``model_version``. Without usage, flagged ``usage_missing``."""
     data = as_dict(response)
     if not isinstance(data, dict):
         raise UsageMissing(provider, f"expected a response object or dict, got {type(response).__name__}")
     meta = _get(data, "usage_metadata")
     if not meta or _get(meta, "prompt_token_count") is None:
-        raise UsageMissing(provider, "the response has no usage_metadata.prompt_token_count")
+        return missing_usage(provider, model or _get(data, "model_version"),
+                             "the response has no usage_metadata.prompt_token_count")
     name = model or _get(data, "model_version")
     if not name:
         raise UsageMissing(provider, "the response names no model_version; pass model=")
@@ -79,9 +80,8 @@ def usage_from_gemini_stream(
     chunks: Iterable[Any], *, provider: str = "google", model: str | None = None, service_tier: str | None = None
 ) -> UsageFields:
     """The usage of a streamed call: the last chunk whose ``usage_metadata`` has a
-    ``candidates_token_count`` or total (each chunk repeats the running counts). Raises
-    :class:`UsageMissing` when no chunk had usage (never a $0 record; a later change will
-    record it as a flagged event)."""
+    ``candidates_token_count`` or total (each chunk repeats the running counts). When no
+    chunk had usage, a record flagged ``usage_missing`` (never a $0 record)."""
     last = None
     seen_model = None
     for chunk in chunks:
@@ -93,5 +93,5 @@ def usage_from_gemini_stream(
         if meta and _get(meta, "prompt_token_count") is not None:
             last = data
     if last is None:
-        raise UsageMissing(provider, "the stream ended without a chunk carrying usage_metadata")
+        return missing_usage(provider, model or seen_model, "the stream ended without a chunk carrying usage_metadata")
     return usage_from_gemini(last, provider=provider, model=model or seen_model, service_tier=service_tier)

@@ -19,7 +19,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from streams.sdk.providers.fields import UsageFields, UsageMissing, as_dict, collected, count, normalise_service_tier
+from streams.sdk.providers.fields import (
+    UsageFields,
+    UsageMissing,
+    as_dict,
+    collected,
+    count,
+    missing_usage,
+    normalise_service_tier,
+)
 
 __all__ = ["OpenAIStream", "usage_from_openai", "usage_from_openai_stream"]
 
@@ -32,7 +40,8 @@ def usage_from_openai(
 ) -> UsageFields:
     """The usage of one OpenAI (or OpenAI-compatible) response: a ``ChatCompletion``, a
     Responses API ``Response``, a ``response.completed`` stream event or a Batch API result
-    line, as an SDK object or its JSON. Raises :class:`UsageMissing` when it carries no usage."""
+    line, as an SDK object or its JSON. Without usage it is flagged ``usage_missing``
+    (:func:`missing_usage`); an errored batch line (not billed) raises :class:`UsageMissing`."""
     data = as_dict(response)
     if not isinstance(data, dict):
         raise UsageMissing(provider, f"expected a response object or dict, got {type(response).__name__}")
@@ -42,7 +51,7 @@ def usage_from_openai(
         data = data["response"]
     usage = data.get("usage")
     if not usage:
-        raise UsageMissing(provider, f"response {data.get('id', '?')!r} has no usage block")
+        return missing_usage(provider, model or data.get("model"), f"response {data.get('id', '?')!r} has no usage block")
     tier, tags = normalise_service_tier(service_tier or data.get("service_tier"))
     name = model or data.get("model")
     if not name:
@@ -113,9 +122,9 @@ class OpenAIStream:
             ...
         usage.record_usage(stream.usage(), team="search")
 
-    :meth:`usage` raises :class:`UsageMissing` when no chunk carried usage (the request did
-    not set ``include_usage``, or the stream broke off): such a call is never recorded as
-    $0. (A later change will record it as a flagged event.)
+    When no chunk carried usage (the request did not set ``include_usage``, or the stream
+    broke off), :meth:`usage` returns a record flagged ``usage_missing``: such a call is
+    never recorded as $0.
     """
 
     def __init__(self, *, provider: str = "openai", model: str | None = None) -> None:
@@ -142,8 +151,9 @@ class OpenAIStream:
 
     def usage(self) -> UsageFields:
         if self._usage_source is None:
-            raise UsageMissing(
+            return missing_usage(
                 self.provider,
+                self.model or self._model_seen,
                 f"the stream ended after {self.chunks} chunks without a usage chunk (Chat Completions needs"
                 " stream_options={'include_usage': True}; the Responses API a response.completed event)",
             )

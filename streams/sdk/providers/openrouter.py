@@ -5,13 +5,15 @@ versions; ``usage.cost_details.upstream_inference_cost`` for bring-your-own-key 
 
 The event is priced as the router's model (provider ``openrouter``, model
 ``anthropic/claude-sonnet-4.5``), at the catalog's router prices; the serving provider and
-the router's reported cost travel as tags (``served_by``, ``router_cost``), so a report can
-set spendstream's price beside what the router charged. ``cached_tokens`` is inside
+the router's reported cost travel in the event's ``upstream_provider`` and
+``reported_cost`` fields, so ``spendstream report hops`` (and the
+``reported_cost_disagreements`` view) set spendstream's price beside what the router charged. ``cached_tokens`` is inside
 ``prompt_tokens`` as with OpenAI; ``cache_write_tokens`` where the router reports it.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -22,23 +24,27 @@ __all__ = ["usage_from_openrouter", "usage_from_openrouter_stream"]
 
 
 def usage_from_openrouter(response: Any, *, provider: str = "openrouter", model: str | None = None) -> UsageFields:
-    """The usage of one router response (SDK object or JSON), with ``served_by`` and
-    ``router_cost`` tags and :attr:`UsageFields.reported_cost`."""
+    """The usage of one router response (SDK object or JSON): ``router`` and
+    ``upstream_provider`` (the provider that served it), and the router's ``reported_cost``
+    in USD (OpenRouter bills in USD credits)."""
     data = as_dict(response)
     if not isinstance(data, dict):
         raise UsageMissing(provider, f"expected a response object or dict, got {type(response).__name__}")
     fields = usage_from_openai(data, provider=provider, model=model)
-    tags = dict(fields.tags)
-    if data.get("provider"):
-        tags["served_by"] = str(data["provider"])[:256]
     usage = data.get("usage") or {}
     cost = _decimal(usage.get("cost"))
     upstream = _decimal((usage.get("cost_details") or {}).get("upstream_inference_cost"))
-    if cost is not None:
-        tags["router_cost"] = str(cost)
+    tags = dict(fields.tags)
     if upstream:
         tags["router_upstream_cost"] = str(upstream)
-    return UsageFields(**{**fields.__dict__, "tags": tags, "reported_cost": cost})
+    return replace(
+        fields,
+        tags=tags,
+        router=provider,
+        upstream_provider=str(data["provider"])[:256] if data.get("provider") else None,
+        reported_cost=cost,
+        reported_currency="USD" if cost is not None else None,
+    )
 
 
 def _decimal(value: Any) -> Decimal | None:
@@ -63,9 +69,8 @@ def usage_from_openrouter_stream(chunks: Any, *, provider: str = "openrouter", m
             served_by = data.get("provider") or served_by
             if data.get("usage"):
                 last = data
-    if last is None:
-        stream.usage()  # raises UsageMissing, naming what was missing
-    assert last is not None
+    if last is None:  # flagged usage_missing, still naming the route it took
+        return replace(stream.usage(), router=provider, upstream_provider=served_by)
     return usage_from_openrouter(
         {**last, "model": last.get("model") or model, "provider": last.get("provider") or served_by},
         provider=provider,

@@ -4,7 +4,7 @@ A mixin: each method maps the response with its adapter and calls the producer's
 ``record``, so on :class:`~streams.sdk.producer.UsageProducer` it returns the awaitable
 ``record`` returns, on ``SyncUsageProducer`` the event_id. Keyword arguments are
 ``usage_event``'s (attribution, ``tags``, ``event_id``, ``occurred_at``...); ``tags`` are
-merged over the adapter's own (``served_by``...).
+merged over the adapter's own (``provider_service_tier``...).
 """
 
 from __future__ import annotations
