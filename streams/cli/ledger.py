@@ -25,6 +25,7 @@ from clickhouse_connect.driver.client import Client
 
 from streams.ledger.bills.formats import FORMATS
 from streams.reports import reconcile, reports
+from streams.reports.hops import DEFAULT_TOLERANCE
 from streams.settings import Settings
 
 T = TypeVar("T")
@@ -89,7 +90,7 @@ def _write_client(settings: Settings) -> Iterator[Client]:
 
 @click.group()
 def report() -> None:
-    """Reports from the ledger: weekly, chargeback, per person, ROI."""
+    """Reports from the ledger: weekly, chargeback, per person, ROI, router hops."""
 
 
 @report.command()
@@ -165,6 +166,29 @@ def chargeback(month: str, rule: reports.AllocationRule, shares_path: Path | Non
         return reports.chargeback_report(query, _month(month), currency=currency, rule=rule, shares=shares)
 
     click.echo(reports.render_chargeback(_run(make)))
+
+
+@report.command()
+@click.option("--from", "start", type=click.DateTime(["%Y-%m-%d"]), required=True, help="First day (UTC), YYYY-MM-DD.")
+@click.option("--to", "end", type=click.DateTime(["%Y-%m-%d"]), required=True,
+              help="Day after the last one (UTC, exclusive), YYYY-MM-DD.")
+@click.option("--tolerance", default=str(DEFAULT_TOLERANCE), show_default=True,
+              help="Relative difference between a reported cost and spendstream's price worth listing, e.g. 0.02.")
+def hops(start: datetime, end: datetime, tolerance: str) -> None:
+    """What router retries and fallbacks cost per team and feature, and where a router's
+    reported cost disagrees with spendstream's price."""
+    from streams.reports.hops import hops_report, render_hops
+
+    try:
+        fraction: Decimal | None = Decimal(tolerance)
+    except InvalidOperation:
+        fraction = None
+    if fraction is None or not fraction.is_finite() or not 0 <= fraction < 1000:
+        raise click.BadParameter(f"{tolerance!r} is not a fraction such as 0.02", param_hint="--tolerance")
+    if end <= start:
+        raise click.BadParameter("--to must be after --from (it is exclusive)", param_hint="--to")
+    query = _ledger_query(Settings())
+    click.echo(render_hops(_run(lambda: hops_report(query, start.date(), end.date(), tolerance=fraction))))
 
 
 @report.command()

@@ -18,9 +18,11 @@ from html import escape
 from streams.reports import reconcile
 from streams.reports.reports import (
     TEAM_WEEK_HEADERS,
+    UNPRICED_HEADERS,
     WeeklyReport,
     cost_per_call_rise_rows,
     team_week_rows,
+    unpriced_rows,
 )
 from streams.reports.text import money, percent
 
@@ -76,8 +78,7 @@ def render_weekly_html(report: WeeklyReport, bills: reconcile.Reconciliation | N
         ),
         "<h2>Unpriced calls (no cost known, not counted above)</h2>",
         _table(
-            ["provider", "model", "calls ", "input tokens ", "output tokens "],
-            [(u.provider, u.model, u.calls, u.input_tokens, u.output_tokens) for u in report.unpriced],
+            UNPRICED_HEADERS, unpriced_rows(report),
         ),
     ]
     if bills is not None:

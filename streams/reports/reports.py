@@ -149,6 +149,7 @@ class UnpricedModel:
     calls: int
     input_tokens: int
     output_tokens: int
+    reasons: str = ""  # why, with calls: "usage_missing (3); no price for model ... (2)"
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,11 @@ def weekly_report(
     unpriced = records(
         query, "SELECT * FROM weekly_unpriced(week_start = {week_start:Date})", {"week_start": week_start}
     )
+    reasons: dict[tuple[str, str], list[str]] = {}
+    for r in records(
+        query, "SELECT * FROM weekly_unpriced_reasons(week_start = {week_start:Date})", {"week_start": week_start}
+    ):
+        reasons.setdefault((r["provider"], r["model"]), []).append(f"{r['unpriced_reason']} ({int(r['calls'])})")
     daily = records(
         query,
         "SELECT * FROM daily_team_spend(start = {start:Date}, end = {end:Date}, currency = {currency:String})",
@@ -281,7 +287,8 @@ def weekly_report(
             for r in non_production
         ],
         unpriced=[
-            UnpricedModel(r["provider"], r["model"], int(r["calls"]), int(r["input_tokens"]), int(r["output_tokens"]))
+            UnpricedModel(r["provider"], r["model"], int(r["calls"]), int(r["input_tokens"]), int(r["output_tokens"]),
+                          "; ".join(reasons.get((r["provider"], r["model"]), [])))
             for r in unpriced
         ],
         daily=[DailyTeamSpend(as_date(r["day"]), r["team"], as_decimal(r["cost"])) for r in daily],
@@ -595,8 +602,7 @@ def render_weekly(report: WeeklyReport) -> str:
         "",
         f"Unpriced calls (no cost known, not counted above): {report.unpriced_calls}",
         table(
-            ["provider", "model", "calls ", "input tokens ", "output tokens "],
-            [(u.provider, u.model, u.calls, u.input_tokens, u.output_tokens) for u in report.unpriced],
+            UNPRICED_HEADERS, unpriced_rows(report),
         )
         if report.unpriced
         else "  none",
@@ -718,3 +724,11 @@ def cost_per_call_rise_rows(report: WeeklyReport) -> list[tuple[Any, ...]]:
         (r.team, r.workflow, money(r.cost_per_call, 6), money(r.prior_cost_per_call, 6), percent(r.rise), r.priced_calls)
         for r in report.cost_per_call_rises
     ]
+
+
+UNPRICED_HEADERS = ("provider", "model", "calls ", "input tokens ", "output tokens ", "why")
+
+
+def unpriced_rows(report: WeeklyReport) -> list[tuple[Any, ...]]:
+    """The rows of the unpriced-calls table, as the terminal and the HTML page show them."""
+    return [(u.provider, u.model, u.calls, u.input_tokens, u.output_tokens, u.reasons or "-") for u in report.unpriced]

@@ -19,6 +19,7 @@ from streams.anomaly.decisions import Decision, Finding
 from streams.anomaly.detectors.base import MAX_DRIVERS, Detector
 from streams.anomaly.summaries import Bucket
 from streams.anomaly.units import DAY, ISO_WEEK_OFFSET, MICRO, WEEK, ZERO, format_money, instant
+from streams.events.priced import USAGE_MISSING
 
 
 def _new_tally() -> dict[str, Any]:
@@ -264,9 +265,14 @@ class UnpricedDetector(CalendarDetector):
             f"{label.partition('=')[2]} ({calls})"
             for label, (_, calls) in sorted(drivers.items(), key=lambda kv: -kv[1][1]) if label.startswith("team=")
         )
+        fix = (
+            "Their producer recorded calls whose usage never came (a stream that ended without its usage "
+            "chunk): have it ask for usage (stream_options include_usage) or record the counts it has."
+            if reason == USAGE_MISSING else "Add the model to the price book."
+        )
         message = (
             f"{tally['calls']} calls to {scope} today could not be priced ({reason}); their spend is missing "
-            f"from budgets and reports. Teams: {teams}. Add the model to the price book."
+            f"from budgets and reports. Teams: {teams}. {fix}"
         )
         day = state["w"]
         return Finding(self.start_of(day), self.start_of(day + 1), settings.severity, Decimal(tally["calls"]),
