@@ -68,7 +68,9 @@ def test_a_team_tag_cannot_spend_or_cap_another_scope(worker: WorkerProcess, sta
 
     # The victim spends $0.00035 of its $0.01; each alias would add $0.5001.
     attacks = [call(f"attack-{n}", alias, 200_000) for n, alias in enumerate(ALIASES)]
-    asyncio.run(produce(settings, [*attacks, call("victim", "probe", 100, feature="victim")]))
+    # The victim's own call, its feature padded: values are trimmed as budget scopes are, so
+    # padding neither dodges the budget nor makes another scope.
+    asyncio.run(produce(settings, [*attacks, call("victim", "probe", 100, feature=" victim\t")]))
     dead = wait_until(lambda: [d.record for d in asyncio.run(list_dead_letters(settings))
                                if d.record["reason_code"] == "invalid_attribution"] or None,
                       30, "the attacks in the dead-letter topic")

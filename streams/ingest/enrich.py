@@ -31,7 +31,15 @@ import pyarrow.compute as pc
 
 from streams.events import priced
 from streams.events.codec import USAGE_BATCH, USAGE_EVENT, Codec, DecodeError
-from streams.events.validation import ATTRIBUTION_FIELDS, ROUTE_FIELDS, InvalidEvent, Limits, suspects, validate
+from streams.events.validation import (
+    ATTRIBUTION_FIELDS,
+    ROUTE_FIELDS,
+    SCOPED_ATTRIBUTION,
+    InvalidEvent,
+    Limits,
+    suspects,
+    validate,
+)
 from streams.ingest.attribution import Router
 from streams.ingest.dead_letters import DeadLetter
 from streams.pricing.columns import PRICE_COLUMNS, price_columns, unpriced_where
@@ -131,7 +139,8 @@ class Enricher:
         5. Attribute (:meth:`Router.attribute_columns`) and price
            (:func:`streams.pricing.columns.price_columns`) the rest, column-wise; an event
            that says its usage is missing is stored unpriced (``usage_missing``), never at $0.
-        6. Assemble the priced table in the priced topic's schema.
+        6. Assemble the priced table in the priced topic's schema, the values that name
+           scopes trimmed as budget scopes are.
         """
         # 1. Decode.
         events: list[dict[str, Any]] = []
@@ -196,6 +205,8 @@ class Enricher:
         # 6. The priced table.
         for name in (*ATTRIBUTION_FIELDS, "request_fingerprint", *ROUTE_FIELDS, "reported_currency"):
             columns[name] = pc.fill_null(columns[name], "")
+        for name in SCOPED_ATTRIBUTION:  # "victim " must not dodge the budget on feature=victim
+            columns[name] = pc.utf8_trim_whitespace(columns[name])
         columns["source_partition"] = pa.array([source.partition for source, _ in sources], pa.int32())
         columns["source_offset"] = pa.array([source.offset for source, _ in sources], pa.int64())
         table = pa.Table.from_arrays([columns[name] for name in priced.COLUMNS], schema=priced.SCHEMA)

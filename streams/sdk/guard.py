@@ -85,7 +85,7 @@ class CapGuard:
         ValueError: the worker dead-letters such events, and checking it would check
         another scope (``team="a,feature=b"`` is not the scope ``team=a,feature=b``).
         """
-        values = {key: value or "" for key, value in attribution.items()}
+        values = {key: (value or "").strip() for key, value in attribution.items()}  # as the worker stores them
         for name in SCOPE_FIELDS.values():
             if problem := scope_value_problem(name, values.get(name, "")):
                 raise ValueError(problem)
