@@ -63,7 +63,7 @@ CALLS: list[tuple[str, dict[str, Any], tuple[str, str, int, int, int, int]]] = [
       "gen_ai.usage.input_tokens": 900, "gen_ai.usage.output_tokens": 100, "gen_ai.usage.reasoning_tokens": 50},
      ("google", "gemini-2.5-flash", 900, 150, 0, 0)),
 ]
-NOT_RECORDED = [  # (attributes, failed): a call without usage, a failed call, an agent span, an HTTP span
+NOT_PRICED = [  # (attributes, failed): a call without usage, a failed call, an agent span, an HTTP span
     ({"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o"}, False),
     ({"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o"}, True),
     ({"gen_ai.operation.name": "invoke_agent", "gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o",
@@ -120,7 +120,7 @@ def test_sdk_spans_are_priced_exactly_in_clickhouse_and_a_retry_counts_once(stac
         with provider.get_tracer(scope).start_as_current_span("chat", attributes=attributes) as span:
             context = span.get_span_context()
         expected[f"otlp-{context.trace_id:032x}-{context.span_id:016x}"] = counts
-    for attributes, failed in NOT_RECORDED:
+    for attributes, failed in NOT_PRICED:
         with provider.get_tracer("opentelemetry.instrumentation.openai").start_as_current_span("call") as span:
             span.set_attributes(attributes)
             if failed:
@@ -128,9 +128,11 @@ def test_sdk_spans_are_priced_exactly_in_clickhouse_and_a_retry_counts_once(stac
     spans = captured.get_finished_spans()
     assert exporter.export(spans) is SpanExportResult.SUCCESS  # acknowledged: in Kafka
 
-    wait_until(lambda: worker.get_json("/stats").get("rows_inserted") == len(CALLS), 60, "the GenAI calls in ClickHouse")
+    rows_in = len(CALLS) + 1  # and the call without usage, flagged
+    wait_until(lambda: worker.get_json("/stats").get("rows_inserted") == rows_in, 60, "the GenAI calls in ClickHouse")
     rows = sql(worker, "SELECT event_id, provider, model, input_tokens, output_tokens, cache_read_tokens, "
-                       "cache_write_tokens, cost_total, team, service, environment FROM usage ORDER BY event_id")
+                       "cache_write_tokens, cost_total, team, service, environment FROM usage WHERE NOT usage_missing "
+                       "ORDER BY event_id")
     assert {r[0]: tuple(r[1:7]) for r in rows} == expected
     for event_id, *_, cost, team, service, environment in rows:
         provider_id, model, tokens_in, tokens_out, cache_read, cache_write = expected[event_id]
@@ -142,13 +144,15 @@ def test_sdk_spans_are_priced_exactly_in_clickhouse_and_a_retry_counts_once(stac
         assert want is not None and Decimal(cost) == want, (event_id, cost, want)
         assert (service, environment) == ("support-api", "production")
     assert {r[8] for r in rows} == {"support", "unattributed"}
+    assert sql(worker, "SELECT model, priced, unpriced_reason, cost_total FROM usage WHERE usage_missing") == [
+        ["gpt-4o", False, "usage_missing", "0.000000000000"]]  # stored unpriced, with its reason: not a $0 call
     stats = receiver.get_json("/stats")["spans"]
     assert stats == {"recorded": 4, "usage_missing": 1, "failed_call": 1, "not_a_call": 1, "rejected": 0, "not_gen_ai": 1}
 
     # The exporter sends the same spans again (its retry after a lost answer): counted once.
     assert exporter.export(spans) is SpanExportResult.SUCCESS
-    wait_until(lambda: worker.get_json("/stats").get("duplicates_dropped", 0) >= len(CALLS), 60, "the retry dropped")
-    assert sql(worker, "SELECT count(), sum(cost_total) FROM usage") == [[len(CALLS), str(sum(
+    wait_until(lambda: worker.get_json("/stats").get("duplicates_dropped", 0) >= rows_in, 60, "the retry dropped")
+    assert sql(worker, "SELECT count(), sum(cost_total) FROM usage") == [[rows_in, str(sum(
         Decimal(r[7]) for r in rows))]]
     exporter.shutdown()
 

@@ -31,7 +31,7 @@ from streams.ingest.otlp.decode import (
     media_type,
     spans,
 )
-from streams.ingest.otlp.mapping import AttributeMappingError, SpanMapper, catalog_provider
+from streams.ingest.otlp.mapping import AttributeMappingError, Mapped, SpanMapper, catalog_provider
 from streams.settings import Settings
 
 TRACE = "5b8efff798038103d269b633813fc60c"
@@ -138,10 +138,19 @@ def test_provider_names_become_the_catalog_s_ids(name: str, catalog: str) -> Non
 
 # --- What is and is not a call ----------------------------------------------------------
 
+def test_a_call_without_usage_is_flagged_never_zero() -> None:
+    mapped = SpanMapper().map(span(call("anthropic", "claude-sonnet-4-5")))
+    assert mapped.outcome == "usage_missing" and mapped.event is not None
+    assert mapped.event["usage_missing"] is True
+    assert mapped.event["tags"]["usage_missing"] == "the span carries no gen_ai.usage counts"
+    assert counts(mapped.event) == ("anthropic", "claude-sonnet-4-5", 0, 0, 0, 0, 0)
+    unnamed = SpanMapper().map(span({"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai"}))
+    assert (unnamed.outcome, unnamed.event) == ("usage_missing", None)  # counted: nothing says what was called
+
+
 def test_spans_that_are_not_priced_calls_are_counted_apart() -> None:
     mapper = SpanMapper()
-    assert mapper.map(span(call("openai", "gpt-4o"))).outcome == "usage_missing"
-    assert mapper.map(span(call("openai", "gpt-4o"), failed=True)).outcome == "failed_call"
+    assert mapper.map(span(call("openai", "gpt-4o"), failed=True)) == Mapped("failed_call")
     agent = {**call("openai", "gpt-4o", input=5000, output=900), "gen_ai.operation.name": "invoke_agent"}
     assert mapper.map(span(agent)).outcome == "not_a_call"  # the sum of its calls: never counted twice
 

@@ -5,7 +5,8 @@ follow, and where their attribution comes from.
 ``gen_ai.operation.name`` says it wraps other work (``invoke_agent``, ``execute_tool``...):
 frameworks put the sum of an agent's calls on its agent span, and counting that too would
 count every call twice. A call span without usage is not priced at zero: a failed one (status
-ERROR) was not billed and is only counted; any other is counted as missing its usage.
+ERROR) was not billed and is only counted; any other is recorded flagged ``usage_missing``
+(stored unpriced with that reason, as the SDK records a stream that lost its usage).
 
 **Whose conventions.** ``gen_ai.usage.input_tokens`` *includes* cache reads and writes and
 ``output_tokens`` includes reasoning tokens in the semantic conventions (and in OpenLLMetry,
@@ -43,7 +44,7 @@ from streams.sdk.providers import (
     usage_from_gemini,
     usage_from_openai,
 )
-from streams.sdk.providers.fields import normalise_service_tier
+from streams.sdk.providers.fields import missing_usage, normalise_service_tier
 from streams.settings import Settings
 
 __all__ = [
@@ -188,39 +189,46 @@ class SpanMapper:
         1. A span whose operation wraps calls (agent, tool) is ``not_a_call``.
         2. Read the usage counts; one that is not a whole number fitting 64 bits is
            ``rejected`` (with the reason, which the exporter is told).
-        3. Without counts: ``failed_call`` if the span's status is ERROR, else ``usage_missing``.
-        4. Map the counts with the provider's adapter (see "Whose conventions"); usage
-           naming no model is ``rejected``.
-        5. Attribution, occurred_at (the span's end), an event id from trace and span id;
-           a model, provider or attribution value longer than the worker accepts is
-           ``rejected`` (:func:`_identifier`).
+        3. Without counts: ``failed_call`` if the span's status is ERROR (not billed).
+        4. Provider and model; a value longer than the worker accepts is ``rejected``
+           (:func:`_identifier`, as for attribution in step 6).
+        5. Without counts, ``usage_missing``: an event flagged so (stored unpriced, never at
+           $0) when the span names its model, else only counted. With counts, map them with
+           the provider's adapter (see "Whose conventions"); usage naming no model is
+           ``rejected``.
+        6. Attribution, occurred_at (the span's end), an event id from trace and span id.
         """
         operation = str(span.attributes.get("gen_ai.operation.name") or "")
         if operation in WRAPPING_OPERATIONS:
             return Mapped("not_a_call")
         try:
             counts = self._counts(span.attributes)
+            if counts is None and span.failed:
+                return Mapped("failed_call")
+            provider = catalog_provider(_identifier("gen_ai.provider.name", _first(span.attributes, PROVIDER) or ""))
+            model = _identifier("gen_ai.response.model", _first(span.attributes, MODEL) or "")
             if counts is None:
-                return Mapped("failed_call" if span.failed else "usage_missing")
-            return Mapped("recorded", event=self._event(span, counts, operation))
+                if not model:  # not even a flagged event can say what was called
+                    return Mapped("usage_missing")
+                fields = missing_usage(provider, model, "the span carries no gen_ai.usage counts")
+                return Mapped("usage_missing", event=self._event(span, fields, operation))
+            if not model:
+                raise _Rejected("it has usage but names no model (gen_ai.response.model or gen_ai.request.model)")
+            native = span.scope.startswith(self.native_scopes) or _cannot_be_totals(counts)
+            adapter, block = NATIVE.get(provider, TOTALS) if native else TOTALS
+            return Mapped("recorded", event=self._event(span, adapter(block(counts), provider=provider, model=model),
+                                                        operation))
         except _Rejected as exc:
             return Mapped("rejected", reason=f"span {span.span_id} of trace {span.trace_id}: {exc}")
 
-    def _event(self, span: OtlpSpan, counts: _Counts, operation: str) -> dict[str, Any]:
-        attrs = span.attributes
-        provider = catalog_provider(_identifier("gen_ai.provider.name", _first(attrs, PROVIDER) or ""))
-        model = _identifier("gen_ai.response.model", _first(attrs, MODEL) or "")
-        if not model:
-            raise _Rejected("it has usage but names no model (gen_ai.response.model or gen_ai.request.model)")
-        native = span.scope.startswith(self.native_scopes) or _cannot_be_totals(counts)
-        adapter, block = NATIVE.get(provider, TOTALS) if native else TOTALS
-        fields = adapter(block(counts), provider=provider, model=model)
-        tier, tier_tags = normalise_service_tier(_first(attrs, SERVICE_TIER))
-        tags = {**fields.tags, **tier_tags, "source": "otlp"}
+    def _event(self, span: OtlpSpan, fields: UsageFields, operation: str) -> dict[str, Any]:
+        tier, tier_tags = normalise_service_tier(_first(span.attributes, SERVICE_TIER))
+        event = fields.as_fields()
+        event["tags"] = {**event["tags"], **tier_tags, "source": "otlp"}
         if operation:
-            tags["otel_operation"] = operation[:64]
+            event["tags"]["otel_operation"] = operation[:64]
         return usage_event(
-            **{**fields.as_fields(), "service_tier": tier, "tags": tags},
+            **{**event, "service_tier": tier},
             event_id=f"otlp-{span.trace_id}-{span.span_id}",
             occurred_at=_time(span.end_ns or span.start_ns),
             **self._attribution(span),
