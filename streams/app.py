@@ -90,7 +90,8 @@ def start() -> faust.App:
         enrich_stage=EnrichStage(settings),
         anomaly=AnomalyEngine(AnomalyConfig.load(settings.anomaly_config) if settings.anomaly_config else None),
         sink=ClickHouseSink(lambda: clickhouse.connect(settings), topic=settings.priced_topic,
-                            database=settings.clickhouse_database, fault_clickhouse_down=settings.fault_clickhouse_down),
+                            database=settings.clickhouse_database, fault_clickhouse_down=settings.fault_clickhouse_down,
+                            retention_days=settings.usage_retention_days),
         sql_queries=sql_guard.QueryRunner(settings),
     )
     return app

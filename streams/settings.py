@@ -22,6 +22,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from streams.events.validation import Limits
 
 
+# The shortest raw-row retention: the sink's 7-day dedup horizon and a day (streams.ledger.retention).
+USAGE_RETENTION_MIN_DAYS = 8
+
+
 class Settings(BaseSettings):
     """All configuration, with defaults that run on a laptop."""
 
@@ -69,6 +73,11 @@ class Settings(BaseSettings):
     )
     sql_concurrency: int = Field(
         2, ge=1, description="Read-only queries the worker runs at once; more wait their turn."
+    )
+    usage_retention_days: int = Field(
+        0, ge=0,
+        description="Days a raw usage row is kept after it lands (0: for ever); rollups and reports keep "
+                    f"everything. At least {USAGE_RETENTION_MIN_DAYS}: streams.ledger.retention says why.",
     )
 
     # --- The OTLP receiver (`spendstream otlp`) ----------------------------------------
@@ -202,6 +211,14 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: Any) -> Any:
         # An empty variable means off (as it did when the sink read it), not the directory ".".
         return None if value == "" else value
+
+    @field_validator("usage_retention_days")
+    @classmethod
+    def _retention_past_the_dedup_horizon(cls, value: int) -> int:
+        if 0 < value < USAGE_RETENTION_MIN_DAYS:
+            raise ValueError(f"must be 0 (keep raw rows for ever) or at least {USAGE_RETENTION_MIN_DAYS} days: the "
+                             "sink finds copies of an event up to 7 days later by the raw rows")
+        return value
 
     @field_validator("timezone")
     @classmethod

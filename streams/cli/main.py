@@ -33,7 +33,7 @@ def cli(ctx: click.Context) -> None:
 def worker() -> None:
     """Run the worker: create topics, migrate ClickHouse, then start the Faust agents."""
     from streams import app, web_auth
-    from streams.ledger import clickhouse, migrations
+    from streams.ledger import clickhouse, migrations, retention
     from streams.runtime import faust_fixes, tuning
     from streams.runtime.topics import create_topics
 
@@ -44,6 +44,7 @@ def worker() -> None:
         asyncio.run(create_topics(settings))
         client = clickhouse.connect(settings)
     migrations.migrate(client, settings.clickhouse_database)
+    retention.apply(client, settings.clickhouse_database, settings.usage_retention_days)
     client.close()
     try:
         runner = tuning.worker(app.start())
@@ -87,13 +88,15 @@ def topics_create() -> None:
 
 @cli.command()
 def migrate() -> None:
-    """Apply the ClickHouse migrations in clickhouse/ (idempotent)."""
-    from streams.ledger import clickhouse, migrations
+    """Apply the ClickHouse migrations in clickhouse/ and the raw rows' retention (idempotent)."""
+    from streams.ledger import clickhouse, migrations, retention
 
     settings = Settings()
     client = clickhouse.connect(settings)
     applied = migrations.migrate(client, settings.clickhouse_database)
-    click.echo(f"applied {len(applied)} migration(s): {', '.join(applied) or 'already up to date'}")
+    retention.apply(client, settings.clickhouse_database, settings.usage_retention_days)
+    click.echo(f"applied {len(applied)} migration(s): {', '.join(applied) or 'already up to date'}; "
+               f"raw usage rows kept {retention.describe(settings.usage_retention_days)}")
 
 
 @cli.command()

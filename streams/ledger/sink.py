@@ -17,7 +17,8 @@ The sink makes all three harmless. For each poll's worth of priced-topic message
    is a no-op in ClickHouse even if it landed before the failure was seen.
 5. Repair the rollups of the re-delivered rows' teams and days
    (:mod:`streams.ledger.rollup_repair`): the earlier attempt may have been killed after its
-   insert into ``usage`` and before the materialized views'.
+   insert into ``usage`` and before the materialized views'. Only days whose raw rows are
+   all still kept (:func:`streams.ledger.retention.complete_since`).
 6. Record the repeats not recorded yet in ``usage_repeats`` (the audit of dropped
    copies, and the record that each is being taken out of the spend tables), then the
    batch's offset ranges in ``sink_offsets`` (how far the sink has come).
@@ -60,7 +61,7 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streams.events import priced
-from streams.ledger import clickhouse, rollup_repair
+from streams.ledger import clickhouse, retention, rollup_repair
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ class ClickHouseSink:
         dedup_horizon: timedelta = timedelta(days=7),
         max_backoff: float = 30.0,
         fault_clickhouse_down: Path | None = None,
+        retention_days: int = 0,
     ) -> None:
         self._client_factory = client_factory
         self._client: Any = None
@@ -118,6 +120,7 @@ class ClickHouseSink:
         self.dedup_horizon = dedup_horizon
         self.max_backoff = max_backoff
         self.fault_clickhouse_down = fault_clickhouse_down
+        self.retention_days = retention_days  # of raw rows (streams.ledger.retention)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-sink")
 
     async def write(self, messages: Sequence[PricedMessage]) -> SinkResult:
@@ -153,12 +156,24 @@ class ClickHouseSink:
         token = _dedup_token(ranges)
         new_rows = rows if len(new) == rows.num_rows else rows.take(pa.array(new, pa.int64()))
         inserted = clickhouse.insert_priced(client, new_rows, dedup_token=token)  # 4
-        damaged = _teams_and_days(rows, redelivered)
+        damaged = self._repairable(_teams_and_days(rows, redelivered))
         rollup_repair.repair(client, self.database, damaged)                       # 5
         fresh = self._record_repeats(client, rows, repeats)                        # 6
         clickhouse.record_sink_offsets(client, self.topic, ranges, row_count=inserted, dedup_token=token)
         unpriced = pc.sum(pc.invert(new_rows.column("priced"))).as_py() or 0
         return SinkResult(inserted, rows.num_rows - inserted, fresh, len(damaged), unpriced)  # 7
+
+    def _repairable(self, keys: set[tuple[str, date]]) -> set[tuple[str, date]]:
+        """The (team, day) keys whose raw rows are all still in ``usage`` (a rollup can be
+        recomputed from them); the others are left as they are, and said so."""
+        since = retention.complete_since(self.retention_days, datetime.now(timezone.utc))
+        if since is None:
+            return keys
+        kept = {key for key in keys if key[1] >= since}
+        if kept != keys:
+            log.warning("rollups of %d (team, day) key(s) before %s not checked after a re-delivery: their raw rows "
+                        "may be past SPENDSTREAM_USAGE_RETENTION_DAYS", len(keys - kept), since)
+        return kept
 
     def _record_repeats(self, client: Any, rows: pa.Table, repeats: list[_Repeat]) -> list[dict[str, Any]]:
         """Record the repeats not recorded before; return them as row dicts."""
