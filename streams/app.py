@@ -3,7 +3,8 @@
     usage topic ──enrich──> priced topic (rows, keyed by team) ──sink──> ClickHouse
                       └───> deltas topic (per scope and period) ──count_spend──> spend table
                                                    budgets ──────┘   ├──> cap-state topic
-                                                                     └──> alerts topic
+                                                                     ├──> alerts topic
+     services, gateways ──HTTP /reservations──> holds (reservations table) <──settled──┘
                       └───> anomaly topic (per-batch summaries) ──detect_anomalies──> alerts, cap state
                       └───> dead-letter topic (reason + original bytes)
 
@@ -21,13 +22,17 @@ there), and the enrich agent commits after every batch, so a crash replays at mo
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from decimal import Decimal
+from functools import partial
 from typing import Any
 
+import aiohttp
 import faust
 from faust.web import Request, Response, View
 from mode.supervisors import CrashingSupervisor
@@ -38,6 +43,17 @@ from streams.anomaly.engine import AnomalyEngine
 from streams.anomaly.state import SWEEP_KEY, AnomalyState
 from streams.budgets.budget import Budget, BudgetIndex, decode_budget
 from streams.budgets.periods import DeltasMessage, aggregate, encode_deltas, negated
+from streams.budgets.reservations import (
+    GroupCommit,
+    PartitionUnavailable,
+    Refusal,
+    ReservationError,
+    parse_estimate,
+    parse_reservation_id,
+    plan,
+    release,
+    reserve,
+)
 from streams.budgets.spend_state import SpendState, cap_states, spend_by_scope
 from streams.events.codec import ALERT, CAP_STATE, default_codec
 from streams.events.scopes import scope_partition
@@ -51,7 +67,7 @@ from streams.runtime import allocator, faust_app, faust_fixes, tuning
 from streams.runtime.batching import take_batches
 from streams.runtime.compacted import CompactedView
 from streams.runtime.faust_app import RAW, chunk_topic, make_current
-from streams.runtime.topics import ANNOUNCED_TABLE, DETECTORS_TABLE, SPEND_TABLE
+from streams.runtime.topics import ANNOUNCED_TABLE, DETECTORS_TABLE, RESERVATIONS_TABLE, SPEND_TABLE
 from streams.settings import Settings
 
 settings = Settings()  # the process's one Settings: the worker command and every part read this one
@@ -73,6 +89,8 @@ class Parts:
     anomaly: AnomalyEngine
     sink: ClickHouseSink
     sql_queries: sql_guard.QueryRunner
+    spend_state: SpendState
+    holds_committed: GroupCommit
 
 
 parts: Parts  # set by start()
@@ -93,6 +111,9 @@ def start() -> faust.App:
                             database=settings.clickhouse_database, fault_clickhouse_down=settings.fault_clickhouse_down,
                             retention_days=settings.usage_retention_days),
         sql_queries=sql_guard.QueryRunner(settings),
+        spend_state=SpendState(settings, spend, announced, budgets, _publish_caps, app.producer.flush,
+                               reservations, partial(faust_fixes.write_in_partition, reservations)),
+        holds_committed=GroupCommit(app.producer.flush, partial(faust_fixes.write_in_partition, reservations)),
     )
     return app
 
@@ -131,6 +152,8 @@ spend = app.Table(SPEND_TABLE, default=None, partitions=settings.partitions, key
 announced = app.Table(ANNOUNCED_TABLE, default=None, partitions=settings.partitions, key_type=str)
 # detectors["spike:team=search"] = that detector's compact state for that scope
 detectors = app.Table(DETECTORS_TABLE, default=None, partitions=settings.partitions, key_type=str)
+# reservations["<reservation id>@2"] = [expires at, {budget id: amount held}] (streams.budgets.reservations)
+reservations = app.Table(RESERVATIONS_TABLE, default=None, partitions=settings.partitions, key_type=str)
 budgets = BudgetIndex()
 
 
@@ -210,14 +233,15 @@ async def _send_dead_letter(dead: DeadLetter) -> asyncio.Future:
 
 @app.agent(deltas_topic, supervisor_strategy=CrashingSupervisor)
 async def count_spend(stream: faust.StreamT) -> None:
-    """Add deltas to the spend table, check budgets, publish cap states and alerts."""
-    state = SpendState(settings, spend, announced, budgets, _publish_caps, app.producer.flush)
+    """Add deltas to the spend table, settle reservations, check budgets, publish cap states and alerts."""
+    state = parts.spend_state
     async for events in stream.take_events(settings.spend_batch_max, settings.spend_batch_within):
         with faust_fixes.unacked_unless_done(events):
             await state.apply(events, make_current)
         stats.update(deltas_applied=len(events))
         marks["last_spend_at"] = time.time()
         stats["shadow_scopes"], stats["shadow_evictions"] = len(state.shadow), state.shadow.evictions
+        stats["reservations_settled"] = state.settled
 
 
 async def _publish_caps(states: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> None:
@@ -375,3 +399,128 @@ async def sql(web: View, request: Request) -> Response:
     )
     return web.text(body, content_type="application/json", status=status)
 
+
+
+# --- Reservations: holds on the partitions this worker owns, routed to the owner otherwise ---
+@reservations.on_recover
+async def _count_holds() -> None:
+    """After every rebalance (and a restart's recovery): count what is held on the
+    partitions this worker now owns."""
+    topic = reservations.changelog_topic_name
+    parts.spend_state.holds.rebuild(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic)
+
+
+def _serves(partition: int) -> bool:
+    return partition in parts.spend_state.holds.owned and is_ready()
+
+
+async def _on_partition(request: dict[str, Any]) -> list[Refusal]:
+    """Hold or release on a partition this worker owns; answers once the changelog has it."""
+    holds, partition = parts.spend_state.holds, int(request["partition"])
+    reservation_id = parse_reservation_id(request["reservation_id"])
+    if request["op"] == "hold":
+        refusals = holds.hold(partition, reservation_id, parse_estimate(request["estimate"]),
+                              [str(b) for b in request["budget_ids"]], datetime.now(timezone.utc))
+        if refusals:
+            return refusals
+    elif not holds.release(partition, reservation_id):
+        return []
+    await parts.holds_committed.wait([partition])
+    stats["holds_written"] += 1
+    return []
+
+
+async def _ask(partition: int, request: dict[str, Any]) -> list[Refusal]:
+    """:func:`_on_partition` here if this worker owns the partition, else on its owner."""
+    if _serves(partition):
+        return await _on_partition(request)
+    owner = next((url for url, topics in app.router.table_metadata(RESERVATIONS_TABLE).items()
+                  if partition in next(iter(topics.values()), [])), None)
+    if owner is None or owner.rstrip("/") == str(app.conf.canonical_url).rstrip("/"):
+        raise PartitionUnavailable(partition)
+    stats["reservations_routed"] += 1
+    try:
+        async with app.http_client.post(
+            f"{owner.rstrip('/')}/partitions/{partition}/reservations", json=request,
+            headers=web_auth.auth_headers(settings), timeout=aiohttp.ClientTimeout(total=settings.reserve_timeout_seconds),
+        ) as resp:
+            if resp.status != 200:
+                raise PartitionUnavailable(partition)
+            answer = await resp.json()
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise PartitionUnavailable(partition) from exc
+    return [Refusal.from_json(r) for r in answer["refused_by"]]
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    """A request's JSON object, numbers read as exact decimals; ReservationError if not one."""
+    try:
+        body = json.loads(await request.text(), parse_float=Decimal)
+    except ValueError as exc:
+        raise ReservationError(f"the body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ReservationError("the body must be a JSON object")
+    return body
+
+
+@app.page("/reservations")
+class ReservationsPage(View):
+    async def post(self, request: Request) -> Response:
+        """Reserve: ``{"estimate": "0.0125", "attribution": {"team": ...}, "reservation_id": ...}``
+        → ``{"granted", "reservation_id", "refused_by": [...]}``; 503 with the fail policy
+        when a partition's owner does not answer."""
+        try:
+            body = await _json_body(request)
+            attribution = body.get("attribution") or {}
+            if not isinstance(attribution, dict) or not all(isinstance(v, str) for v in attribution.values()):
+                raise ReservationError("attribution must be an object of strings, e.g. {\"team\": \"search\"}")
+            reservation_id = parse_reservation_id(body.get("reservation_id"))
+            estimate = parse_estimate(body.get("estimate"))
+            by_partition = plan(budgets, attribution, settings.partitions)
+        except ReservationError as exc:
+            return self.json({"error": str(exc)}, status=400)
+        outcome = await reserve(reservation_id, estimate, by_partition, _ask)
+        stats["reservations_granted" if outcome.granted else
+              "reservations_refused" if outcome.refusals else "reservations_unanswered"] += 1
+        return self.json(outcome.to_json(), status=503 if outcome.unanswered and not outcome.refusals else 200)
+
+
+@app.page("/reservations/{reservation_id}")
+class ReservationPage(View):
+    async def delete(self, request: Request, reservation_id: str) -> Response:
+        """Release: the call was not made."""
+        try:
+            reservation_id = parse_reservation_id(reservation_id)
+        except ReservationError as exc:
+            return self.json({"error": str(exc)}, status=400)
+        await release(reservation_id, range(settings.partitions), _ask)
+        stats["reservations_released"] += 1
+        return self.json({"reservation_id": reservation_id, "released": True})
+
+
+@app.page("/partitions/{partition}/reservations")
+class PartitionReservationsPage(View):
+    async def post(self, request: Request, partition: str) -> Response:
+        """A hold or release routed here by another worker; 503 if this one does not own it."""
+        try:
+            body = await _json_body(request)
+            if not _serves(int(partition)) or int(body.get("partition", -1)) != int(partition):
+                return self.json({"error": f"partition {partition} is not served here now"}, status=503)
+            refusals = await _on_partition(body)
+        except (ReservationError, KeyError, TypeError, ValueError) as exc:
+            return self.json({"error": str(exc)}, status=400)
+        return self.json({"refused_by": [r.to_json() for r in refusals]})
+
+
+@app.timer(settings.reservation_sweep_interval)
+async def expire_reservations() -> None:
+    """Release this worker's holds that no usage event settled in time."""
+    if not is_ready():
+        return
+    holds = parts.spend_state.holds
+    expired = holds.expired(datetime.now(timezone.utc))
+    for partition, reservation_id in expired:
+        holds.release(partition, reservation_id)
+    if expired:
+        await parts.holds_committed.wait({partition for partition, _ in expired})
+        stats["reservations_expired"] += len(expired)

@@ -156,6 +156,17 @@ class Settings(BaseSettings):
     )
     anomaly_sweep_interval: float = Field(60.0, gt=0, description="Seconds between anomaly sweeps.")
     cap_tick_interval: float = Field(30.0, gt=0, description="Seconds between budget re-checks without traffic.")
+    reservation_expiry_seconds: float = Field(
+        600.0, gt=0,
+        description="Seconds after which a reservation no usage event settled is released (a budget may say "
+                    "otherwise): longer than the slowest call a service makes.",
+    )
+    reservation_sweep_interval: float = Field(1.0, gt=0, description="Seconds between sweeps of expired reservations.")
+    reserve_timeout_seconds: float = Field(
+        0.5, gt=0,
+        description="How long the SDK waits for a worker to answer a reservation before it follows the budgets' "
+                    "fail policy (open: allow, logged and counted; closed: refuse).",
+    )
     spend_retention_periods: int = Field(3, ge=1, description="Closed periods kept in spend tables.")
     spend_shadow_max_scopes: int = Field(
         100_000, ge=0,

@@ -89,7 +89,7 @@ def _spend_state(max_scopes: int) -> tuple[SpendState, dict[str, Any], BudgetInd
     spend: dict[str, Any] = {}
     budgets = BudgetIndex()
     settings = Settings(partitions=1, spend_shadow_max_scopes=max_scopes)
-    return SpendState(settings, spend, {}, budgets, publish, flush), spend, budgets
+    return SpendState(settings, spend, {}, budgets, publish, flush, {}, lambda *_: None), spend, budgets
 
 
 def test_a_budget_set_later_counts_the_exact_spend_kept_in_memory() -> None:

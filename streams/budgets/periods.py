@@ -49,12 +49,15 @@ class DeltasMessage:
     """One deltas-topic message: a batch's deltas for one partition, as of event time ``at``.
 
     A *tick* carries no deltas: it asks the spend agent to re-check the partition's budgets
-    at ``at`` (periods roll over, and budget changes apply, without traffic).
+    at ``at`` (periods roll over, and budget changes apply, without traffic). ``settles``
+    are the reservation ids of the calls counted (:mod:`streams.budgets.reservations`):
+    their holds on this partition are dropped in the same step as their spend is added.
     """
 
     at: datetime
     deltas: dict[str, Delta]
     tick: bool = False
+    settles: tuple[str, ...] = ()
 
 
 def period_keys(occurred_at: datetime, tz: ZoneInfo) -> tuple[str, ...]:
@@ -62,6 +65,11 @@ def period_keys(occurred_at: datetime, tz: ZoneInfo) -> tuple[str, ...]:
     local = occurred_at.astimezone(tz)
     monday = local.date() - timedelta(days=local.weekday())
     return (f"day:{local:%Y-%m-%d}", f"week:{monday.isoformat()}", f"month:{local:%Y-%m}")
+
+
+def current_period(kind: str, at: datetime, tz: ZoneInfo) -> str:
+    """The period of ``kind`` (day, week or month) that ``at`` falls in: ``month:2026-11``."""
+    return next(p for p in period_keys(at, tz) if p.startswith(kind + ":"))
 
 
 def period_bounds(period: str, tz: ZoneInfo) -> tuple[datetime, datetime]:
@@ -141,13 +149,16 @@ def by_partition(deltas: dict[str, Delta], partitions: int) -> dict[int, dict[st
 def encode_deltas(message: DeltasMessage) -> bytes:
     """JSON with decimal strings: exact, and readable with any Kafka tool."""
     deltas = {key: [str(d.cost), d.calls] for key, d in message.deltas.items()}
-    return json.dumps({"at": message.at.isoformat(), "tick": message.tick, "deltas": deltas}).encode()
+    data: dict[str, Any] = {"at": message.at.isoformat(), "tick": message.tick, "deltas": deltas}
+    if message.settles:
+        data["settles"] = list(message.settles)
+    return json.dumps(data).encode()
 
 
 def decode_deltas(value: bytes) -> DeltasMessage:
     data = json.loads(value)
     deltas = {key: Delta(Decimal(cost), int(calls)) for key, (cost, calls) in data["deltas"].items()}
-    return DeltasMessage(datetime.fromisoformat(data["at"]), deltas, data["tick"])
+    return DeltasMessage(datetime.fromisoformat(data["at"]), deltas, data["tick"], tuple(data.get("settles", ())))
 
 
 def period_start(period: str) -> date:

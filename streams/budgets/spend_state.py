@@ -8,7 +8,8 @@ Two Faust tables, partitioned like the deltas topic (by scope):
   kept in memory until a budget names it, so that they cost no changelog writes (see
   :class:`ShadowSpend`: at most ``spend_shadow_max_scopes`` scopes, the least recently
   active dropped first);
-* ``announced``: ``budget id → [period, thresholds announced, forecast announced]``.
+* ``announced``: ``budget id → [period, thresholds announced, forecast announced]``;
+* ``reservations``: the holds of :mod:`streams.budgets.reservations` (:attr:`SpendState.holds`).
 
 For each poll's worth of deltas messages, in this order:
 
@@ -18,7 +19,8 @@ For each poll's worth of deltas messages, in this order:
 
    a. skip it if its partition's applied marker says it was applied already (a
       re-delivery after a crash, once the marker made it to the changelog);
-   b. add each delta to its spend key (a tick message carries none);
+   b. add each delta to its spend key (a tick message carries none), and drop the holds
+      its calls settle, in the same step (spend + held never counts a call twice);
    c. check the budgets whose scope and period it touched (for a tick: every budget of
       the partition, so periods roll over and budget changes apply without traffic),
       and keep what was announced;
@@ -45,17 +47,18 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from streams.budgets.budget import BudgetIndex
+from streams.budgets.budget import Budget, BudgetIndex
 from streams.budgets.caps import Announced, check
 from streams.budgets.periods import (
     ALWAYS_TRACKED,
     Delta,
     DeltasMessage,
+    current_period,
     decode_deltas,
     is_expired,
-    period_keys,
     period_start,
 )
+from streams.budgets.reservations import Holds
 from streams.events.scopes import partition_of, scope_kinds, scope_partition, spend_key, split_key
 from streams.runtime.changelog import already_applied, is_marker, write_markers
 from streams.settings import Settings
@@ -146,10 +149,14 @@ class SpendState:
         budgets: BudgetIndex,
         publish: Callable[[list[dict[str, Any]], list[dict[str, Any]]], Awaitable[None]],
         flush: Callable[[], Awaitable[None]],
+        reservations: Any,
+        write_reservation: Callable[[int, str, Any], None],
     ) -> None:
         self.settings = settings
         self.spend = spend
         self.announced = announced
+        self.reservations = reservations
+        self.holds = Holds(reservations, budgets, self.spent, write_reservation, settings.reservation_expiry_seconds)
         self.budgets = budgets
         self.publish = publish
         self.flush = flush
@@ -158,6 +165,17 @@ class SpendState:
         # memory only, so that high-cardinality scopes cost no changelog writes; bounded.
         self.shadow = ShadowSpend(settings.spend_shadow_max_scopes)
         self._budgeted: set[str] = set()  # scopes a budget named (warned about at most once)
+        self.settled = 0  # holds settled by usage events
+
+    def spent(self, budget: Budget, now: datetime) -> Decimal:
+        """A budget's spend in its period at ``now``, from the table or, for a scope not
+        moved into it yet, from memory."""
+        period = current_period(budget.period, now, self.settings.tz)
+        value = self.spend.get(spend_key(budget.scope, period))
+        if value is not None:
+            return Decimal(value[0])
+        shadow = self.shadow.get(budget.scope, period)
+        return shadow.cost if shadow is not None else Decimal(0)
 
     async def apply(self, events: Sequence[Any], make_current: Callable[[Any], None]) -> int:
         """Run steps 1-3 for a batch of Faust events; returns how many were applied."""
@@ -171,6 +189,7 @@ class SpendState:
                 continue
             message = decode_deltas(event.value)
             touched = self._add(message)                                       # 1b
+            self.settled += self.holds.settle(partition, message.settles)
             for result in self._check_budgets(partition, touched, message):    # 1c
                 states[result.state["budget_id"]] = result.state
                 alerts += result.alerts
@@ -180,7 +199,7 @@ class SpendState:
             return 0
         await self.flush()                                                     # 2
         await self.publish(list(states.values()), alerts)
-        await write_markers((self.spend, self.announced), last, make_current, self.flush)  # 3
+        await write_markers((self.spend, self.announced, self.reservations), last, make_current, self.flush)  # 3
         return len(events)
 
     def _add(self, message: DeltasMessage) -> list[str]:
@@ -229,10 +248,9 @@ class SpendState:
                 if period.startswith(budget.period + ":"):
                     wanted[(budget.budget_id, period)] = budget
         if message.tick:
-            current = period_keys(message.at, self.settings.tz)
             for budget in self.budgets:
                 if scope_partition(budget.scope, self.settings.partitions) == partition:
-                    period = next(p for p in current if p.startswith(budget.period + ":"))
+                    period = current_period(budget.period, message.at, self.settings.tz)
                     wanted[(budget.budget_id, period)] = budget
         results = []
         for (budget_id, period), budget in wanted.items():
@@ -282,7 +300,7 @@ def cap_states(
     """Current cap states, computed from the tables (what the cap-state topic last got)."""
     out = []
     for budget in budgets:
-        period = next(p for p in period_keys(now, tz) if p.startswith(budget.period + ":"))
+        period = current_period(budget.period, now, tz)
         spent, _ = spend.get(spend_key(budget.scope, period)) or ("0", 0)
         result = check(budget, period, Decimal(spent), now, tz, Announced.from_json(announced.get(budget.budget_id)))
         if result is not None:

@@ -1,4 +1,5 @@
-"""Five places where Faust's at-least-once delivery is weaker than the ledger needs.
+"""Five places where Faust's at-least-once delivery is weaker than the ledger needs, and one
+table write Faust does not offer.
 
 Each was found by the fault-injection tests (``tests/test_faults.py``) and is fixed here
 rather than worked around in the agents:
@@ -41,6 +42,11 @@ rather than worked around in the agents:
    backlog, and the next commit made the loss permanent (the SIGKILL test, kills about a
    second after start). :func:`install` makes the fetch take a snapshot of the set and
    fetch nothing when it is empty.
+
+And: Faust writes a table only from inside a stream (the change goes to the changelog
+partition of the current event). A reservation is held from an HTTP request, where there
+is no event, and must land in the partition of its budget's scope:
+:func:`write_in_partition` sets the key and sends the change to the partition named.
 """
 
 from __future__ import annotations
@@ -161,3 +167,14 @@ async def commit_batch(stream: faust.StreamT, events: Sequence[faust.EventT], to
     while await consumer.maybe_wait_for_commit_to_finish():
         pass
     await consumer.commit({topic})
+
+
+def write_in_partition(table: Any, partition: int, key: str, value: Any) -> None:
+    """Set ``table[key] = value`` (None: delete the key) from outside a stream, sending the
+    change to ``partition`` of the table's changelog; a flush of the producer sends it."""
+    if value is None:
+        table.data.pop(key, None)
+        table.send_changelog(partition, key, None, value_serializer="raw")
+    else:
+        table.data[key] = value
+        table.send_changelog(partition, key, value)

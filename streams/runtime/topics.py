@@ -19,6 +19,7 @@ from streams.settings import Settings
 SPEND_TABLE = "spend"
 ANNOUNCED_TABLE = "announced"
 DETECTORS_TABLE = "detectors"
+RESERVATIONS_TABLE = "reservations"
 
 COMPACTED = {"cleanup.policy": "compact"}
 
@@ -44,6 +45,7 @@ def all_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.deltas_topic, n),
         TopicSpec(changelog_topic(settings, SPEND_TABLE), n, COMPACTED),
         TopicSpec(changelog_topic(settings, ANNOUNCED_TABLE), n, COMPACTED),
+        TopicSpec(changelog_topic(settings, RESERVATIONS_TABLE), n, COMPACTED),
         TopicSpec(settings.anomaly_topic, n),
         TopicSpec(changelog_topic(settings, DETECTORS_TABLE), n, COMPACTED),
         TopicSpec(settings.alerts_topic, n),
