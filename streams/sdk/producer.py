@@ -18,10 +18,8 @@ plain Avro library; the worker accepts both.
 from __future__ import annotations
 
 import asyncio
-import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import Future
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -30,6 +28,7 @@ from aiokafka import AIOKafkaProducer
 
 from streams.events.codec import USAGE_BATCH, USAGE_EVENT, Codec, default_codec
 from streams.runtime.kafka_start import start_or_stop
+from streams.sdk.loop import BackgroundLoop
 from streams.sdk.providers.record import ProviderRecording
 from streams.settings import Settings
 
@@ -205,29 +204,21 @@ class SyncUsageProducer(ProviderRecording):
     """The same producer for code without an event loop: runs one in a background thread."""
 
     def __init__(self, settings: Settings | None = None, **options: Any) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="spendstream-producer", daemon=True)
-        self._thread.start()
-        self._async = self._call(_make_async_producer(settings, options))
-        self._call(self._async.start())
-
-    def _call(self, coro: Any) -> Any:
-        future: Future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return future.result()
+        self._loop = BackgroundLoop("spendstream-producer")
+        self._async = self._loop.call(_make_async_producer(settings, options))
+        self._loop.call(self._async.start())
 
     def record(self, **fields: Any) -> str:
-        return self._call(self._async.record(**fields))
+        return self._loop.call(self._async.record(**fields))
 
     def send(self, event: dict[str, Any]) -> None:
-        self._call(self._async.send(event))
+        self._loop.call(self._async.send(event))
 
     def flush(self) -> None:
-        self._call(self._async.flush())
+        self._loop.call(self._async.flush())
 
     def close(self) -> None:
-        self._call(self._async.stop())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
+        self._loop.call(self._async.stop())
         self._loop.close()
 
     def __enter__(self) -> "SyncUsageProducer":
