@@ -113,3 +113,9 @@ def decode(value: bytes) -> pa.Table:
 def latest(table: pa.Table) -> datetime:
     """The latest ``occurred_at`` of some priced rows: a batch's event-time watermark."""
     return pc.max(table.column("occurred_at")).as_py()
+
+
+def reservations(table: pa.Table) -> list[str]:
+    """The reservation ids some priced rows settle (distinct, in order; '' is none)."""
+    ids = pc.unique(table.column("reservation_id")).to_pylist()
+    return [i for i in ids if i]

@@ -94,7 +94,7 @@ class Chunks:
         if rows.num_rows == 0:
             return out
         out.priced = [(team, priced.encode(part)) for team, part in priced.by_team(rows, settings.priced_message_rows)]
-        out.deltas = deltas_messages(aggregate(rows, settings.tz), priced.latest(rows), settings)
+        out.deltas = deltas_messages(aggregate(rows, settings.tz), priced.latest(rows), settings, priced.reservations(rows))
         summaries = self.anomaly.summarize(rows).split(lambda scope: scope_partition(scope, partitions))
         out.summaries = [
             (partition, value)
@@ -104,14 +104,27 @@ class Chunks:
         return out
 
 
-def deltas_messages(deltas: dict[str, Delta], at: datetime, settings: Settings) -> list[tuple[int, bytes]]:
+def deltas_messages(
+    deltas: dict[str, Delta], at: datetime, settings: Settings, settles: Sequence[str] = ()
+) -> list[tuple[int, bytes]]:
     """``(partition, deltas message)`` for the deltas topic: by the partition of each scope,
-    each message at most ``settings.message_max_bytes``."""
-    return [
-        (partition, value)
-        for partition, part in by_partition(deltas, settings.partitions).items()
-        for value in in_pieces(part, partial(_deltas_value, at), settings.message_max_bytes)
-    ]
+    each message at most ``settings.message_max_bytes``.
+
+    ``settles`` (the reservation ids of the rows) go to every partition the rows spent in,
+    in the same message as the spend when it fits, so that a hold is replaced by the spend
+    in one step; else in messages of their own right after the spend (a hold then counts
+    beside its spend for a moment: a refusal too many, never a call too many).
+    """
+    out = []
+    for partition, part in by_partition(deltas, settings.partitions).items():
+        whole = encode_deltas(DeltasMessage(at, part, settles=tuple(settles)))
+        if len(whole) <= settings.message_max_bytes:
+            out.append((partition, whole))
+            continue
+        out += [(partition, value) for value in in_pieces(part, partial(_deltas_value, at), settings.message_max_bytes)]
+        out += [(partition, value) for value in in_pieces(dict.fromkeys(settles), partial(_settles_value, at),
+                                                          settings.message_max_bytes)]
+    return out
 
 
 def in_pieces(mapping: dict[str, V], encode: Callable[[dict[str, V]], bytes], max_bytes: int) -> list[bytes]:
@@ -131,6 +144,10 @@ def in_pieces(mapping: dict[str, V], encode: Callable[[dict[str, V]], bytes], ma
 
 def _deltas_value(at: datetime, deltas: dict[str, Delta]) -> bytes:
     return encode_deltas(DeltasMessage(at, deltas))
+
+
+def _settles_value(at: datetime, settles: dict[str, None]) -> bytes:
+    return encode_deltas(DeltasMessage(at, {}, settles=tuple(settles)))
 
 
 def _summary_value(watermark: datetime | None, buckets: dict[str, Any]) -> bytes:
