@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from bench.reserve import month_spend
+from bench.reserve import settled_spend as wait_for_calls
 from streams.budgets.budget import Budget, publish
 from streams.cli.localstack import WorkerProcess
 from streams.cli.synthetic import generate
@@ -38,22 +40,6 @@ async def produce(settings: Settings, events: list[dict[str, Any]]) -> None:
     async with UsageProducer(settings, linger=0.01) as producer:
         for event in events:
             await producer.send(event)
-
-
-def month_spend(worker: WorkerProcess, scope: str) -> tuple[Decimal, int]:
-    periods = worker.get_json(f"/spend?scope={scope}").get(scope, {})
-    month = [v for k, v in periods.items() if k.startswith("month:")]
-    return (Decimal(month[0]["spent"]), month[0]["calls"]) if month else (Decimal(0), 0)
-
-
-def wait_for_calls(worker: WorkerProcess, scope: str, calls: int, timeout: float = 60) -> Decimal:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        spent, seen = month_spend(worker, scope)
-        if seen >= calls:
-            return spent
-        time.sleep(0.2)
-    raise AssertionError(f"{scope}: {month_spend(worker, scope)} after {timeout}s, expected {calls} calls")
 
 
 async def read_all(settings: Settings, topic: str, until: Any, timeout: float = 30) -> list[dict[str, Any]]:
