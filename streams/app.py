@@ -55,7 +55,7 @@ from streams.budgets.reservations import (
     reserve,
 )
 from streams.budgets.spend_state import SpendState, cap_states, spend_by_scope
-from streams.events.codec import ALERT, CAP_STATE, default_codec
+from streams.events.codec import ALERT, CAP_STATE, USAGE_EVENT, default_codec
 from streams.events.scopes import scope_partition
 from streams.events.serialize import jsonable
 from streams.ingest.dead_letters import DeadLetter, dead_letter_message
@@ -68,6 +68,7 @@ from streams.runtime.batching import take_batches
 from streams.runtime.compacted import CompactedView
 from streams.runtime.faust_app import RAW, chunk_topic, make_current
 from streams.runtime.topics import ANNOUNCED_TABLE, DETECTORS_TABLE, RESERVATIONS_TABLE, SPEND_TABLE
+from streams.sdk.producer import usage_event
 from streams.settings import Settings
 
 settings = Settings()  # the process's one Settings: the worker command and every part read this one
@@ -496,6 +497,35 @@ class ReservationPage(View):
         await release(reservation_id, range(settings.partitions), _ask)
         stats["reservations_released"] += 1
         return self.json({"reservation_id": reservation_id, "released": True})
+
+
+# What a settling request may give besides attribution (usage_event's keywords).
+_USAGE_FIELDS = frozenset({"provider", "model", "service_tier", "input_tokens", "output_tokens", "cache_read_tokens",
+                           "cache_write_tokens", "reasoning_tokens", "other_units", "event_id", "tags"})
+
+
+@app.page("/reservations/{reservation_id}/usage")
+class ReservationUsagePage(View):
+    async def post(self, request: Request, reservation_id: str) -> Response:
+        """Settle over HTTP: ``{"provider", "model", "input_tokens", "output_tokens", ...,
+        "attribution": {...}}`` becomes the call's UsageEvent carrying the reservation id, on
+        the usage topic (202 once Kafka has it): the same event, and settlement, as the SDK's."""
+        try:
+            reservation_id = parse_reservation_id(reservation_id)
+            body = await _json_body(request)
+            unknown = set(body) - _USAGE_FIELDS - {"attribution"}
+            if unknown:
+                raise ReservationError(f"unknown field(s) {sorted(unknown)}; give {sorted(_USAGE_FIELDS)} and attribution")
+            attribution = body.pop("attribution", None) or {}
+            if not isinstance(attribution, dict):
+                raise ReservationError("attribution must be an object of strings")
+            event = usage_event(**body, **attribution, reservation_id=reservation_id)
+            value = codec.encode(USAGE_EVENT, event)
+        except (ReservationError, TypeError, ValueError) as exc:
+            return self.json({"error": str(exc)}, status=400)
+        await (await send(settings.usage_topic, value, key=event["event_id"].encode()))
+        stats["settled_over_http"] += 1
+        return self.json({"reservation_id": reservation_id, "event_id": event["event_id"]}, status=202)
 
 
 @app.page("/partitions/{partition}/reservations")

@@ -93,19 +93,31 @@ def post(settings: Settings, path: str, body: Any, headers: dict[str, str] | Non
 
 @pytest.mark.integration
 def test_http_api_for_gateways(stack: Stack) -> None:
+    """Reserve, refuse and settle over HTTP with JSON, as a gateway in another language does."""
     settings = stack.settings
     asyncio.run(publish(settings, [budget("http", "0.05"), budget("http-alert", "0.01", hard_action="alert")]))
     wait_for_budgets(stack.worker, {"http-month", "http-alert-month"})
     assert post(settings, "/reservations", {"estimate": "0.04", "attribution": {"team": "http"}}, headers={})[0] == 401
-    assert post(settings, "/reservations", {"estimate": 0.04, "attribution": {"team": "http"}})[0] == 200  # exact
-    status, answer = post(settings, "/reservations", {"estimate": "0.02", "attribution": {"team": "http"},
-                                                      "reservation_id": "gw-1"})
+    status, granted = post(settings, "/reservations", {"estimate": 0.04, "attribution": {"team": "http"}})  # exact
+    assert status == 200 and granted["granted"], granted
+    status, answer = post(settings, "/reservations", {"estimate": "0.02", "attribution": {"team": "http"}})
     assert status == 200 and not answer["granted"], answer
-    assert answer["refused_by"][0]["budget_id"] == "http-month" and Decimal(answer["refused_by"][0]["held"]) == Decimal("0.04")
+    assert answer["refused_by"] == [{"budget_id": "http-month", "scope": "team=http", "limit": "0.05", "spent": "0",
+                                     "held": "0.04", "estimate": "0.02", "currency": "USD"}]
     status, answer = post(settings, "/reservations", {"estimate": "1e400", "attribution": {"team": "http"}})
     assert status == 400 and "estimate" in answer["error"]
     # A budget that only alerts never refuses.
     assert post(settings, "/reservations", {"estimate": "5", "attribution": {"team": "http-alert"}})[1]["granted"]
+
+    # Settled by the call's usage ($0.01): the hold of 0.04 is replaced by it, so 0.04 fits again, 0.05 not.
+    usage = {"provider": "openai", "model": "gpt-4o", "input_tokens": 2000, "output_tokens": 500,
+             "attribution": {"team": "http"}}
+    status, answer = post(settings, f"/reservations/{granted['reservation_id']}/usage", usage)
+    assert status == 202, answer
+    assert settled_spend(stack.worker, "team=http", 1) == ONE_CALL
+    assert not post(settings, "/reservations", {"estimate": "0.05", "attribution": {"team": "http"}})[1]["granted"]
+    assert post(settings, "/reservations", {"estimate": "0.04", "attribution": {"team": "http"}})[1]["granted"]
+    assert post(settings, "/reservations/x/usage", {**usage, "input_tokens": "many"})[0] == 400
 
 
 async def fill(reserver: Reserver, team: str, most: int) -> list[str]:
