@@ -344,3 +344,17 @@ def record_budget(client: Client, budget: dict[str, Any], *, deleted: bool = Fal
     columns = ["budget_id", "scope", "amount", "currency", "period", "thresholds", "hard_action", "updated_at", "deleted"]
     row = [budget[c] for c in columns[:-1]] + [1 if deleted else 0]
     client.insert("budgets", [row], column_names=columns)
+
+
+ALERT_COLUMNS = ("alert_id", "kind", "severity", "state", "scope", "window_start", "window_end", "observed",
+                 "threshold", "currency", "message", "details", "emitted_at")
+
+
+def record_alerts(client: Client, alerts: Sequence[dict[str, Any]]) -> None:
+    """Keep alerts (Alert records, as decoded from the alert topic) in ``alerts``.
+
+    Written again after a crash, a record collapses with its first copy
+    (ReplacingMergeTree by alert id, state and time), so the caller may retry freely.
+    """
+    if alerts:
+        client.insert("alerts", [[a[c] for c in ALERT_COLUMNS] for a in alerts], column_names=list(ALERT_COLUMNS))
