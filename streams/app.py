@@ -55,7 +55,8 @@ from streams.budgets.reservations import (
     reserve,
 )
 from streams.budgets.spend_state import SpendState, cap_states, spend_by_scope
-from streams.events.codec import ALERT, CAP_STATE, USAGE_EVENT, default_codec
+from streams.dashboard.server import Dashboard
+from streams.events.codec import ALERT, CAP_STATE, USAGE_EVENT, DecodeError, default_codec
 from streams.events.scopes import scope_partition
 from streams.events.serialize import jsonable
 from streams.ingest.dead_letters import DeadLetter, dead_letter_message
@@ -145,6 +146,7 @@ usage_topic = app.topic(settings.usage_topic, **RAW)
 priced_topic = chunk_topic(app, settings.priced_topic, settings.internal_buffer_messages)
 deltas_topic = chunk_topic(app, settings.deltas_topic, settings.internal_buffer_messages)
 anomaly_topic = chunk_topic(app, settings.anomaly_topic, settings.internal_buffer_messages)
+alerts_topic = app.topic(settings.alerts_topic, **RAW)
 
 # --- Tables ------------------------------------------------------------------------------
 # spend["team=search@day:2026-11-22"] = [exact decimal string, calls]
@@ -340,6 +342,25 @@ async def sink_to_clickhouse(stream: faust.StreamT) -> None:
         marks["last_insert_at"] = time.time()
 
 
+@app.agent(alerts_topic, supervisor_strategy=CrashingSupervisor)
+async def record_alerts(stream: faust.StreamT) -> None:
+    """Keep every alert record in ClickHouse's ``alerts`` table (the dashboard's history of
+    what fired, resolved and why, beyond the topic's retention), then acknowledge it."""
+    async for events in stream.take_events(settings.spend_batch_max, settings.sink_batch_within):
+        with faust_fixes.unacked_unless_done(events):
+            alerts = []
+            for event in events:
+                try:
+                    name, alert = codec.decode(event.value)
+                except DecodeError as exc:  # only workers write here; never stall on a stray record
+                    logger.error("skipping an unreadable record on %s: %s", settings.alerts_topic, exc)
+                    continue
+                if name == ALERT:
+                    alerts.append(alert)
+            await parts.sink.with_client(clickhouse.record_alerts, alerts)
+        stats.update(alerts_recorded=len(alerts))
+
+
 # --- HTTP, bound to localhost by default, every page but /ready behind the token -----------
 def is_ready() -> bool:
     """Ready once the tables are recovered, the partitions assigned and the enrich stage's
@@ -389,6 +410,21 @@ async def get_caps(web: View, request: Request) -> Response:
 async def get_caps_of_scope(web: View, request: Request, scope: str) -> Response:
     states = cap_states(budgets, spend, announced, datetime.now(timezone.utc), settings.tz)
     return web.json(jsonable([s for s in states if s["scope"] == scope]))
+
+
+dashboard = Dashboard(settings)
+faust_app.add_pages(app, dashboard.routes())  # /dashboard and its parts, login and assets
+
+
+@app.task
+async def follow_cap_states() -> None:
+    """Keep the cap-state topic in memory for the dashboard's budget cards."""
+    await dashboard.start()
+
+
+@app.on_before_shutdown.connect
+async def _stop_dashboard(app: faust.App, **kwargs: Any) -> None:
+    await dashboard.stop()
 
 
 @app.page("/sql")

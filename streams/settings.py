@@ -115,6 +115,13 @@ class Settings(BaseSettings):
         description="Host names (besides IP literals, localhost and web_host) the worker answers to, e.g. "
                     '["worker-1"] behind a proxy or in a compose network. Others are refused: DNS rebinding.',
     )
+    web_session_hours: float = Field(
+        12.0, gt=0, description="How long a dashboard sign-in (its session cookie) lasts."
+    )
+    ui_port: int = Field(6067, ge=1, le=65535, description="Port of `spendstream ui` (on web_host).")
+    dashboard_refresh_seconds: float = Field(
+        2.0, gt=0, description="How often an open dashboard asks for its live figures (spend now, alerts)."
+    )
     table_store: str = "memory://"
     broker_session_timeout: float = 10.0
     consumer_fetch_max_wait_ms: int = Field(100, ge=1, le=1500, description="Longest a fetch waits for data.")

@@ -16,15 +16,25 @@ and every request passes three checks, in this order:
    start to ``<worker data dir>/web-token``, readable by its owner only. Tools of the same
    user on the same machine (the CLI, the SDK, the demo, the tests) read it from there, so
    nobody types it locally; the token itself is never logged.
+
+   A browser has no header to send, so the dashboard's login page takes the token once
+   and sets a **session cookie** instead (``HttpOnly``, ``SameSite=Strict``, never the
+   token in a URL): ``<issued>.<HMAC-SHA256 of the issue time, keyed by the token>``,
+   valid for ``SPENDSTREAM_WEB_SESSION_HOURS``. It holds no secret, needs no server-side
+   store (every worker and ``spendstream ui`` sharing the token accept it) and dies when
+   the token changes. A request without either gets the login page (the pages people
+   open) or 401 (everything else, data included).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
 import os
 import secrets
+import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -35,8 +45,15 @@ from aiohttp import web
 from streams.settings import Settings
 
 TOKEN_FILE = "web-token"
-# Paths that answer without a token: readiness says nothing about spend.
-PUBLIC_PATHS = frozenset({"/ready"})
+# Paths that answer without a token: readiness says nothing about spend; the dashboard's
+# login page and its static assets (style and script, no data) are what a browser needs
+# before it has a session.
+PUBLIC_PATHS = frozenset({"/ready", "/dashboard/login"})
+PUBLIC_PREFIXES = ("/dashboard/assets/",)
+LOGIN_PATH = "/dashboard/login"
+# Pages a person opens in a browser: without a session they get the login page.
+LOGIN_FIRST = frozenset({"/dashboard", "/dashboard/sql"})
+SESSION_COOKIE = "spendstream_session"
 _SAME_SITE_FETCHES = frozenset({"same-origin", "none"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -91,6 +108,26 @@ def get_json(settings: Settings, path: str, *, timeout: float = 10, base_url: st
         return json.load(resp)
 
 
+def token_matches(given: str, token: str) -> bool:
+    """Whether ``given`` is the token (constant time)."""
+    return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def session_value(token: str, issued: int) -> str:
+    """The session cookie's value for a session issued at ``issued`` (epoch seconds)."""
+    mac = hmac.new(token.encode(), f"spendstream-session:{issued}".encode(), hashlib.sha256).hexdigest()
+    return f"{issued}.{mac}"
+
+
+def valid_session(value: str, token: str, lifetime_seconds: float, now: float | None = None) -> bool:
+    """Whether a session cookie was issued with ``token`` and has not expired."""
+    issued, _, _ = value.partition(".")
+    if not issued.isdigit():
+        return False
+    age = (time.time() if now is None else now) - int(issued)
+    return 0 <= age <= lifetime_seconds and hmac.compare_digest(value.encode(), session_value(token, int(issued)).encode())
+
+
 def middleware(
     settings: Settings, *, bind_host: str | None = None
 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
@@ -102,7 +139,7 @@ def middleware(
     """
     bound = (bind_host or settings.web_host).lower()
     allowed_hosts = {h.lower() for h in settings.web_allowed_hosts} | {"localhost", bound}
-    token: list[bytes] = []
+    token: list[str] = []
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -111,15 +148,21 @@ def middleware(
             return _refuse(421, f"host {host!r} is not this worker; add it to SPENDSTREAM_WEB_ALLOWED_HOSTS")
         if _is_cross_site(request, host):
             return _refuse(403, "cross-site requests are refused")
-        if request.path in PUBLIC_PATHS:
+        if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):
             return await handler(request)
         if not token:
-            token.append(ensure_token(settings).encode())
+            token.append(ensure_token(settings))
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token[0]):
-            return _refuse(401, "send Authorization: Bearer <token> (SPENDSTREAM_WEB_TOKEN or the worker's web-token file)",
-                           headers={"WWW-Authenticate": 'Bearer realm="spendstream"'})
-        return await handler(request)
+        if scheme.lower() == "bearer" and token_matches(given, token[0]):
+            return await handler(request)
+        session = request.cookies.get(SESSION_COOKIE)
+        if session and valid_session(session, token[0], settings.web_session_hours * 3600):
+            return await handler(request)
+        if request.method == "GET" and request.path in LOGIN_FIRST:
+            return web.Response(status=303, headers={"Location": LOGIN_PATH})
+        return _refuse(401, "send Authorization: Bearer <token> (SPENDSTREAM_WEB_TOKEN or the worker's web-token file), "
+                            f"or sign in at {LOGIN_PATH}",
+                       headers={"WWW-Authenticate": 'Bearer realm="spendstream"'})
 
     return check
 

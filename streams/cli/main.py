@@ -72,6 +72,31 @@ def otlp() -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+@cli.command()
+@click.option("--port", type=int, default=None, help="Port to serve on (default SPENDSTREAM_UI_PORT, 6067), on SPENDSTREAM_WEB_HOST.")
+def ui(port: int | None) -> None:
+    """Serve the spend dashboard against a ClickHouse server (with the embedded engine, the worker serves it)."""
+    from aiohttp import web
+
+    from streams import web_auth
+    from streams.dashboard.server import EmbeddedLedger, standalone
+
+    settings = Settings()
+    try:
+        application = standalone(settings)
+    except EmbeddedLedger as exc:
+        raise click.ClickException(str(exc)) from exc
+    web_auth.ensure_token(settings)
+    where = f"http://{settings.web_host}:{port or settings.ui_port}/dashboard"
+    source = "SPENDSTREAM_WEB_TOKEN" if settings.web_token else web_auth.token_path(settings)
+    click.echo(f"spendstream dashboard on {where}: sign in with the web token ({source})")
+    try:
+        web.run_app(application, host=settings.web_host, port=port or settings.ui_port, print=None)
+    except OSError as exc:  # the port is taken, or the host is not this machine's
+        raise click.ClickException(f"cannot listen on {settings.web_host}:{port or settings.ui_port}: "
+                                   f"{exc.strerror or exc}; choose another with --port") from exc
+
+
 @cli.group()
 def topics() -> None:
     """Kafka topics."""

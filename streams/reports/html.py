@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import date, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from html import escape
 
-from streams.reports import reconcile
+from streams.reports import reconcile, svg
 from streams.reports.reports import (
     TEAM_WEEK_HEADERS,
     UNPRICED_HEADERS,
@@ -25,9 +25,6 @@ from streams.reports.reports import (
     unpriced_rows,
 )
 from streams.reports.text import money, percent
-
-SVG = "http://www.w3.org/2000/svg"  # a namespace name, never fetched
-PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; color: #222; }
@@ -116,71 +113,19 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _px(value: Decimal) -> str:
-    return str(value.quantize(Decimal("0.1"), ROUND_HALF_EVEN))
-
-
 def _daily_chart(report: WeeklyReport) -> str:
     """A line per team over the 14 days: the prior week, then the report week."""
     days = [report.week_start - timedelta(days=7) + timedelta(days=i) for i in range(14)]
     spend: dict[str, dict[date, Decimal]] = defaultdict(dict)
     for point in report.daily:
         spend[point.team][point.day] = point.cost
-    if not spend:
-        return "<p>No spend in these two weeks.</p>"
-    width, height, left, top, bottom = 720, 260, 70, 10, 30
-    plot_w, plot_h = Decimal(width - left - 130), Decimal(height - top - bottom)
-    peak = max(cost for series in spend.values() for cost in series.values()) or Decimal(1)
-    step = plot_w / (len(days) - 1)
 
-    def x(i: int) -> str:
-        return _px(left + step * i)
+    def this_week(team: str, series: svg.Series) -> str:
+        return f"{team}: {money(sum((series.get(day, Decimal(0)) for day in days[7:]), Decimal(0)))} this week"
 
-    def y(cost: Decimal) -> str:
-        return _px(top + plot_h - plot_h * cost / peak)
-
-    parts = [
-        f'<svg xmlns="{SVG}" width="{width}" height="{height}" role="img" aria-label="Spend by team per day">',
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#999"/>',
-        f'<line x1="{x(7)}" y1="{top}" x2="{x(7)}" y2="{top + plot_h}" stroke="#ccc" stroke-dasharray="4"/>',
-        f'<text x="{x(7)}" y="{top + 10}" dx="-6" text-anchor="end">prior week</text>',
-        f'<text x="{x(7)}" y="{top + 10}" dx="6">this week</text>',
-    ]
-    for fraction in (Decimal(0), Decimal("0.5"), Decimal(1)):
-        parts.append(f'<text x="{left - 6}" y="{y(peak * fraction)}" text-anchor="end">{money(peak * fraction)}</text>')
-    for i, day in enumerate(days):
-        if i % 2 == 0:
-            parts.append(f'<text x="{x(i)}" y="{height - 10}" text-anchor="middle">{day:%m-%d}</text>')
-    for n, team in enumerate(sorted(spend)):
-        color = PALETTE[n % len(PALETTE)]
-        points = " ".join(f"{x(i)},{y(spend[team].get(day, Decimal(0)))}" for i, day in enumerate(days))
-        total = sum(spend[team].get(day, Decimal(0)) for day in days[7:])
-        parts.append(
-            f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{points}">'
-            f"<title>{escape(team)}: {money(total)} this week</title></polyline>"
-        )
-        legend_y = top + 14 * n + 8
-        parts.append(f'<rect x="{width - 120}" y="{legend_y - 8}" width="10" height="10" fill="{color}"/>')
-        parts.append(f'<text x="{width - 105}" y="{legend_y + 1}">{escape(team)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+    return svg.daily_lines(days, spend, label="Spend by team per day", width=720,
+                           divider=(7, "prior week", "this week"), caption=this_week)
 
 
 def _workflow_bars(report: WeeklyReport) -> str:
-    if not report.top_workflows:
-        return ""
-    width, bar, gap, label = 720, 22, 8, 260
-    peak = max(w.cost for w in report.top_workflows) or Decimal(1)
-    height = (bar + gap) * len(report.top_workflows)
-    parts = [f'<svg xmlns="{SVG}" width="{width}" height="{height}" role="img" aria-label="Top workflows">']
-    for i, w in enumerate(report.top_workflows):
-        top = (bar + gap) * i
-        length = _px(Decimal(width - label - 110) * w.cost / peak)
-        name = escape(f"{w.team} / {w.workflow}")
-        parts.append(f'<text x="{label - 8}" y="{top + 15}" text-anchor="end">{name}</text>')
-        parts.append(
-            f'<rect x="{label}" y="{top}" width="{length}" height="{bar}" fill="{PALETTE[i % len(PALETTE)]}"/>'
-        )
-        parts.append(f'<text x="{label + Decimal(length) + 6}" y="{top + 15}">{money(w.cost)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+    return svg.bars([(f"{w.team} / {w.workflow}", w.cost) for w in report.top_workflows], label="Top workflows")

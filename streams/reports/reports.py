@@ -471,13 +471,15 @@ class PersonTotal:
         return self.api_cost + self.enterprise_licences + self.personal_licences
 
 
-def people_report(query: Query, month: date, *, currency: str = "USD") -> list[PersonTotal]:
-    """Per person for ``month``, largest total first (calls without a user id are person "")."""
-    rows = records(
-        query,
-        "SELECT * FROM person_month_totals(month_start = {month_start:Date}, currency = {currency:String})",
-        {"month_start": month, "currency": currency},
-    )
+def people_report(query: Query, month: date, *, currency: str = "USD", limit: int | None = None) -> list[PersonTotal]:
+    """Per person for ``month``, largest total first (calls without a user id are person "");
+    the first ``limit`` people only, if given (the dashboard shows the top of the list)."""
+    sql = "SELECT * FROM person_month_totals(month_start = {month_start:Date}, currency = {currency:String})"
+    params: dict[str, Any] = {"month_start": month, "currency": currency}
+    if limit is not None:
+        sql += " LIMIT {limit:UInt32}"
+        params["limit"] = limit
+    rows = records(query, sql, params)
     return [
         PersonTotal(
             r["person"],

@@ -9,10 +9,11 @@ topology reads as a table of contents and the Faust specifics stay behind one fe
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import faust
+from faust.web import View
 from faust.streams import _current_event
 
 from streams.settings import Settings
@@ -48,6 +49,22 @@ def create(settings: Settings, *, web_middlewares: Sequence[Callable[..., Any]] 
         web_graph_enabled=False,
         web_stats_enabled=False,
     )
+
+
+def add_pages(app: faust.App, routes: Mapping[str, Mapping[str, Callable[[Any], Awaitable[Any]]]]) -> None:
+    """Serve plain aiohttp handlers (``{path: {method: handler(request)}}``, as the dashboard
+    declares them) among the worker's pages: one Faust view per path, whose methods call
+    the handlers with the aiohttp request Faust's driver passes."""
+    for path, methods in routes.items():
+        members = {method.lower(): _calling(handler) for method, handler in methods.items()}
+        app.page(path)(type(f"page{path.replace('/', '_')}", (View,), members))
+
+
+def _calling(handler: Callable[[Any], Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def method(view: View, request: Any, **match_info: Any) -> Any:
+        return await handler(request)
+
+    return method
 
 
 def _broker_credentials(s: Settings) -> Any:

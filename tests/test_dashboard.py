@@ -1,0 +1,305 @@
+"""The spend dashboard, in a real headless browser against a real worker fed known traffic.
+
+One broker and one worker (embedded ClickHouse) for the module. The browser is Debian's
+``chromium``, driven over the DevTools protocol on a websocket (aiohttp's client): no
+driver binary. Checked: without the token a browser gets the login page and no figure;
+the login page's cookie is HttpOnly and SameSite=Strict; the figures shown equal sums
+over the raw ledger (``usage``, not the rollups the dashboard reads); a number links to
+its SQL; and a budget crossed while the page is open turns its card hard within seconds,
+without a reload. Skipped only where chromium is not installed (``make browser``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from streams import web_auth
+from streams.budgets.budget import Budget, publish
+from streams.cli.localstack import EmbeddedBroker, WorkerProcess, free_port, isolated_environment
+from streams.cli.synthetic import generate
+from streams.ledger.query import query_worker
+from streams.reports.text import money
+from streams.settings import Settings
+from tests.conftest import settings_of
+from tests.test_budgets import events_of, produce
+
+pytestmark = pytest.mark.integration
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (make browser: apt-get install chromium)")
+TRAFFIC = 300
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[WorkerProcess, Settings]]:
+    """A worker fed ``TRAFFIC`` known events (all in ClickHouse before the tests start)."""
+    tmp = tmp_path_factory.mktemp("dashboard")
+    with EmbeddedBroker() as broker:
+        env = isolated_environment(broker.bootstrap, tmp)
+        worker = WorkerProcess(env, log=tmp / "worker.log").start()
+        try:
+            settings = settings_of(env)
+            asyncio.run(produce(settings, list(generate(TRAFFIC))))
+            wait_for_ledger(worker, settings, TRAFFIC)
+            yield worker, settings
+        finally:
+            worker.stop()
+
+
+def ledger(settings: Settings, sql: str) -> list[list[Any]]:
+    """Rows of ``sql`` over the raw ledger, through the worker's read-only ``/sql``."""
+    return query_worker(settings, sql)[1]
+
+
+def wait_for_ledger(worker: WorkerProcess, settings: Settings, events: int, timeout: float = 60) -> None:
+    """Until the worker has taken ``events`` events and stored every one it did not dead-letter
+    (the synthetic traffic includes a few events that go to the dead-letter topic)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stats = worker.get_json("/stats")
+        stored = stats.get("rows_inserted", 0) + stats.get("dead_letters", 0) + stats.get("duplicates_dropped", 0)
+        if stats.get("received", 0) >= events and stored >= stats["received"]:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the worker has not stored {events} events after {timeout}s: {worker.get_json('/stats')}")
+
+
+class Chromium:
+    """Headless chromium over the DevTools protocol: navigate, evaluate, read cookies."""
+
+    def __init__(self, profile: Path) -> None:
+        self.profile = profile
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.http: aiohttp.ClientSession | None = None
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.next_id = 0
+
+    async def __aenter__(self) -> "Chromium":
+        self.proc = subprocess.Popen(
+            [CHROMIUM or "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             f"--remote-debugging-port={self.port}", f"--user-data-dir={self.profile}", "--window-size=1300,1800",
+             "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.http = aiohttp.ClientSession()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                async with self.http.get(f"http://127.0.0.1:{self.port}/json/list") as resp:
+                    pages = [t for t in await resp.json() if t["type"] == "page"]
+                if pages:
+                    break
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("chromium's DevTools endpoint did not answer")
+            await asyncio.sleep(0.1)
+        self.ws = await self.http.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self.http is not None:
+            await self.http.close()
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    async def send(self, method: str, **params: Any) -> dict[str, Any]:
+        assert self.ws is not None
+        self.next_id += 1
+        await self.ws.send_json({"id": self.next_id, "method": method, "params": params})
+        while True:
+            message = json.loads((await self.ws.receive()).data)
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message["result"]
+
+    async def eval(self, expression: str) -> Any:
+        result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    async def wait_for(self, expression: str, timeout: float = 15) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = await self.eval(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not true after {timeout}s: {expression}")
+            await asyncio.sleep(0.1)
+
+    async def goto(self, url: str) -> None:
+        await self.eval("window.leaving = true")
+        await self.send("Page.navigate", url=url)
+        await self.loaded()
+
+    async def loaded(self) -> None:
+        """Wait for the page that replaces the one marked ``window.leaving``."""
+        await self.wait_for("!window.leaving && document.readyState === 'complete'")
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Chromium]:
+    async with Chromium(tmp_path / "profile") as chromium:
+        yield chromium
+
+
+def card_figures_js() -> str:
+    """Each team card's figures as shown: {team: {label: text}} and its state."""
+    return """Object.fromEntries([...document.querySelectorAll('#now .card')].map(c => [c.dataset.team,
+        {state: c.dataset.state, ...Object.fromEntries([...c.querySelectorAll('dt')].map(dt =>
+            [dt.textContent, dt.nextElementSibling.textContent.trim()]))}]))"""
+
+
+@needs_chromium
+async def test_without_the_token_a_browser_gets_the_login_page_not_data(
+    stack: tuple[WorkerProcess, Settings], browser: Chromium
+) -> None:
+    worker, settings = stack
+    await browser.goto(worker.web_url + "/dashboard")
+    assert await browser.eval("location.pathname") == "/dashboard/login"
+    assert await browser.eval("!!document.querySelector('form#login input[type=password][name=token]')")
+    assert not await browser.eval("!!document.querySelector('.card, table')")
+    await browser.goto(worker.web_url + "/dashboard/part?part=now")
+    assert "card" not in await browser.eval("document.body.innerText")
+
+    await browser.goto(worker.web_url + "/dashboard/login")
+    await browser.eval("window.leaving = true; document.querySelector('input[name=token]').value = 'not-the-token';"
+                       "document.querySelector('form#login').submit()")
+    await browser.loaded()
+    assert await browser.eval("document.querySelector('.error').textContent") == "That is not the token."
+    assert await browser.eval("location.pathname") == "/dashboard/login"
+    cookies = (await browser.send("Network.getAllCookies"))["cookies"]
+    assert not [c for c in cookies if c["name"] == web_auth.SESSION_COOKIE]
+    # Without a token or session: the page sends to the login page, data routes answer 401.
+    opener = urllib.request.build_opener(NoRedirects)
+    for path, code in (("/dashboard", 303), ("/dashboard/sql?q=SELECT%201", 303), ("/dashboard/part?part=now", 401),
+                       ("/dashboard/part?part=drill", 401), ("/sql?q=SELECT%201", 401)):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            opener.open(worker.web_url + path, timeout=10)
+        assert refused.value.code == code, path
+
+
+class NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+@needs_chromium
+async def test_the_page_shows_the_ledgers_figures_links_them_to_sql_and_turns_hard_live(
+    stack: tuple[WorkerProcess, Settings], browser: Chromium
+) -> None:
+    worker, settings = stack
+    await sign_in(browser, worker, settings)
+    cookie = next(c for c in (await browser.send("Network.getAllCookies"))["cookies"]
+                  if c["name"] == web_auth.SESSION_COOKIE)  # fmt: skip
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert web_auth.read_token(settings) not in await browser.eval("location.href + document.cookie")
+
+    # Spend now: every team's month figure is the raw ledger's sum, to the cent.
+    month = {team: Decimal(cost) for team, cost in ledger(
+        settings, "SELECT team, sum(cost_total) FROM usage WHERE occurred_at >= toStartOfMonth(now()) GROUP BY team")}
+    shown = await browser.eval(card_figures_js())
+    assert set(shown) == set(month)
+    for team, cost in month.items():
+        assert shown[team]["this month"] == money(cost), team
+
+    # Drill down to a team's features: cost and tokens by feature equal the raw ledger's.
+    team = max(month, key=lambda t: month[t])
+    await browser.goto(f"{worker.web_url}/dashboard?team={team}#drill")
+    rows = await browser.eval("""[...document.querySelectorAll('table.drill tbody tr')].map(tr =>
+        [...tr.querySelectorAll('td')].map(td => td.textContent.trim()))""")
+    headers = await browser.eval("[...document.querySelectorAll('table.drill th')].map(th => th.textContent)")
+    expected = {feature: (Decimal(cost), int(calls), int(tokens)) for feature, cost, calls, tokens in ledger(
+        settings, f"SELECT feature, sum(cost_total), count(), sum(input_tokens) FROM usage WHERE team = '{team}' "
+                  "AND toDate(occurred_at) >= toStartOfMonth(today()) GROUP BY feature")}  # fmt: skip
+    assert {r[0] for r in rows} == set(expected)
+    for r in rows:
+        cost, calls, tokens = expected[r[0]]
+        assert r[headers.index("total cost")] == money(cost)
+        assert r[headers.index("calls")] == f"{calls:,}" and r[headers.index("input tokens")] == f"{tokens:,}"
+    # A figure links to its SQL, shown on the page and runnable as is.
+    sql = await browser.eval("""(async () => { const a = document.querySelector('table.drill a.n');
+        a.click(); await new Promise(done => setTimeout(done, 200));
+        const d = document.getElementById(a.hash.slice(1)); return [d.open, d.querySelector('pre').textContent]; })()""")
+    assert sql[0] and "FROM usage_daily" in sql[1] and "{team:String}" in sql[1]
+
+    # A budget crossed while the page is open: the card turns hard within seconds, no reload.
+    await browser.goto(worker.web_url + "/dashboard")
+    await browser.eval("window.notReloaded = true")
+    limit = (month["search"] + Decimal("0.05")).quantize(Decimal("0.01"))
+    await publish(settings, [Budget(budget_id="search-month", scope="team=search", amount=limit, period="month")])
+    await browser.wait_for("!!document.querySelector('.card[data-team=search] li[data-budget=search-month]')")
+    assert await browser.eval("document.querySelector('.card[data-team=search]').dataset.state") in ("ok", "soft")
+    crossing = events_of("search", 60, seed=5)
+    started = time.monotonic()
+    await produce(settings, crossing)
+    await browser.wait_for("document.querySelector('.card[data-team=search]').dataset.state === 'hard'", timeout=15)
+    took = time.monotonic() - started
+    print(f"budget crossing shown as hard {took:.1f}s after the events were produced")
+    assert await browser.eval("window.notReloaded === true")
+    assert took < 10
+    # ... and its alert reaches the alerts part, with the budget that drove it.
+    await browser.wait_for("[...document.querySelectorAll('#alerts table.firing tr')].some(tr =>"
+                           " tr.textContent.includes('budget_hard') && tr.textContent.includes('team=search')"
+                           " && tr.textContent.includes('budget_id: search-month'))", timeout=20)
+
+
+async def sign_in(browser: Chromium, worker: WorkerProcess, settings: Settings) -> None:
+    """The login form, typed into: the token goes in the POST body, never in a URL."""
+    await browser.goto(worker.web_url + "/dashboard")
+    await browser.eval(f"window.leaving = true; document.querySelector('input[name=token]').value = "
+                       f"{json.dumps(web_auth.read_token(settings))}; document.querySelector('form#login').submit()")
+    await browser.loaded()
+    assert await browser.eval("location.pathname") == "/dashboard"
+
+
+def test_a_session_is_the_token_s_own_and_expires() -> None:
+    issued = 1_800_000_000
+    value = web_auth.session_value("the-token", issued)
+    assert "the-token" not in value
+    assert web_auth.valid_session(value, "the-token", 3600, now=issued + 3599)
+    assert not web_auth.valid_session(value, "the-token", 3600, now=issued + 3601)  # expired
+    assert not web_auth.valid_session(value, "another-token", 3600, now=issued + 1)  # the token changed
+    later = web_auth.session_value("the-token", issued + 7200)
+    assert not web_auth.valid_session(f"{issued + 7200}.{value.partition('.')[2]}", "the-token", 10**6, now=issued + 7201)
+    assert web_auth.valid_session(later, "the-token", 3600, now=issued + 7201)
+    for forged in ("", "x", f"{issued}.", f"{issued}.00", "-1." + value.partition(".")[2]):
+        assert not web_auth.valid_session(forged, "the-token", 10**9, now=issued)
+
+
+def test_a_session_cookie_does_not_pass_the_host_and_cross_site_checks(stack: tuple[WorkerProcess, Settings]) -> None:
+    worker, settings = stack
+    cookie = f"{web_auth.SESSION_COOKIE}={web_auth.session_value(web_auth.read_token(settings), int(time.time()))}"
+    opener = urllib.request.build_opener(NoRedirects)
+
+    def status(**headers: str) -> int:
+        request = urllib.request.Request(worker.web_url + "/dashboard/part?part=now", headers={"Cookie": cookie, **headers})
+        try:
+            return opener.open(request, timeout=30).status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert status() == 200
+    assert status(Host="attacker.example") == 421
+    assert status(Origin="http://attacker.example") == 403
+    assert status(**{"Sec-Fetch-Site": "cross-site"}) == 403
+    assert status(Cookie=f"{web_auth.SESSION_COOKIE}=1.forged") == 401
