@@ -14,10 +14,9 @@ which sums Anthropic's parts). Some instrumentations copy the provider's own fie
 (OpenLIT: Anthropic's input without the cache, Gemini's output without thoughts): counts from
 a scope in ``SPENDSTREAM_OTLP_NATIVE_USAGE_SCOPES`` are read as the provider's own, and so are
 counts that cannot be totals (cache reads and writes over the input, reasoning over the
-output). Either way the provider adapters of :mod:`streams.sdk.providers` do the mapping:
-totals have the OpenAI Chat Completions shape (cached inside prompt, reasoning inside
-completion), a provider's own counts go through that provider's adapter. Nothing here knows
-a provider's arithmetic itself.
+output). Totals are spendstream's own conventions (and OpenAI's); a provider's own counts
+go through that provider's adapter of :mod:`streams.sdk.providers`, so nothing here knows a
+provider's arithmetic itself.
 
 **Attribution.** ``SPENDSTREAM_OTLP_ATTRIBUTES`` names, per attribution field, the attributes
 to read (span first, then resource; the first present wins); :data:`DEFAULT_ATTRIBUTES` for
@@ -42,7 +41,6 @@ from streams.sdk.providers import (
     usage_from_anthropic,
     usage_from_bedrock,
     usage_from_gemini,
-    usage_from_openai,
 )
 from streams.sdk.providers.fields import missing_usage, normalise_service_tier
 from streams.settings import Settings
@@ -134,27 +132,32 @@ def catalog_provider(name: str) -> str:
     return PROVIDERS.get(key, key)
 
 
-# How each count is spelled in a provider's own usage block, for that provider's SDK
-# adapter. Counts in the semantic conventions are OpenAI Chat Completions' own (cached
-# inside the prompt, reasoning inside the completion), so totals take the OpenAI adapter.
-Adapter = Callable[..., UsageFields]
-Block = Callable[[_Counts], dict[str, Any]]
-TOTALS: tuple[Adapter, Block] = (usage_from_openai, lambda c: {"usage": {
-    "prompt_tokens": c.input, "completion_tokens": c.output,
-    "prompt_tokens_details": {"cached_tokens": c.cache_read, "cache_write_tokens": c.cache_write},
-    "completion_tokens_details": {"reasoning_tokens": c.reasoning},
-}})
+Reader = Callable[[_Counts, str, str], UsageFields]
+
+
+def _totals(c: _Counts, provider: str, model: str) -> UsageFields:
+    """Counts in the semantic conventions are spendstream's own: cached tokens inside the
+    input, reasoning inside the output."""
+    return UsageFields(provider=provider, model=model, input_tokens=c.input, output_tokens=c.output,
+                       cache_read_tokens=c.cache_read, cache_write_tokens=c.cache_write, reasoning_tokens=c.reasoning)
+
+
+def _own(adapter: Callable[..., UsageFields], block: Callable[[_Counts], dict[str, Any]]) -> Reader:
+    """Counts in a provider's own usage block (``block`` spells them), read by its SDK adapter."""
+    return lambda c, provider, model: adapter(block(c), provider=provider, model=model)
+
+
 # Providers whose own counts differ from totals; any other provider's own counts are totals.
-NATIVE: dict[str, tuple[Adapter, Block]] = {
-    "anthropic": (usage_from_anthropic, lambda c: {"usage": {
+NATIVE: dict[str, Reader] = {
+    "anthropic": _own(usage_from_anthropic, lambda c: {"usage": {
         "input_tokens": c.input, "output_tokens": c.output,
         "cache_read_input_tokens": c.cache_read, "cache_creation_input_tokens": c.cache_write,
     }}),
-    "aws": (usage_from_bedrock, lambda c: {"usage": {
+    "aws": _own(usage_from_bedrock, lambda c: {"usage": {
         "inputTokens": c.input, "outputTokens": c.output,
         "cacheReadInputTokens": c.cache_read, "cacheWriteInputTokens": c.cache_write,
     }}),
-    "google": (usage_from_gemini, lambda c: {"usage_metadata": {
+    "google": _own(usage_from_gemini, lambda c: {"usage_metadata": {
         "prompt_token_count": c.input, "candidates_token_count": c.output,
         "cached_content_token_count": c.cache_read, "thoughts_token_count": c.reasoning,
     }}),
@@ -215,9 +218,8 @@ class SpanMapper:
             if not model:
                 raise _Rejected("it has usage but names no model (gen_ai.response.model or gen_ai.request.model)")
             native = span.scope.startswith(self.native_scopes) or _cannot_be_totals(counts)
-            adapter, block = NATIVE.get(provider, TOTALS) if native else TOTALS
-            return Mapped("recorded", event=self._event(span, adapter(block(counts), provider=provider, model=model),
-                                                        operation))
+            read = NATIVE.get(provider, _totals) if native else _totals
+            return Mapped("recorded", event=self._event(span, read(counts, provider, model), operation))
         except _Rejected as exc:
             return Mapped("rejected", reason=f"span {span.span_id} of trace {span.trace_id}: {exc}")
 
