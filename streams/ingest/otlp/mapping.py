@@ -106,7 +106,8 @@ class AttributeMappingError(ValueError):
 @dataclass(frozen=True)
 class Mapped:
     """What became of one GenAI span: ``outcome`` is ``recorded`` (``event`` is set),
-    ``not_a_call``, ``failed_call``, ``usage_missing`` or ``rejected`` (``reason`` says why)."""
+    ``usage_missing`` (``event`` is set, flagged, when the span names its model),
+    ``not_a_call``, ``failed_call`` or ``rejected`` (``reason`` says why)."""
 
     outcome: str
     event: dict[str, Any] | None = None

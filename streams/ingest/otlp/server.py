@@ -8,15 +8,16 @@ cross-site, the worker's bearer token) with one exception: ``/ready``, for healt
 
 ``POST /v1/traces``, in these steps:
 
-1. The ``Content-Type`` must be one of OTLP's encodings (protobuf or JSON), else 415.
-2. Read the body, gzip undone, at most ``SPENDSTREAM_OTLP_MAX_BODY_BYTES`` (else 413).
-3. Decode the export request; a body that is not one gets 400 and a ``google.rpc.Status``
+1. Until the producer has started, and once stopping, answer 503 (exporters retry).
+2. The ``Content-Type`` must be one of OTLP's encodings (protobuf or JSON), else 415.
+3. Read the body, gzip undone, at most ``SPENDSTREAM_OTLP_MAX_BODY_BYTES`` (else 413).
+4. Decode the export request; a body that is not one gets 400 and a ``google.rpc.Status``
    saying what is wrong, and nothing is published.
-4. Map each span (:class:`~streams.ingest.otlp.mapping.SpanMapper`), counting what became
+5. Map each span (:class:`~streams.ingest.otlp.mapping.SpanMapper`), counting what became
    of it; spans without ``gen_ai.*`` attributes are only counted.
-5. Publish the events through the SDK producer and wait for the broker's acknowledgement
-   of all of them; if Kafka fails, answer 503 (the exporter retries).
-6. Answer 200 with the export response, a partial success naming the spans rejected.
+6. Publish the events through the SDK producer and wait for the broker's acknowledgement
+   of all of them; if Kafka fails, answer 503 and count nothing (the exporter retries).
+7. Answer 200 with the export response, a partial success naming the spans rejected.
 """
 
 from __future__ import annotations
@@ -84,19 +85,19 @@ class Receiver:
 
     async def traces(self, request: web.Request) -> web.Response:
         producer = self.producer
-        if producer is None:
+        if producer is None:                                                            # 1
             return self._status(503, JSON, _UNAVAILABLE, "starting or stopping; retry", "unavailable",
                                 headers={"Retry-After": _RETRY_AFTER_SECONDS})
-        try:
+        try:                                                                            # 2
             kind = media_type(request.headers.get("Content-Type"))
         except UnsupportedMediaType as exc:
             return self._status(415, JSON, _INVALID_ARGUMENT, str(exc), "unsupported_media_type")
-        body = await request.read()
-        try:
+        body = await request.read()                                                     # 3
+        try:                                                                            # 4
             export = decode_request(body, kind)
         except MalformedRequest as exc:
             return self._status(400, kind, _INVALID_ARGUMENT, str(exc), "malformed")
-        events, rejected, counts = [], [], Counter[str]()
+        events, rejected, counts = [], [], Counter[str]()                               # 5
         for span in spans(export):
             if span is None:
                 counts["not_gen_ai"] += 1
@@ -107,14 +108,15 @@ class Receiver:
                 events.append(mapped.event)
             elif mapped.outcome == "rejected":
                 rejected.append(mapped.reason)
-        if events:
+        if events:                                                                      # 6
             try:
                 await producer.publish(events)
             except KafkaError as exc:  # the exporter retries the whole request: count none of it
-                log.error("could not publish %d usage events to Kafka (%s); answered 503", len(events), type(exc).__name__)
-                return self._status(503, kind, _UNAVAILABLE, "Kafka did not take the usage events; retry", "unavailable",
-                                    headers={"Retry-After": _RETRY_AFTER_SECONDS})
-        self.counts.update(counts)
+                log.error("could not publish %d usage events to Kafka (%s); answered 503",
+                          len(events), type(exc).__name__)
+                return self._status(503, kind, _UNAVAILABLE, "Kafka did not take the usage events; retry",
+                                    "unavailable", headers={"Retry-After": _RETRY_AFTER_SECONDS})
+        self.counts.update(counts)                                                      # 7
         self.requests["accepted"] += 1
         message = ""
         if rejected:
