@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench bench-memory bench-reports browser venv clean
+.PHONY: demo test bench bench-memory bench-reports bench-otlp browser venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench-memory: $(STAMP)
 
 bench-reports: $(STAMP)
 	$(BIN)/python bench/report_bench.py
+
+# The OTLP receiver's spans/s into Kafka and p99 request latency, beside the SDK producer's events/s.
+bench-otlp: $(STAMP)
+	$(BIN)/python bench/otlp.py
 
 clean:
 	rm -rf $(VENV) .spendstream
