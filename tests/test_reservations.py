@@ -14,6 +14,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from streams.cli.localstack import EmbeddedBroker, WorkerProcess, free_port, iso
 from streams.pricing.rate_cards import Pricer
 from streams.sdk.estimate import EstimateError, estimate_cost, prompt_tokens
 from streams.sdk.producer import UsageProducer
-from streams.sdk.reserve import ReservationRefused, Reserver
+from streams.sdk.reserve import ReservationRefused, ReservationUnavailable, Reserver, SyncReserver
 from streams.settings import Settings
 
 
@@ -118,6 +119,40 @@ def test_http_api_for_gateways(stack: Stack) -> None:
     assert not post(settings, "/reservations", {"estimate": "0.05", "attribution": {"team": "http"}})[1]["granted"]
     assert post(settings, "/reservations", {"estimate": "0.04", "attribution": {"team": "http"}})[1]["granted"]
     assert post(settings, "/reservations/x/usage", {**usage, "input_tokens": "many"})[0] == 400
+
+
+@pytest.mark.integration
+def test_sync_reserver_and_the_fail_policy(stack: Stack) -> None:
+    """The two lines without an event loop; a call that fails releases its reservation; and
+    when no worker answers, budgets that fail open allow (counted) and closed ones refuse."""
+    settings = stack.settings
+    asyncio.run(publish(settings, [budget("sync", "0.02"), budget("open", "1"),
+                                   budget("closed", "1", fail_policy="closed")]))
+    wait_for_budgets(stack.worker, {"sync-month", "open-month", "closed-month"})
+    with SyncReserver(settings, linger=0.01) as reserver:
+        with pytest.raises(RuntimeError, match="provider down"):
+            with reserver.call(provider="openai", model="gpt-4o", input_tokens=2000, max_tokens=500, team="sync"):
+                raise RuntimeError("provider down")  # the call failed: its reservation is released
+        for _ in range(2):
+            with reserver.call(provider="openai", model="gpt-4o", input_tokens=2000, max_tokens=500,
+                               team="sync") as call:
+                call.record(input_tokens=2000, output_tokens=500)
+        with pytest.raises(ReservationRefused, match="sync-month"):
+            with reserver.call(provider="openai", model="gpt-4o", input_tokens=2000, max_tokens=500, team="sync"):
+                pass
+        assert reserver.stats["granted"] == 3 and reserver.stats["released"] == 1, reserver.stats
+    assert settled_spend(stack.worker, "team=sync", 2) == 2 * ONE_CALL
+
+    async def nobody_answers() -> Counter:
+        nowhere = settings.model_copy(update={"web_port": free_port()})
+        async with Reserver(settings=nowhere) as reserver:
+            await reserver.reserve(ONE_CALL, team="open")
+            with pytest.raises(ReservationUnavailable, match="closed-month"):
+                await reserver.reserve(ONE_CALL, team="closed")
+            return reserver.stats
+
+    stats = asyncio.run(nobody_answers())
+    assert (stats["failed_open"], stats["failed_closed"]) == (1, 1), stats
 
 
 async def fill(reserver: Reserver, team: str, most: int) -> list[str]:
