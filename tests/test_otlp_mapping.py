@@ -220,7 +220,7 @@ def request_proto() -> ExportTraceServiceRequest:
     scope_spans.scope.name = "opentelemetry.instrumentation.openai"
     gen_ai = scope_spans.spans.add(trace_id=bytes.fromhex(TRACE), span_id=bytes.fromhex(SPAN), name="chat gpt-4o",
                                    end_time_unix_nano=END_NS)
-    for key, value in call("openai", "gpt-4o").items():
+    for key, value in {**call("openai", "gpt-4o"), "gen_ai.input.messages": "[the prompt]"}.items():
         gen_ai.attributes.append(KeyValue(key=key, value=AnyValue(string_value=value)))
     gen_ai.attributes.append(KeyValue(key="gen_ai.usage.input_tokens", value=AnyValue(int_value=10)))
     scope_spans.spans.add(trace_id=bytes.fromhex(TRACE), span_id=bytes(8), name="GET /")
@@ -235,13 +235,15 @@ def test_protobuf_and_json_decode_to_the_same_spans() -> None:
     for s in as_json["resourceSpans"][0]["scopeSpans"][0]["spans"]:  # OTLP/JSON: ids in hex
         for key in ("traceId", "spanId"):
             s[key] = base64.b64decode(s[key]).hex()
-    from_proto = list(spans(decode_request(proto.SerializeToString(), PROTOBUF)))
-    from_json = list(spans(decode_request(json.dumps(as_json).encode(), JSON)))
+    keys = SpanMapper().keys
+    from_proto = list(spans(decode_request(proto.SerializeToString(), PROTOBUF), keys))
+    from_json = list(spans(decode_request(json.dumps(as_json).encode(), JSON), keys))
     assert from_proto == from_json
     gen_ai, other = from_proto
     assert other is None
     assert gen_ai is not None and (gen_ai.trace_id, gen_ai.span_id, gen_ai.scope) == (TRACE, SPAN, proto.resource_spans[0].scope_spans[0].scope.name)
     assert gen_ai.attributes["gen_ai.usage.input_tokens"] == 10 and gen_ai.resource == {"service.name": "svc"}
+    assert "gen_ai.input.messages" not in gen_ai.attributes  # prompt text is never read
 
 
 @pytest.mark.parametrize(("body", "kind", "why"), [

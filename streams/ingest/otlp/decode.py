@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,9 +133,11 @@ def _hex_to_base64(value: str, field: str) -> str:
         raise ValueError(f"{field} {value[:40]!r} is not hex (OTLP/JSON spells ids in hex)") from None
 
 
-def spans(request: ExportTraceServiceRequest) -> Iterator[OtlpSpan | None]:
+def spans(request: ExportTraceServiceRequest, keep: Container[str]) -> Iterator[OtlpSpan | None]:
     """Every span of the request in order: an :class:`OtlpSpan` for one with ``gen_ai.*``
-    attributes, None for any other (so callers can count them)."""
+    attributes, None for any other (so callers can count them). Only the attributes named
+    in ``keep`` are read (span and resource): a span's prompt and completion text
+    (``gen_ai.input.messages``...), often most of its bytes, is never even copied."""
     for resource_spans in request.resource_spans:
         resource: dict[str, Any] | None = None
         for scope_spans in resource_spans.scope_spans:
@@ -145,7 +147,7 @@ def spans(request: ExportTraceServiceRequest) -> Iterator[OtlpSpan | None]:
                     yield None
                     continue
                 if resource is None:
-                    resource = attributes(resource_spans.resource.attributes)
+                    resource = attributes(resource_spans.resource.attributes, keep)
                 yield OtlpSpan(
                     trace_id=span.trace_id.hex(),
                     span_id=span.span_id.hex(),
@@ -153,15 +155,16 @@ def spans(request: ExportTraceServiceRequest) -> Iterator[OtlpSpan | None]:
                     start_ns=span.start_time_unix_nano,
                     end_ns=span.end_time_unix_nano,
                     failed=span.status.code == Status.STATUS_CODE_ERROR,
-                    attributes=attributes(span.attributes),
+                    attributes=attributes(span.attributes, keep),
                     resource=resource,
                     scope=scope,
                 )
 
 
-def attributes(pairs: Any) -> dict[str, Any]:
-    """OTLP key-values as a dict of Python values (the last of a repeated key wins)."""
-    return {kv.key: value(kv.value) for kv in pairs}
+def attributes(pairs: Any, keep: Container[str] | None = None) -> dict[str, Any]:
+    """OTLP key-values (those named in ``keep``, or all) as a dict of Python values; the last
+    of a repeated key wins."""
+    return {kv.key: value(kv.value) for kv in pairs if keep is None or kv.key in keep}
 
 
 def value(any_value: AnyValue) -> Any:

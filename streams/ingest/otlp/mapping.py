@@ -187,6 +187,15 @@ class SpanMapper:
         attribution = {**DEFAULT_ATTRIBUTES, **{k: tuple(v) for k, v in settings.otlp_attributes.items()}}
         return cls(attribution=attribution, native_scopes=tuple(settings.otlp_native_usage_scopes))
 
+    @property
+    def keys(self) -> frozenset[str]:
+        """Every span or resource attribute the mapping reads (decoding reads no other)."""
+        return frozenset({
+            "gen_ai.operation.name", *PROVIDER, *MODEL, *SERVICE_TIER,
+            *(key for keys in COUNTS.values() for key in keys),
+            *(key for keys in self.attribution.values() for key in keys),
+        })
+
     def map(self, span: OtlpSpan) -> Mapped:
         """One span's outcome, in these steps:
 

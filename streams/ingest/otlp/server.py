@@ -69,6 +69,7 @@ class Receiver:
     def __init__(self, settings: Settings, mapper: SpanMapper) -> None:
         self.settings = settings
         self.mapper = mapper
+        self.keys = mapper.keys
         self.producer: UsageProducer | None = None  # set once started: until then, and when stopping, 503
         self.counts: Counter[str] = Counter({name: 0 for name in OUTCOMES})
         self.requests: Counter[str] = Counter()
@@ -98,7 +99,7 @@ class Receiver:
         except MalformedRequest as exc:
             return self._status(400, kind, _INVALID_ARGUMENT, str(exc), "malformed")
         events, rejected, counts = [], [], Counter[str]()                               # 5
-        for span in spans(export):
+        for span in spans(export, self.keys):
             if span is None:
                 counts["not_gen_ai"] += 1
                 continue
