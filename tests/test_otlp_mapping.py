@@ -120,6 +120,16 @@ def test_gemini_thoughts_are_output_whichever_convention() -> None:
     assert counts(inferred)[2:] == (10, 305, 0, 0, 300)
 
 
+@pytest.mark.parametrize(("reported", "tier", "tags"), [
+    ("flex", "flex", {}), ("priority", "priority", {}), ("default", "standard", {}),
+    ("scale", "standard", {"provider_service_tier": "scale"}),
+])
+def test_openai_service_tier_is_priced_as_its_tier(reported: str, tier: str, tags: dict[str, str]) -> None:
+    event = usage({**call("openai", "o4-mini", input=10, output=5), "openai.response.service_tier": reported})
+    assert event["service_tier"] == tier
+    assert event["tags"] == {"source": "otlp", "otel_operation": "chat", **tags}
+
+
 def test_deprecated_prompt_and_completion_names_are_read() -> None:
     event = usage({"gen_ai.system": "openai", "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
                    "gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.prompt_tokens": 70,
