@@ -198,10 +198,12 @@ async def enrich(stream: faust.StreamT) -> None:
 
 
 async def _publish(prepared: Prepared) -> None:
-    """Send a chunk's dead letters, priced rows (per team), spend deltas and anomaly
-    summaries (per partition), and wait for all of them."""
+    """Send a chunk's dead letters, priced rows (per team) and dropped copies, spend deltas
+    and anomaly summaries (per partition), and wait for all of them."""
     sent = [await _send_dead_letter(dead) for dead in prepared.dead_letters]
     sent += [await send(settings.priced_topic, value, key=team.encode()) for team, value in prepared.priced]
+    if prepared.dropped is not None:
+        sent.append(await send(settings.priced_topic, prepared.dropped))
     sent += [await _send_deltas(partition, value) for partition, value in prepared.deltas]
     sent += [await _send_summary(partition, value) for partition, value in prepared.summaries]
     await asyncio.gather(*sent)

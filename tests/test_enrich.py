@@ -61,4 +61,13 @@ def test_a_repeated_event_id_is_dropped_and_counted() -> None:
     assert batch.priced.column("event_id").to_pylist() == ["e-1", "e-2", "e-3"]
     assert batch.priced.column("team").to_pylist()[0] == "search"
     assert batch.duplicates == 2 and not batch.dead_letters
+    # The dropped copies, priced, for the sink's audit: where each came from (the second
+    # e-1 is the envelope's second copy of it) and the copy kept instead.
+    dropped = batch.dropped.to_pylist()
+    assert [(d["event_id"], d["team"], d["source_partition"], d["source_offset"], d["source_copy"],
+             d["kept_partition"], d["kept_offset"]) for d in dropped] == [
+        ("e-1", "growth", 0, 0, 1, 0, 0),
+        ("e-2", batch.priced.column("team")[1].as_py(), 0, 1, 0, 0, 0),
+    ]
+    assert all(d["cost_total"] > 0 and d["currency"] == "USD" for d in dropped)
     assert ENRICHER.enrich([SourceMessage(0, 3, codec.encode(USAGE_EVENT, event("e-1")))]).duplicates == 0

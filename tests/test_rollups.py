@@ -17,10 +17,13 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from streams.events import priced
+from streams.events.codec import USAGE_BATCH, USAGE_EVENT, default_codec
+from streams.ingest.enrich import SourceMessage
 from streams.ledger.clickhouse import connect, insert_priced, query_rows
 from streams.ledger.rollup_repair import repair
 from streams.ledger.sink import ClickHouseSink, PricedMessage
 from streams.settings import Settings
+from tests.test_enrich import ENRICHER, event
 
 DIMENSIONS = ("team", "feature", "environment", "provider", "model", "currency")
 COSTS = ("cost_input", "cost_output", "cost_cache_read", "cost_cache_write", "cost_other", "cost_total")
@@ -239,3 +242,26 @@ async def test_events_produced_twice_are_written_once_and_handed_back_once(
     assert all_rollups_exact(migrated, rows)
     _, [(count, cost)] = query_rows(migrated, "SELECT count(), sum(cost_total) FROM usage_repeats")
     assert (count, cost) == (200, sum(row["cost_total"] for row in again))
+
+
+async def test_copies_dropped_within_a_chunk_are_recorded_once_each(migrated: Client, settings: Settings) -> None:
+    """An SDK envelope carrying e-1 three times, and a second message of the same chunk
+    carrying e-2 again: enrich keeps the first copies and hands the sink the others, which
+    it records (once, however often the messages come) without taking any spend back."""
+    codec = default_codec()
+    envelope = codec.encode(USAGE_BATCH, {"events": [event("e-1"), event("e-2"), event("e-1"), event("e-1")]})
+    batch = ENRICHER.enrich([SourceMessage(2, 40, envelope), SourceMessage(2, 41, codec.encode(USAGE_EVENT, event("e-2")))])
+    messages = [PricedMessage(0, 0, priced.encode(batch.priced)), PricedMessage(0, 1, priced.encode(batch.dropped))]
+    sink = new_sink(settings)
+    try:
+        first = await sink.write(messages)
+        replay = await sink.write(messages)  # after a crash before the commit
+    finally:
+        sink.close()
+
+    assert (first.inserted, first.repeats, replay.inserted, replay.repeats) == (2, [], 0, [])
+    _, recorded = query_rows(migrated, "SELECT event_id, source_partition, source_offset, source_copy, kept_partition, "
+                                       "kept_offset, cost_total FROM usage_repeats ORDER BY event_id, source_copy")
+    cost = batch.priced.column("cost_total")[0].as_py()  # every copy is the same call
+    assert recorded == [("e-1", 2, 40, 1, 2, 40, cost), ("e-1", 2, 40, 2, 2, 40, cost), ("e-2", 2, 41, 0, 2, 40, cost)]
+    assert query_rows(migrated, "SELECT count() FROM usage")[1] == [(2,)]

@@ -53,9 +53,10 @@ def test_up_emit_wait_sql_status_down(tmp_path: Path, monkeypatch: pytest.Monkey
             stack.up(settings)
         assert pids(tmp_path) == up
 
-        # 3 calls of one team, then one event sent twice (the second copy is a duplicate).
+        # 3 calls of one team and one event sent twice in one SDK envelope, then once more.
         with SyncUsageProducer(settings) as producer:
-            for team, event_id in (("search", None), ("search", None), ("search", None), ("growth", "twice")):
+            for team, event_id in (("search", None), ("search", None), ("search", None), ("growth", "twice"),
+                                   ("growth", "twice")):
                 producer.record(provider="openai", model="gpt-4o", input_tokens=1000, output_tokens=100,
                                 team=team, event_id=event_id)
         with SyncUsageProducer(settings) as producer:
@@ -69,12 +70,14 @@ def test_up_emit_wait_sql_status_down(tmp_path: Path, monkeypatch: pytest.Monkey
             ("growth", 1, Decimal("0.0035")),   # gpt-4o: $2.50 per million input tokens, $10 per million output
             ("search", 3, Decimal("0.0105")),
         ]
+        # Both copies dropped are on record, the one in the envelope too.
+        assert read_only_query(settings, "SELECT count(), sum(cost_total) FROM usage_repeats")[1] == [[2, "0.007000000000"]]
 
         shown = spendstream(tmp_path, env, "status")
         assert shown.returncode == 0, shown.stderr
         assert f"pid {up['worker']}" in shown.stdout and f"pid {up['broker']}" in shown.stdout
         assert "caught up: 0 usage and 0 priced" in shown.stdout
-        assert "received 5, in the ledger 4, duplicates dropped 1, dead letters 0" in shown.stdout, shown.stdout
+        assert "received 6, in the ledger 4, duplicates dropped 2, dead letters 0" in shown.stdout, shown.stdout
     finally:
         stopped = spendstream(tmp_path, env, "down")
     assert stopped.returncode == 0, stopped.stderr

@@ -7,7 +7,11 @@ back is zero-copy, and ClickHouse ingests Arrow natively (``INSERT ... FORMAT Ar
 so the sink never turns rows into Python objects. Costs are ``decimal128(38, 12)``: the
 same exact type as the ``usage`` table's ``Decimal(38, 12)``.
 
-Any Arrow library reads these messages; the schema below is the contract.
+Any Arrow library reads these messages; the schemas below are the contract. A message
+holds priced rows (:data:`SCHEMA`), or the copies of events the enrich agent dropped
+because the same ``event_id`` came earlier in the chunk it enriched
+(:data:`DROPPED_SCHEMA`), which the sink records in ``usage_repeats``; the schema says
+which.
 """
 
 from __future__ import annotations
@@ -76,6 +80,24 @@ SCHEMA = pa.schema(
 )
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 
+# A copy dropped in a chunk: the row it would have been (its usage-topic message, and
+# ``source_copy``, how many earlier valid copies of the event that message holds: an SDK
+# envelope can carry one event twice), and the copy kept instead.
+DROPPED_SCHEMA = pa.schema(
+    [
+        ("event_id", _TEXT),
+        ("occurred_at", pa.timestamp("ms", tz="UTC")),
+        ("team", _TEXT),
+        ("cost_total", MONEY),
+        ("currency", _TEXT),
+        ("source_partition", pa.int32()),
+        ("source_offset", _COUNT),
+        ("source_copy", pa.int32()),
+        ("kept_partition", pa.int32()),
+        ("kept_offset", _COUNT),
+    ]
+)
+
 
 def to_table(rows: list[dict[str, Any]]) -> pa.Table:
     """Priced row dicts (as ``decode(value).to_pylist()`` gives them) as an Arrow table."""
@@ -95,18 +117,20 @@ def by_team(table: pa.Table, max_rows: int) -> Iterator[tuple[str, pa.Table]]:
 
 
 def encode(table: pa.Table) -> bytes:
-    """One priced-topic message value: an Arrow IPC stream holding one record batch."""
+    """One priced-topic message value: an Arrow IPC stream holding one record batch of
+    :data:`SCHEMA` or :data:`DROPPED_SCHEMA`."""
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, SCHEMA) as writer:
+    with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes()
 
 
 def decode(value: bytes) -> pa.Table:
-    """Read a priced-topic message value; raises ``ValueError`` if it is not this schema."""
+    """Read a priced-topic message value (priced rows or dropped copies: see its schema);
+    raises ``ValueError`` if it is neither."""
     table = pa.ipc.open_stream(value).read_all()
-    if not table.schema.equals(SCHEMA):
-        raise ValueError(f"priced message has schema {table.schema}, expected {SCHEMA}")
+    if not (table.schema.equals(SCHEMA) or table.schema.equals(DROPPED_SCHEMA)):
+        raise ValueError(f"priced message has schema {table.schema}, expected {SCHEMA} or {DROPPED_SCHEMA}")
     return table
 
 

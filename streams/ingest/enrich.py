@@ -10,9 +10,10 @@ touches Kafka; the enrich stage (:mod:`streams.ingest.stage`) feeds it a poll's 
 messages.
 
 An event whose ``event_id`` came earlier in the same call (an SDK envelope, or a poll,
-carrying it twice) is dropped and counted: the spend tables downstream add every row they
-get, so a repeat inside a chunk would count twice. Repeats across chunks are the sink's
-and the spend state's business.
+carrying it twice) is dropped, counted, and returned as a *dropped copy*, priced and
+attributed like the rows, for the sink to record in ``usage_repeats``: the spend tables
+downstream add every row they get, so a repeat inside a chunk would count twice. Repeats
+across chunks are the sink's and the spend state's business.
 
 A message is either one ``UsageEvent`` or a ``UsageBatch`` envelope of many (what the
 producer SDK sends). Whatever cannot be processed becomes a :class:`DeadLetter` with a
@@ -62,7 +63,11 @@ class EnrichedBatch:
     priced: pa.Table  # priced rows in arrival order, in the priced topic's schema
     dead_letters: list[DeadLetter]
     unpriced: int  # rows among ``priced`` that could not be priced
-    duplicates: int  # events dropped because an earlier one in the call had their event_id
+    dropped: pa.Table  # events dropped because an earlier one in the call had their event_id (DROPPED_SCHEMA)
+
+    @property
+    def duplicates(self) -> int:
+        return self.dropped.num_rows
 
 
 _TEXT, _COUNT = pa.string(), pa.int64()
@@ -127,7 +132,7 @@ class Enricher:
         self._providers: dict[str, bool] = {}  # provider -> whether the pricer knows it
 
     def enrich(self, messages: Iterable[SourceMessage]) -> EnrichedBatch:
-        """One chunk of messages as priced rows and dead letters:
+        """One chunk of messages as priced rows, dead letters and dropped copies:
 
         1. Decode each message into its events; a message that does not decode is a dead
            letter.
@@ -135,12 +140,14 @@ class Enricher:
         3. Check them column-wise (:func:`streams.events.validation.suspects`, and the provider
            against the price catalog); the flagged rows are checked again one by one by
            :func:`~streams.events.validation.validate`, which says why they are dead letters.
-        4. Drop repeats of an ``event_id`` within the call, keeping the first.
+        4. Find the first valid copy of each ``event_id`` in the call; later copies are dropped.
         5. Attribute (:meth:`Router.attribute_columns`) and price
-           (:func:`streams.pricing.columns.price_columns`) the rest, column-wise; an event
-           that says its usage is missing is stored unpriced (``usage_missing``), never at $0.
+           (:func:`streams.pricing.columns.price_columns`) the valid events, column-wise; an
+           event that says its usage is missing is stored unpriced (``usage_missing``), never
+           at $0.
         6. Assemble the priced table in the priced topic's schema, the values that name
-           scopes trimmed as budget scopes are.
+           scopes trimmed as budget scopes are, and take the later copies out of it into
+           the dropped copies (:data:`~streams.events.priced.DROPPED_SCHEMA`).
         """
         # 1. Decode.
         events: list[dict[str, Any]] = []
@@ -157,7 +164,7 @@ class Enricher:
             events.extend(decoded)
             sources.extend([(message, enveloped)] * len(decoded))
         if not events:
-            return EnrichedBatch(priced.SCHEMA.empty_table(), dead_letters, 0, 0)
+            return EnrichedBatch(priced.SCHEMA.empty_table(), dead_letters, 0, priced.DROPPED_SCHEMA.empty_table())
 
         # 2. Columns.
         columns = event_columns(events)
@@ -177,32 +184,28 @@ class Enricher:
                 invalid.add(row)
                 dead_letters.append(self._dead_letter(exc, events[row], *sources[row]))
 
-        # 4. Drop repeats within the call.
-        keep: list[int] = []
-        seen: set[str] = set()
-        for row, event in enumerate(events):
-            if row in invalid:
-                continue
-            event_id = event["event_id"]
-            if event_id not in seen:
-                seen.add(event_id)
-                keep.append(row)
-        duplicates = len(events) - len(invalid) - len(keep)
-        if not keep:
-            return EnrichedBatch(priced.SCHEMA.empty_table(), dead_letters, 0, duplicates)
-        if len(keep) < len(events):
-            rows = pa.array(keep, pa.int64())
+        # 4. The first copy of each event id in the call, and the later ones.
+        valid = [row for row in range(len(events)) if row not in invalid]
+        first: dict[str, int] = {}
+        later: list[int] = []  # positions in ``valid`` of the copies to drop
+        for position, row in enumerate(valid):
+            if first.setdefault(events[row]["event_id"], position) != position:
+                later.append(position)
+        if not valid:
+            return EnrichedBatch(priced.SCHEMA.empty_table(), dead_letters, 0, priced.DROPPED_SCHEMA.empty_table())
+        if len(valid) < len(events):
+            rows = pa.array(valid, pa.int64())
             columns = {name: column.take(rows) for name, column in columns.items()}
-            sources = [sources[row] for row in keep]
+            sources = [sources[row] for row in valid]
 
-        # 5. Attribute and price.
+        # 5. Attribute and price (the copies too: what they would have cost goes on record).
         columns["team"], columns["attributed_by"] = self.router.attribute_columns(
             columns["team"], columns["api_key_id"], columns["service"], columns["user_id"]
         )
         columns.update(price_columns(self.pricer, columns))
         columns.update(unpriced_where(columns, columns["usage_missing"], priced.USAGE_MISSING))
 
-        # 6. The priced table.
+        # 6. The priced table, the values that name scopes trimmed; the dropped copies apart.
         for name in (*ATTRIBUTION_FIELDS, "request_fingerprint", *ROUTE_FIELDS, "reported_currency"):
             columns[name] = pc.fill_null(columns[name], "")
         for name in SCOPED_ATTRIBUTION:  # "victim " must not dodge the budget on feature=victim
@@ -210,7 +213,10 @@ class Enricher:
         columns["source_partition"] = pa.array([source.partition for source, _ in sources], pa.int32())
         columns["source_offset"] = pa.array([source.offset for source, _ in sources], pa.int64())
         table = pa.Table.from_arrays([columns[name] for name in priced.COLUMNS], schema=priced.SCHEMA)
-        return EnrichedBatch(table, dead_letters, columns["priced"].false_count, duplicates)
+        dropped = _dropped_copies(table, later, first, [(s.partition, s.offset) for s, _ in sources])
+        if later:
+            table = table.filter(pa.array(_without(later, table.num_rows)))
+        return EnrichedBatch(table, dead_letters, pc.sum(pc.invert(table.column("priced"))).as_py() or 0, dropped)
 
     def _dead_letter(self, exc: InvalidEvent, event: dict[str, Any], message: SourceMessage, enveloped: bool) -> DeadLetter:
         """An invalid event's dead letter. An event of a batch envelope is dead-lettered
@@ -243,6 +249,42 @@ class Enricher:
         if name == USAGE_BATCH:
             return record["events"], True
         raise DecodeError("unexpected_schema", f"{name} is not a usage event or usage batch")
+
+
+def _dropped_copies(
+    table: pa.Table, later: list[int], first: dict[str, int], sources: list[tuple[int, int]]
+) -> pa.Table:
+    """The rows at ``later`` as dropped copies (:data:`~streams.events.priced.DROPPED_SCHEMA`):
+    each with the copy kept instead (``first``: event id -> its first row), and how many
+    valid copies of it its own message holds before it."""
+    if not later:
+        return priced.DROPPED_SCHEMA.empty_table()
+    ids = table.column("event_id").to_pylist()
+    repeated = {ids[row] for row in later}
+    copies: dict[tuple[str, int, int], int] = {}
+    copy_of: dict[int, int] = {}
+    for row, event_id in enumerate(ids):
+        if event_id in repeated:
+            key = (event_id, *sources[row])
+            copy_of[row] = copies.get(key, 0)
+            copies[key] = copy_of[row] + 1
+    kept = [sources[first[ids[row]]] for row in later]
+    picked = table.take(pa.array(later, pa.int64()))
+    return pa.Table.from_arrays(
+        [picked.column(name) for name in ("event_id", "occurred_at", "team", "cost_total", "currency",
+                                          "source_partition", "source_offset")]
+        + [pa.array([copy_of[row] for row in later], pa.int32()),
+           pa.array([p for p, _ in kept], pa.int32()), pa.array([o for _, o in kept], pa.int64())],
+        schema=priced.DROPPED_SCHEMA,
+    )
+
+
+def _without(rows: list[int], count: int) -> list[bool]:
+    """A mask of ``count`` rows, false at ``rows``."""
+    mask = [True] * count
+    for row in rows:
+        mask[row] = False
+    return mask
 
 
 assert set(PRICE_COLUMNS) < set(priced.COLUMNS)

@@ -71,6 +71,7 @@ class Prepared:
     rows: int
     unpriced: int
     duplicates: int
+    dropped: bytes | None = None  # the copies dropped as duplicates, one priced-topic message for the sink's audit
 
 
 class Chunks:
@@ -90,7 +91,8 @@ class Chunks:
         settings, partitions = self.settings, self.settings.partitions
         batch = self.enricher.enrich(SourceMessage(*message) for message in messages)
         rows = batch.priced
-        out = Prepared([], [], [], batch.dead_letters, rows.num_rows, batch.unpriced, batch.duplicates)
+        out = Prepared([], [], [], batch.dead_letters, rows.num_rows, batch.unpriced, batch.duplicates,
+                       priced.encode(batch.dropped) if batch.duplicates else None)
         if rows.num_rows == 0:
             return out
         out.priced = [(team, priced.encode(part)) for team, part in priced.by_team(rows, settings.priced_message_rows)]

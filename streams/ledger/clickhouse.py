@@ -270,20 +270,22 @@ def stored_copies(client: Client, event_ids: Sequence[str], since: datetime) -> 
     return found
 
 
-def recorded_repeats(client: Client, event_ids: Sequence[str]) -> set[tuple[str, int, int]]:
-    """``(event_id, source_partition, source_offset)`` of the repeats already in ``usage_repeats``."""
+def recorded_repeats(client: Client, event_ids: Sequence[str]) -> set[tuple[str, int, int, int]]:
+    """``(event_id, source_partition, source_offset, source_copy)`` of the repeats already in
+    ``usage_repeats``: the identity of a dropped copy."""
     if not event_ids:
         return set()
     result = client.query(
-        "SELECT event_id, source_partition, source_offset FROM usage_repeats WHERE event_id IN {ids:Array(String)}",
+        "SELECT event_id, source_partition, source_offset, source_copy FROM usage_repeats "
+        "WHERE event_id IN {ids:Array(String)}",
         parameters={"ids": list(dict.fromkeys(event_ids))},
     )
-    return {(event_id, int(p), int(o)) for event_id, p, o in result.result_rows}
+    return {(event_id, int(p), int(o), int(c)) for event_id, p, o, c in result.result_rows}
 
 
 REPEAT_COLUMNS = (
     "event_id", "occurred_at", "team", "cost_total", "currency",
-    "source_partition", "source_offset", "kept_partition", "kept_offset",
+    "source_partition", "source_offset", "source_copy", "kept_partition", "kept_offset",
 )
 
 
@@ -291,7 +293,7 @@ def record_repeats(client: Client, repeats: Sequence[Sequence[Any]]) -> None:
     """Insert rows of :data:`REPEAT_COLUMNS` into ``usage_repeats``, idempotently."""
     if not repeats:
         return
-    token = content_token("repeats", [f"{r[0]}@{r[5]}:{r[6]}" for r in repeats])
+    token = content_token("repeats", [f"{r[0]}@{r[5]}:{r[6]}:{r[7]}" for r in repeats])
     client.insert(REPEATS_TABLE, [list(r) for r in repeats], column_names=list(REPEAT_COLUMNS),
                   settings={"insert_deduplication_token": token})
 

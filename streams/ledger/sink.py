@@ -5,7 +5,9 @@ commit, the same priced messages come again; the enrich agent may publish the ro
 usage message again after a crash of its own; a producer may publish one event twice.
 The sink makes all three harmless. For each poll's worth of priced-topic messages:
 
-1. Read the messages' Arrow record batches (:mod:`streams.events.priced`) into one table.
+1. Read the messages' Arrow record batches (:mod:`streams.events.priced`): the priced rows
+   into one table, and the copies the enrich agent dropped because their event came
+   earlier in its chunk (never counted anywhere) into another.
 2. Keep the first row of each ``event_id`` in the batch.
 3. Look up the batch's ids already in ``usage`` within the dedup horizon, with the
    usage-topic message each stored copy came from (``source_partition/offset``).
@@ -19,9 +21,10 @@ The sink makes all three harmless. For each poll's worth of priced-topic message
    (:mod:`streams.ledger.rollup_repair`): the earlier attempt may have been killed after its
    insert into ``usage`` and before the materialized views'. Only days whose raw rows are
    all still kept (:func:`streams.ledger.retention.complete_since`).
-6. Record the repeats not recorded yet in ``usage_repeats`` (the audit of dropped
-   copies, and the record that each is being taken out of the spend tables), then the
-   batch's offset ranges in ``sink_offsets`` (how far the sink has come).
+6. Record the repeats and the dropped copies not recorded yet in ``usage_repeats`` (the
+   audit of every copy dropped, and for a repeat the record that it is being taken out of
+   the spend tables), then the batch's offset ranges in ``sink_offsets`` (how far the
+   sink has come).
 7. Return the newly recorded repeats. The agent publishes negative spend deltas for
    them and only then acknowledges the messages, and Faust commits their offsets.
 
@@ -125,20 +128,23 @@ class ClickHouseSink:
 
     async def write(self, messages: Sequence[PricedMessage]) -> SinkResult:
         """Run steps 1-6 for one batch, retrying until ClickHouse takes it."""
-        rows = pa.concat_tables([priced.decode(m.value) for m in messages])  # 1
+        tables = [priced.decode(m.value) for m in messages]  # 1
+        rows, dropped = (pa.concat_tables([t for t in tables if t.schema.equals(schema)] or [schema.empty_table()])
+                         for schema in (priced.SCHEMA, priced.DROPPED_SCHEMA))
         delay = 0.5
         while True:
             try:
-                return await self._run(self._write, rows, _offset_ranges(messages))
+                return await self._run(self._write, rows, dropped, _offset_ranges(messages))
             except Exception as exc:  # any failure of ClickHouse: back off and retry
                 log.warning("ClickHouse insert failed (%s); retrying in %.1fs", exc, delay)
                 self._client = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
 
-    def _write(self, rows: pa.Table, ranges: dict[int, tuple[int, int]]) -> SinkResult:
+    def _write(self, rows: pa.Table, dropped: pa.Table, ranges: dict[int, tuple[int, int]]) -> SinkResult:
         client = self._connected()
         if rows.num_rows == 0:
+            self._record_new(client, dropped.to_pylist())                          # 6
             return SinkResult(0, 0)
         ids = rows.column("event_id").to_pylist()
         keep, repeats = _first_of_each_id(rows, ids)                             # 2
@@ -158,7 +164,7 @@ class ClickHouseSink:
         inserted = clickhouse.insert_priced(client, new_rows, dedup_token=token)  # 4
         damaged = self._repairable(_teams_and_days(rows, redelivered))
         rollup_repair.repair(client, self.database, damaged)                       # 5
-        fresh = self._record_repeats(client, rows, repeats)                        # 6
+        fresh = self._record_repeats(client, rows, repeats, dropped.to_pylist())   # 6
         clickhouse.record_sink_offsets(client, self.topic, ranges, row_count=inserted, dedup_token=token)
         unpriced = pc.sum(pc.invert(new_rows.column("priced"))).as_py() or 0
         return SinkResult(inserted, rows.num_rows - inserted, fresh, len(damaged), unpriced)  # 7
@@ -175,23 +181,30 @@ class ClickHouseSink:
                         "may be past SPENDSTREAM_USAGE_RETENTION_DAYS", len(keys - kept), since)
         return kept
 
-    def _record_repeats(self, client: Any, rows: pa.Table, repeats: list[_Repeat]) -> list[dict[str, Any]]:
-        """Record the repeats not recorded before; return them as row dicts."""
-        if not repeats:
-            return []
-        chosen = rows.take([r.row for r in repeats]).to_pylist()
-        done = clickhouse.recorded_repeats(client, [row["event_id"] for row in chosen])
-        fresh, records = [], []
-        for row, repeat in zip(chosen, repeats, strict=True):
-            source = (row["event_id"], row["source_partition"], row["source_offset"])
-            if source in done:
-                continue
-            done.add(source)
-            fresh.append(row)
-            records.append((*source[:1], row["occurred_at"], row["team"], row["cost_total"], row["currency"],
-                            *source[1:], *repeat.kept))
-        clickhouse.record_repeats(client, records)
-        return fresh
+    def _record_repeats(
+        self, client: Any, rows: pa.Table, repeats: list[_Repeat], dropped: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Record the repeats and dropped copies not recorded before; return those repeats
+        as row dicts (their spend is to be taken back)."""
+        chosen = rows.take([r.row for r in repeats]).to_pylist() if repeats else []
+        records = [{**row, "source_copy": 0, "kept_partition": repeat.kept[0], "kept_offset": repeat.kept[1]}
+                   for row, repeat in zip(chosen, repeats, strict=True)]
+        recorded = self._record_new(client, records + dropped)
+        return [row for row, record in zip(chosen, records, strict=True) if _identity(record) in recorded]
+
+    @staticmethod
+    def _record_new(client: Any, records: list[dict[str, Any]]) -> set[tuple[str, int, int, int]]:
+        """Insert the records (dicts with :data:`~streams.ledger.clickhouse.REPEAT_COLUMNS`)
+        that ``usage_repeats`` does not hold yet, once each; return their identities."""
+        if not records:
+            return set()
+        done = clickhouse.recorded_repeats(client, [r["event_id"] for r in records])
+        new: dict[tuple[str, int, int, int], dict[str, Any]] = {}
+        for record in records:
+            if (identity := _identity(record)) not in done:
+                new.setdefault(identity, record)
+        clickhouse.record_repeats(client, [tuple(r[c] for c in clickhouse.REPEAT_COLUMNS) for r in new.values()])
+        return set(new)
 
     def _connected(self) -> Any:
         fault = self.fault_clickhouse_down
@@ -218,6 +231,11 @@ class ClickHouseSink:
         client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+def _identity(record: dict[str, Any]) -> tuple[str, int, int, int]:
+    """What tells one dropped copy from another: its event id, usage message and place in it."""
+    return record["event_id"], record["source_partition"], record["source_offset"], record["source_copy"]
 
 
 def _source(rows: pa.Table, index: int) -> tuple[int, int]:
