@@ -9,6 +9,7 @@ changes.
 
 from __future__ import annotations
 
+import socket
 from datetime import timedelta
 from decimal import Decimal
 from functools import cached_property
@@ -20,7 +21,6 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.events.validation import Limits
-
 
 # The shortest raw-row retention: the sink's 7-day dedup horizon and a day (streams.ledger.retention).
 USAGE_RETENTION_MIN_DAYS = 8
@@ -109,6 +109,12 @@ class Settings(BaseSettings):
         None,
         description="Bearer token of the worker's HTTP endpoints; unset: generated at first start into "
                     "<worker_data_dir>/web-token (owner-only), where local tools read it.",
+    )
+    web_advertised_url: str | None = Field(
+        None,
+        description="The URL other workers reach this one at (a reservation is routed to the worker owning its "
+                    "budget's partition); unset: http://<web_host>:<web_port>, with this machine's host name for "
+                    "0.0.0.0 (a container's name on its network).",
     )
     web_allowed_hosts: list[str] = Field(
         default_factory=list,
@@ -262,6 +268,15 @@ class Settings(BaseSettings):
     @property
     def web_url(self) -> str:
         return f"http://{self.web_host}:{self.web_port}"
+
+    @property
+    def advertised_url(self) -> str:
+        """Where other workers reach this one: ``web_advertised_url``, else ``web_url`` with
+        the machine's host name in place of an any-address bind (0.0.0.0 reaches no one)."""
+        if self.web_advertised_url:
+            return self.web_advertised_url.rstrip("/")
+        host = socket.gethostname() if self.web_host in ("0.0.0.0", "::") else self.web_host
+        return f"http://{host}:{self.web_port}"
 
     def kafka_client_options(self) -> dict[str, Any]:
         """Connection options for any aiokafka client (producer, consumer, admin)."""

@@ -39,6 +39,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -139,6 +140,8 @@ def middleware(
     """
     bound = (bind_host or settings.web_host).lower()
     allowed_hosts = {h.lower() for h in settings.web_allowed_hosts} | {"localhost", bound}
+    if bind_host is None:  # the worker: other workers route reservations to its advertised name
+        allowed_hosts.add((urlsplit(settings.advertised_url).hostname or bound).lower())
     token: list[str] = []
 
     @web.middleware

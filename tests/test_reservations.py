@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -302,3 +303,10 @@ def test_estimate_prices_the_request_at_its_largest() -> None:
         estimate_cost(pricer, provider="openai", model="gpt-4o", messages=messages, max_tokens=None)  # type: ignore[arg-type]
     with pytest.raises(EstimateError, match="estimate="):
         estimate_cost(pricer, provider="nobody", model="no-such-model", input_tokens=10, max_tokens=10)
+
+
+def test_workers_advertise_a_url_other_workers_reach() -> None:
+    """Bound to every address (a container), a worker is reached by its host name, not 0.0.0.0."""
+    assert Settings(web_host="0.0.0.0", web_port=6066).advertised_url == f"http://{socket.gethostname()}:6066"
+    assert Settings(web_host="127.0.0.1", web_port=7000).advertised_url == "http://127.0.0.1:7000"
+    assert Settings(web_host="0.0.0.0", web_advertised_url="http://worker-2:6066/").advertised_url == "http://worker-2:6066"

@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import faust
-from faust.web import View
 from faust.streams import _current_event
+from faust.web import View
 
 from streams.settings import Settings
 
@@ -43,6 +43,7 @@ def create(settings: Settings, *, web_middlewares: Sequence[Callable[..., Any]] 
         web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
+        canonical_url=settings.advertised_url,
         web_application_options={"middlewares": list(web_middlewares)},
         web_router_enabled=False,
         web_tables_enabled=False,
