@@ -146,6 +146,14 @@ def test_provider_names_become_the_catalog_s_ids(name: str, catalog: str) -> Non
     assert catalog_provider(name) == catalog
 
 
+def test_every_provider_name_maps_to_a_provider_the_catalog_prices() -> None:
+    from streams.ingest.otlp.mapping import PROVIDERS
+    from streams.pricing.rate_cards import Pricer
+
+    pricer = Pricer()
+    assert sorted(p for p in set(PROVIDERS.values()) if not pricer.knows_provider(p)) == []
+
+
 # --- What is and is not a call ----------------------------------------------------------
 
 def test_a_call_without_usage_is_flagged_never_zero() -> None:
