@@ -132,17 +132,19 @@ def wait_for_budgets(worker: WorkerProcess, budget_ids: set[str], timeout: float
         time.sleep(0.05)
 
 
-def spend_against_limit(settings: Settings, worker: WorkerProcess, *, with_guard: bool = True) -> dict[str, Any]:
-    """Step 3: the races against $2 budgets (today's guard's too, ``with_guard``), their
-    spend settled."""
+def spend_against_limit(
+    settings: Settings, worker: WorkerProcess, *, with_guard: bool = True, calls: int = RATE
+) -> dict[str, Any]:
+    """Step 3: the races against $2 budgets (today's guard's too, ``with_guard``), ``calls``
+    attempts each (the cap takes 200), their spend settled."""
     limit = Decimal("2.00")
     teams = ("exact", "under", "guard") if with_guard else ("exact", "under")
     asyncio.run(publish(settings, [
         Budget(budget_id=f"{team}-month", scope=f"team={team}", amount=str(limit), period="month") for team in teams
     ]))
     wait_for_budgets(worker, {f"{team}-month" for team in teams})
-    granted, refused, stats = asyncio.run(race(settings, "exact", output_tokens=500))
-    under, _, _ = asyncio.run(race(settings, "under", output_tokens=1000))
+    granted, refused, stats = asyncio.run(race(settings, "exact", output_tokens=500, calls=calls))
+    under, _, _ = asyncio.run(race(settings, "under", output_tokens=1000, calls=calls))
     figures: dict[str, Any] = {
         "limit": limit, "granted": granted, "refused": refused, "stats": stats,
         "spent": settled_spend(worker, "team=exact", granted),
