@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from bench.reserve import CLIENTS, ONE_CALL, RATE, settled_spend, spend_against_limit, wait_for_budgets
 from streams import web_auth
 from streams.budgets.budget import Budget, BudgetIndex, publish
 from streams.budgets.reservations import Holds, ReservationError, plan
 from streams.cli.localstack import EmbeddedBroker, WorkerProcess, free_port, isolated_environment, settings_from
+from streams.cli.main import cli
 from streams.pricing.rate_cards import Pricer
 from streams.sdk.estimate import EstimateError, estimate_cost, prompt_tokens
 from streams.sdk.producer import UsageProducer
@@ -127,8 +129,13 @@ def test_sync_reserver_and_the_fail_policy(stack: Stack) -> None:
     """The two lines without an event loop; a call that fails releases its reservation; and
     when no worker answers, budgets that fail open allow (counted) and closed ones refuse."""
     settings = stack.settings
-    asyncio.run(publish(settings, [budget("sync", "0.02"), budget("open", "1"),
-                                   budget("closed", "1", fail_policy="closed")]))
+    asyncio.run(publish(settings, [budget("sync", "0.02"), budget("open", "1")]))
+    runner = CliRunner()
+    set_closed = ["budgets", "set", "closed-month", "--scope", "team=closed", "--amount", "1", "--period", "month",
+                  "--fail-policy", "closed", "--reservation-expiry", "120"]
+    assert runner.invoke(cli, set_closed, env=stack.env).exit_code == 0
+    listed = runner.invoke(cli, ["budgets", "list"], env=stack.env).output
+    assert next(line for line in listed.splitlines() if "closed-month" in line).split()[-2:] == ["closed", "120"]
     wait_for_budgets(stack.worker, {"sync-month", "open-month", "closed-month"})
     with SyncReserver(settings, linger=0.01) as reserver:
         with pytest.raises(RuntimeError, match="provider down"):

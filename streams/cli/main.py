@@ -345,10 +345,12 @@ def budgets_list() -> None:
     from streams.reports.text import table
 
     rows = [
-        [b.budget_id, b.scope, f"{b.amount:f}", b.currency, b.period, ",".join(map(str, b.thresholds)), b.hard_action]
+        [b.budget_id, b.scope, f"{b.amount:f}", b.currency, b.period, ",".join(map(str, b.thresholds)), b.hard_action,
+         b.fail_policy, str(b.reservation_expiry_seconds or "default")]
         for b in asyncio.run(current(Settings()))
     ]
-    click.echo(table(["id", "scope", "amount", "currency", "period", "thresholds", "hard action"], rows))
+    click.echo(table(["id", "scope", "amount", "currency", "period", "thresholds", "hard action", "fail policy",
+                      "reservation expiry (s)"], rows))
 
 
 @cli.group()
