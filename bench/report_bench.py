@@ -62,8 +62,8 @@ def _decimals(values: list[str]) -> str:
     return "[" + ", ".join(f"toDecimal128('{v}', 12)" for v in values) + "]"
 
 
-def generate_sql(database: str, first: int, count: int, total: int) -> str:
-    """One INSERT of ``count`` rows (numbers ``first`` onwards) of ``total`` spread over 8 weeks."""
+def generate_sql(database: str, first: int, count: int, total: int, start: date = START) -> str:
+    """One INSERT of ``count`` rows (numbers ``first`` onwards) of ``total`` spread over the 8 weeks from ``start``."""
     teams = list(TEAM_WEIGHTS)
     team_slots = [i + 1 for i, team in enumerate(teams) for _ in range(TEAM_WEIGHTS[team])]
     model_slots = [i + 1 for i, m in enumerate(MODELS) for _ in range(m[2])]
@@ -85,7 +85,7 @@ FROM
     SELECT
         number AS n,
         concat('bench-', toString(n)) AS event_id,
-        addMilliseconds(toDateTime64('{START} 00:00:00', 3, 'UTC'), intDiv(n * {span_ms}, {total})) AS occurred_at,
+        addMilliseconds(toDateTime64('{start} 00:00:00', 3, 'UTC'), intDiv(n * {span_ms}, {total})) AS occurred_at,
         {_array(team_slots)}[1 + cityHash64(n, 1) % {len(team_slots)}] AS t,
         {_array(teams)}[t] AS team,
         {features}[t] AS features_of_team,
@@ -111,14 +111,15 @@ FROM
 )"""
 
 
-def fill(settings: Settings, rows: int) -> float:
-    """Insert the rows; return the seconds it took. Then let background merges finish, so
-    both reports are timed on a table at rest, as a report would usually find it."""
+def fill(settings: Settings, rows: int, start: date = START) -> float:
+    """Insert the rows (8 weeks from ``start``); return the seconds it took. Then let
+    background merges finish, so reads are timed on a table at rest, as a report would
+    usually find it."""
     client = connect(settings)
     migrate(client, settings.clickhouse_database)
     started = time.perf_counter()
     for first in range(0, rows, CHUNK):
-        client.command(generate_sql(settings.clickhouse_database, first, min(CHUNK, rows - first), rows))
+        client.command(generate_sql(settings.clickhouse_database, first, min(CHUNK, rows - first), rows, start))
         print(f"  inserted {min(first + CHUNK, rows):,} rows ({time.perf_counter() - started:.0f} s)", flush=True)
     seconds = time.perf_counter() - started
     deadline = time.monotonic() + 120

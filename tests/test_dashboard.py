@@ -1,8 +1,8 @@
 """The spend dashboard, in a real headless browser against a real worker fed known traffic.
 
 One broker and one worker (embedded ClickHouse) for the module. The browser is Debian's
-``chromium``, driven over the DevTools protocol on a websocket (aiohttp's client): no
-driver binary. Checked: without the token a browser gets the login page and no figure;
+``chromium``, driven over the DevTools protocol (``bench/chromium.py``): no driver
+binary. Checked: without the token a browser gets the login page and no figure;
 the login page's cookie is HttpOnly and SameSite=Strict; the figures shown equal sums
 over the raw ledger (``usage``, not the rollups the dashboard reads); a number links to
 its SQL; and a budget crossed while the page is open turns its card hard within seconds,
@@ -12,9 +12,6 @@ without a reload. Skipped only where chromium is not installed (``make browser``
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -23,12 +20,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
+from bench.chromium import CHROMIUM, Chromium
 from streams import web_auth
 from streams.budgets.budget import Budget, publish
-from streams.cli.localstack import EmbeddedBroker, WorkerProcess, free_port, isolated_environment
+from streams.cli.localstack import EmbeddedBroker, WorkerProcess, isolated_environment
 from streams.cli.synthetic import generate
 from streams.ledger.query import query_worker
 from streams.reports.text import money
@@ -37,7 +34,6 @@ from tests.conftest import settings_of
 from tests.test_budgets import events_of, produce
 
 pytestmark = pytest.mark.integration
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (make browser: apt-get install chromium)")
 TRAFFIC = 300
 
@@ -76,86 +72,6 @@ def wait_for_ledger(worker: WorkerProcess, settings: Settings, events: int, time
     raise AssertionError(f"the worker has not stored {events} events after {timeout}s: {worker.get_json('/stats')}")
 
 
-class Chromium:
-    """Headless chromium over the DevTools protocol: navigate, evaluate, read cookies."""
-
-    def __init__(self, profile: Path) -> None:
-        self.profile = profile
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.http: aiohttp.ClientSession | None = None
-        self.ws: aiohttp.ClientWebSocketResponse | None = None
-        self.next_id = 0
-
-    async def __aenter__(self) -> "Chromium":
-        self.proc = subprocess.Popen(
-            [CHROMIUM or "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-             f"--remote-debugging-port={self.port}", f"--user-data-dir={self.profile}", "--window-size=1300,1800",
-             "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        self.http = aiohttp.ClientSession()
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                async with self.http.get(f"http://127.0.0.1:{self.port}/json/list") as resp:
-                    pages = [t for t in await resp.json() if t["type"] == "page"]
-                if pages:
-                    break
-            except aiohttp.ClientError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("chromium's DevTools endpoint did not answer")
-            await asyncio.sleep(0.1)
-        self.ws = await self.http.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.ws is not None:
-            await self.ws.close()
-        if self.http is not None:
-            await self.http.close()
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-    async def send(self, method: str, **params: Any) -> dict[str, Any]:
-        assert self.ws is not None
-        self.next_id += 1
-        await self.ws.send_json({"id": self.next_id, "method": method, "params": params})
-        while True:
-            message = json.loads((await self.ws.receive()).data)
-            if message.get("id") == self.next_id:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message["result"]
-
-    async def eval(self, expression: str) -> Any:
-        result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    async def wait_for(self, expression: str, timeout: float = 15) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = await self.eval(expression)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not true after {timeout}s: {expression}")
-            await asyncio.sleep(0.1)
-
-    async def goto(self, url: str) -> None:
-        await self.eval("window.leaving = true")
-        await self.send("Page.navigate", url=url)
-        await self.loaded()
-
-    async def loaded(self) -> None:
-        """Wait for the page that replaces the one marked ``window.leaving``."""
-        await self.wait_for("!window.leaving && document.readyState === 'complete'")
-
-
 @pytest.fixture
 async def browser(tmp_path: Path) -> AsyncIterator[Chromium]:
     async with Chromium(tmp_path / "profile") as chromium:
@@ -173,7 +89,7 @@ def card_figures_js() -> str:
 async def test_without_the_token_a_browser_gets_the_login_page_not_data(
     stack: tuple[WorkerProcess, Settings], browser: Chromium
 ) -> None:
-    worker, settings = stack
+    worker, _ = stack
     await browser.goto(worker.web_url + "/dashboard")
     assert await browser.eval("location.pathname") == "/dashboard/login"
     assert await browser.eval("!!document.querySelector('form#login input[type=password][name=token]')")
@@ -208,7 +124,8 @@ async def test_the_page_shows_the_ledgers_figures_links_them_to_sql_and_turns_ha
     stack: tuple[WorkerProcess, Settings], browser: Chromium
 ) -> None:
     worker, settings = stack
-    await sign_in(browser, worker, settings)
+    await browser.sign_in(worker.web_url, web_auth.read_token(settings))
+    assert await browser.eval("location.pathname") == "/dashboard"
     cookie = next(c for c in (await browser.send("Network.getAllCookies"))["cookies"]
                   if c["name"] == web_auth.SESSION_COOKIE)  # fmt: skip
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
@@ -261,45 +178,3 @@ async def test_the_page_shows_the_ledgers_figures_links_them_to_sql_and_turns_ha
     await browser.wait_for("[...document.querySelectorAll('#alerts table.firing tr')].some(tr =>"
                            " tr.textContent.includes('budget_hard') && tr.textContent.includes('team=search')"
                            " && tr.textContent.includes('budget_id: search-month'))", timeout=20)
-
-
-async def sign_in(browser: Chromium, worker: WorkerProcess, settings: Settings) -> None:
-    """The login form, typed into: the token goes in the POST body, never in a URL."""
-    await browser.goto(worker.web_url + "/dashboard")
-    await browser.eval(f"window.leaving = true; document.querySelector('input[name=token]').value = "
-                       f"{json.dumps(web_auth.read_token(settings))}; document.querySelector('form#login').submit()")
-    await browser.loaded()
-    assert await browser.eval("location.pathname") == "/dashboard"
-
-
-def test_a_session_is_the_token_s_own_and_expires() -> None:
-    issued = 1_800_000_000
-    value = web_auth.session_value("the-token", issued)
-    assert "the-token" not in value
-    assert web_auth.valid_session(value, "the-token", 3600, now=issued + 3599)
-    assert not web_auth.valid_session(value, "the-token", 3600, now=issued + 3601)  # expired
-    assert not web_auth.valid_session(value, "another-token", 3600, now=issued + 1)  # the token changed
-    later = web_auth.session_value("the-token", issued + 7200)
-    assert not web_auth.valid_session(f"{issued + 7200}.{value.partition('.')[2]}", "the-token", 10**6, now=issued + 7201)
-    assert web_auth.valid_session(later, "the-token", 3600, now=issued + 7201)
-    for forged in ("", "x", f"{issued}.", f"{issued}.00", "-1." + value.partition(".")[2]):
-        assert not web_auth.valid_session(forged, "the-token", 10**9, now=issued)
-
-
-def test_a_session_cookie_does_not_pass_the_host_and_cross_site_checks(stack: tuple[WorkerProcess, Settings]) -> None:
-    worker, settings = stack
-    cookie = f"{web_auth.SESSION_COOKIE}={web_auth.session_value(web_auth.read_token(settings), int(time.time()))}"
-    opener = urllib.request.build_opener(NoRedirects)
-
-    def status(**headers: str) -> int:
-        request = urllib.request.Request(worker.web_url + "/dashboard/part?part=now", headers={"Cookie": cookie, **headers})
-        try:
-            return opener.open(request, timeout=30).status
-        except urllib.error.HTTPError as exc:
-            return exc.code
-
-    assert status() == 200
-    assert status(Host="attacker.example") == 421
-    assert status(Origin="http://attacker.example") == 403
-    assert status(**{"Sec-Fetch-Site": "cross-site"}) == 403
-    assert status(Cookie=f"{web_auth.SESSION_COOKIE}=1.forged") == 401

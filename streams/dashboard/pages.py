@@ -28,6 +28,7 @@ from typing import Any
 from streams.dashboard import queries
 from streams.dashboard.queries import Sql
 from streams.events.serialize import dumps
+from streams.reports import svg
 from streams.reports.reports import (
     Query,
     ReportError,
@@ -36,7 +37,6 @@ from streams.reports.reports import (
     week_containing,
     weekly_report,
 )
-from streams.reports import svg
 from streams.reports.text import money, percent
 from streams.settings import Settings
 
@@ -64,7 +64,7 @@ class View:
     query: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_query(cls, query: Mapping[str, str], now: datetime) -> "View":
+    def from_query(cls, query: Mapping[str, str], now: datetime) -> View:
         today = now.astimezone(UTC).date()
         first = _date(query, "from", today.replace(day=1))
         last = _date(query, "to", today)
@@ -399,6 +399,8 @@ def _licences(query: Query, view: View, sqls: Sqls) -> str:
 
 # --- The page -------------------------------------------------------------------------------
 
+NAV = {"now": "Spend now", "alerts": "Alerts", "trend": "Trend", "weekly": "Weekly", "drill": "Drill down",
+       "licences": "Licences"}
 TITLES = {
     "now": "Spend now, against budgets",
     "alerts": "Alerts",
@@ -411,7 +413,7 @@ TITLES = {
 
 def page(parts: Mapping[str, str], view: View, refresh_seconds: float) -> str:
     """The whole dashboard, its parts rendered already (the script only refreshes them)."""
-    nav = " · ".join(f'<a href="#{name}">{escape(TITLES[name].split(",")[0])}</a>' for name in PARTS)
+    nav = " · ".join(f'<a href="#{name}">{escape(NAV[name])}</a>' for name in PARTS)
     sections = "".join(
         f'<section id="{name}" data-part="{name}"{" data-live" if name in LIVE else ""}>'
         f'<h2>{escape(TITLES[name])}</h2><div class="body">{parts[name]}</div></section>'

@@ -201,11 +201,7 @@ def standalone(settings: Settings) -> web.Application:
             "or set SPENDSTREAM_CLICKHOUSE_DSN to a ClickHouse server"
         )
     dashboard = Dashboard(settings)
-    app = web.Application(middlewares=[web_auth.middleware(settings)])
-    for path, methods in dashboard.routes().items():
-        for method, handler in methods.items():
-            app.router.add_route(method, path, handler)
-    app.router.add_get("/", _to_dashboard)
+    app = application(settings, dashboard)
 
     async def on_startup(app: web.Application) -> None:
         await dashboard.start()
@@ -215,6 +211,16 @@ def standalone(settings: Settings) -> web.Application:
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
+    return app
+
+
+def application(settings: Settings, dashboard: Dashboard) -> web.Application:
+    """An aiohttp application serving ``dashboard`` behind the token, Host and cross-site checks."""
+    app = web.Application(middlewares=[web_auth.middleware(settings)])
+    for path, methods in dashboard.routes().items():
+        for method, handler in methods.items():
+            app.router.add_route(method, path, handler)
+    app.router.add_get("/", _to_dashboard)
     return app
 
 
