@@ -12,10 +12,12 @@ without a reload. Skipped only where chromium is not installed (``make browser``
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[WorkerProc
     """A worker fed ``TRAFFIC`` known events (all in ClickHouse before the tests start)."""
     tmp = tmp_path_factory.mktemp("dashboard")
     with EmbeddedBroker() as broker:
-        env = isolated_environment(broker.bootstrap, tmp)
+        env = {**isolated_environment(broker.bootstrap, tmp), "SPENDSTREAM_DASHBOARD_REFRESH_SECONDS": "0.5"}
         worker = WorkerProcess(env, log=tmp / "worker.log").start()
         try:
             settings = settings_of(env)
@@ -178,3 +180,67 @@ async def test_the_page_shows_the_ledgers_figures_links_them_to_sql_and_turns_ha
     await browser.wait_for("[...document.querySelectorAll('#alerts table.firing tr')].some(tr =>"
                            " tr.textContent.includes('budget_hard') && tr.textContent.includes('team=search')"
                            " && tr.textContent.includes('budget_id: search-month'))", timeout=20)
+
+
+def test_the_bills_part_holds_the_month_to_the_provider_bill(ledger: Any, read_only: Any, ledger_rows: list[dict[str, Any]]) -> None:
+    """In process (no worker): the month's ledger per provider against an imported bill."""
+    from streams.dashboard import pages
+    from streams.ledger.bills.plain_csv import read_csv
+    from streams.ledger.bills.store import store_lines
+
+    month = [r for r in ledger_rows if r["occurred_at"].month == 11 and r["provider"] == "openai"]
+    priced = sum((r["cost_total"] for r in month), Decimal(0))
+    csv = "day,provider,model,account,project,api_key,amount,currency\n2025-11-03,openai,,,,,12.34,USD\n"
+    store_lines(ledger, read_csv(csv, "bill.csv"), imported_from="bill.csv")
+    view = pages.View.from_query({}, datetime(2025, 11, 9, 12, tzinfo=UTC))
+    html = pages.render_part("bills", read_only, view, [], Settings())
+    row = re.search(r"<tr><td>openai</td>(.*?)</tr>", html)
+    assert row, html
+    cells = re.findall(r">([^<]+)</a>", row.group(1))
+    assert cells[:3] == [money(Decimal("12.34")), money(priced), money(Decimal("12.34") - priced)]
+    assert "FROM provider_costs" in html and 'href="/dashboard/sql?' in html
+
+
+def test_ui_with_the_embedded_engine_says_to_open_the_workers_dashboard(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from streams.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["ui"], env={"SPENDSTREAM_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'chdb'}"})
+    assert result.exit_code == 1
+    [line] = result.output.strip().splitlines()
+    assert "opens in one process only" in line and "/dashboard" in line and "SPENDSTREAM_CLICKHOUSE_DSN" in line
+    assert not (tmp_path / "chdb").exists()  # never opened
+
+
+def test_a_session_is_the_token_s_own_and_expires() -> None:
+    issued = 1_800_000_000
+    value = web_auth.session_value("the-token", issued)
+    assert "the-token" not in value
+    assert web_auth.valid_session(value, "the-token", 3600, now=issued + 3599)
+    assert not web_auth.valid_session(value, "the-token", 3600, now=issued + 3601)  # expired
+    assert not web_auth.valid_session(value, "another-token", 3600, now=issued + 1)  # the token changed
+    later = web_auth.session_value("the-token", issued + 7200)
+    assert not web_auth.valid_session(f"{issued + 7200}.{value.partition('.')[2]}", "the-token", 10**6, now=issued + 7201)
+    assert web_auth.valid_session(later, "the-token", 3600, now=issued + 7201)
+    for forged in ("", "x", f"{issued}.", f"{issued}.00", "-1." + value.partition(".")[2]):
+        assert not web_auth.valid_session(forged, "the-token", 10**9, now=issued)
+
+
+def test_a_session_cookie_does_not_pass_the_host_and_cross_site_checks(stack: tuple[WorkerProcess, Settings]) -> None:
+    worker, settings = stack
+    cookie = f"{web_auth.SESSION_COOKIE}={web_auth.session_value(web_auth.read_token(settings), int(time.time()))}"
+    opener = urllib.request.build_opener(NoRedirects)
+
+    def status(**headers: str) -> int:
+        request = urllib.request.Request(worker.web_url + "/dashboard/part?part=now", headers={"Cookie": cookie, **headers})
+        try:
+            return opener.open(request, timeout=30).status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert status() == 200
+    assert status(Host="attacker.example") == 421
+    assert status(Origin="http://attacker.example") == 403
+    assert status(**{"Sec-Fetch-Site": "cross-site"}) == 403
+    assert status(Cookie=f"{web_auth.SESSION_COOKIE}=1.forged") == 401

@@ -9,8 +9,8 @@ link's title.
 
 Parts: ``now`` (spend by team against budgets and cap states), ``alerts``, ``trend``
 (90 days), ``weekly`` (the weekly report's sections), ``drill`` (team → feature → model
-→ user and agent, any range) and ``licences`` (API spend beside seats, per team and
-person). :data:`LIVE` ones are refreshed by the page's script while it is open.
+→ user and agent, any range), ``licences`` (API spend beside seats, per team and
+person) and ``bills`` (the month's reconciliation against the providers' bills). :data:`LIVE` ones are refreshed by the page's script while it is open.
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ from typing import Any
 from streams.dashboard import queries
 from streams.dashboard.queries import Sql
 from streams.events.serialize import dumps
-from streams.reports import svg
+from streams.reports import reconcile, svg
 from streams.reports.reports import (
     Query,
     ReportError,
     chargeback_report,
+    next_month,
     people_report,
     week_containing,
     weekly_report,
@@ -40,7 +41,7 @@ from streams.reports.reports import (
 from streams.reports.text import money, percent
 from streams.settings import Settings
 
-PARTS = ("now", "alerts", "trend", "weekly", "drill", "licences")
+PARTS = ("now", "alerts", "trend", "weekly", "drill", "licences", "bills")
 LIVE = frozenset({"now", "alerts", "trend"})
 STATE_ORDER = ("none", "ok", "soft", "hard", "blocked")
 PEOPLE_ROWS = 50
@@ -163,6 +164,7 @@ def render_part(name: str, query: Query, view: View, caps: Sequence[Mapping[str,
         "weekly": lambda: _weekly(query, view, sqls),
         "drill": lambda: _drill(query, view, sqls),
         "licences": lambda: _licences(query, view, sqls),
+        "bills": lambda: _bills(query, view, sqls),
     }
     try:
         body = renderers[name]()
@@ -397,10 +399,35 @@ def _licences(query: Query, view: View, sqls: Sqls) -> str:
     )  # fmt: skip
 
 
+def _bills(query: Query, view: View, sqls: Sqls) -> str:
+    month = view.now.astimezone(UTC).date().replace(day=1)
+    recorder = queries.Recorder(query)
+    found = reconcile.reconcile(recorder, month, next_month(month))
+    anchors = {sql.text: sqls.add(sql) for sql in recorder.ran}
+    if not found.lines:
+        return (f'<p class="empty">No provider bill imported for {month:%Y-%m}: <code>spendstream bills import</code> '
+                "or <code>spendstream bills fetch</code>, then this part holds the ledger to them.</p>")
+    billed = next(a for text, a in anchors.items() if "sum(amount) AS billed" in text)
+    anchor = next(a for text, a in anchors.items() if "sum(cost_total) AS ledger" in text)
+    rows = [
+        (escape(t.provider), escape(t.currency), amount(t.billed, billed), amount(t.ledger, anchor),
+         amount(t.difference, anchor), *(amount(t.explained[c], anchor) for c in reconcile.CAUSES),
+         amount(t.unexplained, anchor))
+        for t in found.providers()
+    ]  # fmt: skip
+    unbilled = (f'<p class="note">Not reconciled (no bill imported): {escape(", ".join(found.unbilled_providers))}</p>'
+                if found.unbilled_providers else "")
+    return (
+        f'<p class="note">{month:%Y-%m} so far (UTC days): what each provider billed against what the ledger '
+        "priced, the difference and how much of it is explained (spendstream reconcile).</p>"
+        + table(list(reconcile.TOTAL_HEADERS), rows) + unbilled
+    )
+
+
 # --- The page -------------------------------------------------------------------------------
 
 NAV = {"now": "Spend now", "alerts": "Alerts", "trend": "Trend", "weekly": "Weekly", "drill": "Drill down",
-       "licences": "Licences"}
+       "licences": "Licences", "bills": "Bills"}
 TITLES = {
     "now": "Spend now, against budgets",
     "alerts": "Alerts",
@@ -408,6 +435,7 @@ TITLES = {
     "weekly": "Weekly report",
     "drill": "Drill down",
     "licences": "Licences and expensed plans beside API spend",
+    "bills": "The ledger against provider bills",
 }
 
 
