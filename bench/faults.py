@@ -356,7 +356,7 @@ class Figures:
     in_clickhouse: int = 0          # rows in usage
     unique_in_clickhouse: int = 0   # uniqExact(event_id) in usage
     cost: Decimal = Decimal(0)
-    duplicates_dropped: int = 0     # copies dropped (GET /stats: by enrich within a chunk, then the sink), over the workers not SIGKILLed
+    duplicates_dropped: int = 0     # by enrich and the sink (GET /stats), over the workers not SIGKILLed
     dead_letters: int = 0
     spend_over_calls: int | None = None   # live spend table minus expected (None: not checked)
     spend_over_cost: Decimal | None = None
