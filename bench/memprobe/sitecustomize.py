@@ -102,7 +102,7 @@ def _sample(n: int) -> dict[str, object]:
     line.update(_structures())
     try:
         stats = sys.modules["streams.app"].stats
-        line["events"], line["rows"] = stats.get("events", 0), stats.get("rows_inserted", 0)
+        line["events"], line["rows"] = stats.get("received", 0), stats.get("rows_inserted", 0)
     except (KeyError, AttributeError):
         pass
     if TRACE_FROM:
