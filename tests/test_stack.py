@@ -77,6 +77,7 @@ def test_up_emit_wait_sql_status_down(tmp_path: Path, monkeypatch: pytest.Monkey
         assert f"pid {up['worker']}" in shown and f"pid {up['broker']}" in shown
         assert "caught up: 0 usage and 0 priced" in shown
         assert "received 6, in the ledger 4, duplicates dropped 2, dead letters 0" in shown, shown
+        assert "the ledger: 4 row(s) in usage, 2 copy(ies) dropped in usage_repeats" in shown, shown
     finally:
         stopped = spendstream(tmp_path, env, "down")
     assert stopped.returncode == 0, stopped.stderr

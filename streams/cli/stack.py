@@ -215,7 +215,9 @@ def status(settings: Settings) -> list[str]:
 
 
 def _progress(settings: Settings) -> list[str]:
-    """How far behind the group is, and the worker's counts (``/stats``)."""
+    """How far behind the group is, the worker's counts since it started (``/stats``) and
+    the rows of the ledger (which outlive the worker)."""
+    from streams.ledger.query import QueryError, read_only_query
     from streams.runtime.lag import GroupProgress
     from streams.web_auth import get_json
 
@@ -231,8 +233,13 @@ def _progress(settings: Settings) -> list[str]:
     except OSError as exc:  # starting, stopping, or another port
         return [*lines, f"the worker's /stats did not answer ({exc}); see {LOG_DIR / 'worker.log'}"]
     lines.append(
-        f"received {stats.get('received', 0)}, in the ledger {stats.get('rows_inserted', 0)}, "
+        f"since the worker started: received {stats.get('received', 0)}, in the ledger {stats.get('rows_inserted', 0)}, "
         f"duplicates dropped {stats.get('duplicates_dropped', 0)}, dead letters {stats.get('dead_letters', 0)}"
     )
-    return lines
+    try:
+        [[rows, repeats]] = read_only_query(
+            settings, "SELECT (SELECT count() FROM usage), (SELECT count() FROM usage_repeats)")[1]
+    except QueryError as exc:
+        return [*lines, f"the ledger did not answer: {exc}"]
+    return [*lines, f"the ledger: {rows} row(s) in usage, {repeats} copy(ies) dropped in usage_repeats"]
 
