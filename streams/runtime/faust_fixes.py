@@ -46,17 +46,21 @@ rather than worked around in the agents:
 And: Faust writes a table only from inside a stream (the change goes to the changelog
 partition of the current event). A reservation is held from an HTTP request, where there
 is no event, and must land in the partition of its budget's scope:
-:func:`write_in_partition` sets the key and sends the change to the partition named.
+:func:`write_in_partition` makes a stand-in event of that partition current for the write
+(the changelog partition, and the RocksDB store's partition, are both read from it).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping, Sequence, Set
 from contextlib import contextmanager
 from importlib import metadata
+from types import SimpleNamespace
 from typing import Any
 
 import faust
+from faust.streams import _current_event
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import ThreadDelegateConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
@@ -169,12 +173,23 @@ async def commit_batch(stream: faust.StreamT, events: Sequence[faust.EventT], to
     await consumer.commit({topic})
 
 
+class _InPartition:
+    """Just enough of an event for a table write: Faust reads the current event's topic and
+    partition to pick the changelog partition (and, with RocksDB, the partition's store)."""
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = SimpleNamespace(topic=topic, partition=partition)
+
+
 def write_in_partition(table: Any, partition: int, key: str, value: Any) -> None:
-    """Set ``table[key] = value`` (None: delete the key) from outside a stream, sending the
-    change to ``partition`` of the table's changelog; a flush of the producer sends it."""
-    if value is None:
-        table.data.pop(key, None)
-        table.send_changelog(partition, key, None, value_serializer="raw")
-    else:
-        table.data[key] = value
-        table.send_changelog(partition, key, value)
+    """Set ``table[key] = value`` (None: delete the key) from outside a stream, its change
+    going to ``partition`` of the table's changelog; a flush of the producer sends it."""
+    stand_in = _InPartition(table.changelog_topic_name, partition)
+    token = _current_event.set(weakref.ref(stand_in))
+    try:
+        if value is not None:
+            table[key] = value
+        elif key in table:
+            del table[key]
+    finally:
+        _current_event.reset(token)
