@@ -64,8 +64,8 @@ class GroupProgress:
         self._partitions_of: dict[str, set[int]] = {}
 
     async def __aenter__(self) -> "GroupProgress":
-        await start_or_stop(self._group)
         try:
+            await start_or_stop(self._group)
             await start_or_stop(self._reader)
             # Every topic's partitions now: once the reader is assigned some, its metadata covers only those.
             self._partitions_of = {t: self._reader.partitions_for_topic(t) or set() for t in await self._reader.topics()}
