@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -244,3 +244,28 @@ def test_a_session_cookie_does_not_pass_the_host_and_cross_site_checks(stack: tu
     assert status(Origin="http://attacker.example") == 403
     assert status(**{"Sec-Fetch-Site": "cross-site"}) == 403
     assert status(Cookie=f"{web_auth.SESSION_COOKIE}=1.forged") == 401
+
+
+def test_cards_take_their_worst_state_and_a_lapsed_block_is_gone(ledger: Any, read_only: Any) -> None:
+    """In process: cap states as the cap-state topic gives them, on the team cards."""
+    from streams.dashboard import pages
+
+    now = datetime(2025, 11, 9, 12, tzinfo=UTC)
+
+    def state(budget_id: str, scope: str, state: str, hours_left: int, reason: str = "") -> dict[str, Any]:
+        return {"budget_id": budget_id, "scope": scope, "state": state, "action": "block", "spent": Decimal("9"),
+                "limit": Decimal("10"), "forecast": Decimal("12"), "currency": "USD", "period": "month",
+                "period_start": now - timedelta(days=8), "period_end": now + timedelta(hours=hours_left),
+                "updated_at": now, "reason": reason}
+
+    caps = [
+        state("search-month", "team=search", "soft", 500),
+        state("search-day", "team=search", "hard", 12),
+        state("support-month", "team=support", "hard", -1),  # its period has ended: no longer hard
+        state("block:team=growth", "team=growth", "blocked", 1, reason="runaway: 300 calls in 5 minutes"),
+        state("block:agent=bot-1", "agent=bot-1", "ok", -2),  # lifted
+    ]
+    html = pages.render_part("now", read_only, pages.View.from_query({}, now), caps, Settings())
+    cards = dict(re.findall(r'<article class="card state-\w+" data-team="([^"]+)" data-state="(\w+)"', html))
+    assert cards["search"] == "hard" and cards["support"] == "ok" and cards["growth"] == "blocked"
+    assert "runaway: 300 calls in 5 minutes" in html and "bot-1" not in html

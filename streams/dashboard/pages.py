@@ -44,6 +44,7 @@ from streams.settings import Settings
 PARTS = ("now", "alerts", "trend", "weekly", "drill", "licences", "bills")
 LIVE = frozenset({"now", "alerts", "trend"})
 STATE_ORDER = ("none", "ok", "soft", "hard", "blocked")
+BLOCK = "block:"  # the cap-state key prefix of a detector's block (streams.anomaly.state)
 PEOPLE_ROWS = 50
 _VIEW_NAME = re.compile(r"FROM (\w+)\(")
 
@@ -190,7 +191,9 @@ def _now(query: Query, view: View, caps: Sequence[Mapping[str, Any]], settings: 
     other: list[Mapping[str, Any]] = []
     for state in sorted(caps, key=lambda s: (s["scope"], s["budget_id"])):
         scope = state["scope"]
-        if scope.startswith("team=") and "," not in scope and state["state"] != "blocked":
+        if state["budget_id"].startswith(BLOCK) and cap_state(state, view.now) != "blocked":
+            continue  # a detector's block that has lapsed
+        if scope.startswith("team=") and "," not in scope:
             team_caps.setdefault(scope[5:], []).append(state)
         else:
             other.append(state)
@@ -240,6 +243,10 @@ def _when(moment: datetime, settings: Settings) -> str:
 
 def _cap_line(state: Mapping[str, Any], now: datetime) -> str:
     current = cap_state(state, now)
+    if state["budget_id"].startswith(BLOCK):
+        return (f'<li class="cap state-{current}" data-budget="{escape(state["budget_id"])}" data-state="{current}">'
+                f'<span class="badge">{current}</span> by a detector until {state["period_end"]:%Y-%m-%d %H:%M} UTC: '
+                f"{escape(state['reason'])}</li>")
     used = percent(state["spent"] / state["limit"]).lstrip("+") if state["limit"] else "n/a"
     return (
         f'<li class="cap state-{current}" data-budget="{escape(state["budget_id"])}" data-state="{current}">'
