@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from bench.reserve import CLIENTS, ONE_CALL, RATE, settled_spend, spend_against_limit, wait_for_budgets
+from bench.reserve import CLIENTS, ONE_CALL, RATE, month_spend, settled_spend, spend_against_limit, wait_for_budgets
 from streams import web_auth
 from streams.budgets.budget import Budget, BudgetIndex, publish
 from streams.budgets.reservations import Holds, ReservationError, plan
@@ -113,12 +113,20 @@ def test_http_api_for_gateways(stack: Stack) -> None:
     # A budget that only alerts never refuses.
     assert post(settings, "/reservations", {"estimate": "5", "attribution": {"team": "http-alert"}})[1]["granted"]
 
-    # Settled by the call's usage ($0.01): the hold of 0.04 is replaced by it, so 0.04 fits again, 0.05 not.
+    # Settled by the call's usage ($0.01), sent twice (a retry): the hold of 0.04 is replaced by
+    # it once, so 0.04 fits again, 0.05 not.
     usage = {"provider": "openai", "model": "gpt-4o", "input_tokens": 2000, "output_tokens": 500,
-             "attribution": {"team": "http"}}
-    status, answer = post(settings, f"/reservations/{granted['reservation_id']}/usage", usage)
-    assert status == 202, answer
+             "event_id": "http-call-1", "attribution": {"team": "http"}}
+    dropped = stack.worker.get_json("/stats").get("duplicates_dropped", 0)
+    for _ in range(2):
+        status, answer = post(settings, f"/reservations/{granted['reservation_id']}/usage", usage)
+        assert status == 202, answer
     assert settled_spend(stack.worker, "team=http", 1) == ONE_CALL
+    deadline = time.monotonic() + 30
+    while stack.worker.get_json("/stats").get("duplicates_dropped", 0) == dropped or \
+            month_spend(stack.worker, "team=http") != (ONE_CALL, 1):
+        assert time.monotonic() < deadline, (stack.worker.get_json("/stats"), month_spend(stack.worker, "team=http"))
+        time.sleep(0.1)
     assert not post(settings, "/reservations", {"estimate": "0.05", "attribution": {"team": "http"}})[1]["granted"]
     assert post(settings, "/reservations", {"estimate": "0.04", "attribution": {"team": "http"}})[1]["granted"]
     assert post(settings, "/reservations/x/usage", {**usage, "input_tokens": "many"})[0] == 400
