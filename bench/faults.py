@@ -186,8 +186,8 @@ def produce(settings: Settings, events: list[dict[str, Any]], per_message: int =
 
 class Traffic:
     """Publishes good events from a background thread until stopped: one envelope of
-    ``per_message`` events every ``interval`` seconds. ``produced`` holds the events the
-    broker acknowledged.
+    ``per_message`` events every ``interval`` seconds, the ``n``-th made by
+    ``event(prefix, n)``. ``produced`` holds the events the broker acknowledged.
 
     An envelope whose send fails (the broker unreachable for longer than the client's own
     retries) is sent again, the same events, until acknowledged or ``give_up`` seconds
@@ -198,9 +198,11 @@ class Traffic:
     """
 
     def __init__(self, settings: Settings, prefix: str, *, per_message: int = EVENTS_PER_MESSAGE,
-                 interval: float = TRAFFIC_INTERVAL, give_up: float = 90.0) -> None:
+                 interval: float = TRAFFIC_INTERVAL, give_up: float = 90.0,
+                 event: Callable[[str, int], dict[str, Any]] = good_event) -> None:
         self.settings = settings
         self.prefix = prefix
+        self.event = event
         self.per_message = per_message
         self.interval = interval
         self.give_up = give_up
@@ -234,7 +236,7 @@ class Traffic:
         async with UsageProducer(self.settings, batch_size=self.per_message, linger=0.01) as producer:
             n = 0
             while not self._stop.is_set():
-                chunk = [good_event(self.prefix, n + i) for i in range(self.per_message)]
+                chunk = [self.event(self.prefix, n + i) for i in range(self.per_message)]
                 await self._send_until_acknowledged(producer, chunk)
                 self.produced.extend(chunk)  # acknowledged by the broker: now it counts as produced
                 n += self.per_message
@@ -407,6 +409,12 @@ class Figures:
         lines += [f"[{self.scenario}] {note}" for note in self.notes]
         lines += [f"[{self.scenario}] PROBLEM: {problem}" for problem in self.problems]
         return "\n".join(lines)
+
+
+def check(figures: Figures) -> None:
+    """What a test does with a scenario's figures: print them, and fail on any problem."""
+    print("\n" + figures.report())
+    assert not figures.problems, figures.report()
 
 
 # --- Workers ----------------------------------------------------------------------------
@@ -1014,8 +1022,15 @@ def scenario_bad_input(env: dict[str, str], workdir: Path) -> Figures:
 
 async def read_dead_letters(settings: Settings, count: int, timeout: float = 60) -> list[tuple[dict[str, Any], dict[str, bytes]]]:
     """Dead letters from the start of the topic, until ``count`` came and a second went by quietly."""
+    return await read_records(settings, settings.dead_letter_topic, count, timeout)
+
+
+async def read_records(settings: Settings, topic: str, count: int,
+                       timeout: float = 60) -> list[tuple[dict[str, Any], dict[str, bytes]]]:
+    """Avro records (decoded) and their headers from the start of ``topic``, until ``count``
+    came and a second went by quietly."""
     codec = default_codec()
-    consumer = AIOKafkaConsumer(settings.dead_letter_topic, auto_offset_reset="earliest", enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(topic, auto_offset_reset="earliest", enable_auto_commit=False,
                                 max_partition_fetch_bytes=8 * 1024 * 1024, **settings.kafka_client_options())
     await consumer.start()
     out: list[tuple[dict[str, Any], dict[str, bytes]]] = []

@@ -80,7 +80,6 @@ stats: Counter[str] = Counter()
 marks: dict[str, float] = {}
 # The worker's own lines (start, ready) log at WARNING: they show at the worker's default level.
 logger = logging.getLogger("spendstream.worker")
-ROLES = "all"  # every agent runs in every worker, for now
 
 
 @dataclass(frozen=True)
@@ -117,14 +116,22 @@ def start() -> faust.App:
                                reservations, partial(faust_fixes.write_in_partition, reservations)),
         holds_committed=GroupCommit(app.producer.flush, partial(faust_fixes.write_in_partition, reservations)),
     )
+    roles = ROLES[settings.roles]
+    faust_app.run_only(app, agents=[a for role in roles for a in ROLE_AGENTS[role]],
+                       tables=[t for role in roles for t in ROLE_TABLES[role]])
     return app
+
+
+def runs(role: str) -> bool:
+    """Whether this worker has ``role`` (``process`` or ``sink``)."""
+    return role in ROLES[settings.roles]
 
 
 def starting_line(settings: Settings) -> str:
     """What this worker connects to and serves, with the ClickHouse password masked."""
     return (f"spendstream worker starting: Kafka {settings.kafka_bootstrap}, "
             f"ClickHouse {clickhouse.redact_dsn(settings.clickhouse_dsn)} database {settings.clickhouse_database}, "
-            f"web {settings.web_url}, roles {ROLES}, {settings.partitions} partitions per topic")
+            f"web {settings.web_url}, roles {settings.roles}, {settings.partitions} partitions per topic")
 
 
 @app.on_before_shutdown.connect
@@ -301,8 +308,9 @@ def _on_budget_change(budget_id: str, budget: Budget | None) -> None:
         budgets.put(budget)
     if changed is not None:
         asyncio.ensure_future(_send_tick(scope_partition(changed.scope, settings.partitions)))
-        record = {**changed.to_record(), "updated_at": datetime.now(timezone.utc)} if budget is None else changed.to_record()
-        asyncio.ensure_future(parts.sink.with_client(clickhouse.record_budget, record, deleted=budget is None))
+        if runs("sink"):  # the ledger's owner records budgets for the reports
+            record = {**changed.to_record(), "updated_at": datetime.now(timezone.utc)} if budget is None else changed.to_record()
+            asyncio.ensure_future(parts.sink.with_client(clickhouse.record_budget, record, deleted=budget is None))
 
 
 budgets_view: list[CompactedView] = []  # the one started by follow_budgets
@@ -363,12 +371,23 @@ async def record_alerts(stream: faust.StreamT) -> None:
         stats.update(alerts_recorded=len(alerts))
 
 
+# --- Roles -------------------------------------------------------------------------------
+# What a worker runs, by SPENDSTREAM_ROLES. The embedded ClickHouse has one owner, so with
+# it one "sink" worker writes the ledger beside any number of "process" workers; against a
+# ClickHouse server every worker may be "all". A worker subscribes only to its agents'
+# topics and its tables' changelogs, and the group gives each topic's partitions to the
+# workers that subscribe to it. The timers and the followed topics run in every worker.
+ROLES = {"all": ("process", "sink"), "process": ("process",), "sink": ("sink",)}
+ROLE_AGENTS = {"process": (enrich, count_spend, detect_anomalies), "sink": (sink_to_clickhouse, record_alerts)}
+ROLE_TABLES = {"process": (spend, announced, detectors, reservations), "sink": ()}
+
+
 # --- HTTP, bound to localhost by default, every page but /ready behind the token -----------
 def is_ready() -> bool:
     """Ready once the tables are recovered, the partitions assigned and the enrich stage's
     children started (a first chunk would otherwise wait seconds for their imports)."""
     return (app.tables.recovery.completed.is_set() and not app.rebalancing and bool(app.consumer.assignment())
-            and parts.enrich_stage.started)
+            and (parts.enrich_stage.started or not runs("process")))
 
 
 @app.task
@@ -392,8 +411,12 @@ async def get_stats(web: View, request: Request) -> Response:
     """This worker's counts since it started (README, "Run it yourself"): events ``received``
     by enrich = ``dead_letters`` + ``rows_inserted`` (unique rows in the ledger, ``priced``
     and ``unpriced``) + ``duplicates_dropped`` (copies, of which ``duplicates_in_batch``
-    dropped by enrich), once the sink has caught up; with several workers, summed over them."""
-    return web.json({**stats, **marks})
+    dropped by enrich), once the sink has caught up; with several workers, summed over them;
+    and the worker's ``roles`` and the partitions ``assigned`` to it, by topic."""
+    assigned: dict[str, list[int]] = {}
+    for tp in sorted(app.consumer.assignment()):
+        assigned.setdefault(tp.topic, []).append(tp.partition)
+    return web.json({**stats, **marks, "roles": settings.roles, "assigned": assigned})
 
 
 @app.page("/spend")
@@ -404,14 +427,23 @@ async def get_spend(web: View, request: Request) -> Response:
 
 @app.page("/caps")
 async def get_caps(web: View, request: Request) -> Response:
-    """Cap state of every budget this worker checks (its partitions)."""
-    return web.json(jsonable(cap_states(budgets, spend, announced, datetime.now(timezone.utc), settings.tz)))
+    """Cap state of every budget, whichever worker checks it (see :func:`current_caps`)."""
+    return web.json(jsonable(current_caps()))
 
 
 @app.page("/caps/{scope}")
 async def get_caps_of_scope(web: View, request: Request, scope: str) -> Response:
-    states = cap_states(budgets, spend, announced, datetime.now(timezone.utc), settings.tz)
-    return web.json(jsonable([s for s in states if s["scope"] == scope]))
+    return web.json(jsonable([s for s in current_caps() if s["scope"] == scope]))
+
+
+def current_caps() -> list[dict[str, Any]]:
+    """Computed from the tables for the scopes of this worker's deltas partitions; for the
+    others, the state their owner last published on the cap-state topic (which the
+    dashboard keeps in memory)."""
+    owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.deltas_topic}
+    return cap_states(budgets, spend, announced, datetime.now(timezone.utc), settings.tz,
+                      owns=lambda scope: scope_partition(scope, settings.partitions) in owned,
+                      published=dashboard.caps.values)
 
 
 dashboard = Dashboard(settings)
@@ -420,7 +452,7 @@ faust_app.add_pages(app, dashboard.routes())  # /dashboard and its parts, login 
 
 @app.task
 async def follow_cap_states() -> None:
-    """Keep the cap-state topic in memory for the dashboard's budget cards."""
+    """Keep the cap-state topic in memory for the dashboard's budget cards and ``/caps``."""
     await dashboard.start()
 
 
@@ -433,6 +465,9 @@ async def _stop_dashboard(app: faust.App, **kwargs: Any) -> None:
 async def sql(web: View, request: Request) -> Response:
     """Read-only SQL over the worker's ClickHouse (the embedded engine has one owner):
     :mod:`streams.ledger.sql_guard` decides what may run, and runs it away from the sink."""
+    if settings.is_embedded_clickhouse and not runs("sink"):
+        return web.json({"error": "this worker does not own the embedded ClickHouse (SPENDSTREAM_ROLES=process): "
+                                  "send the query to the sink worker"}, status=503)
     status, body = await parts.sql_queries.answer(
         request.query.get("q") or "", request.query.get("params") or "", lambda: sql_guard.client_gone(request)
     )

@@ -101,6 +101,13 @@ class Settings(BaseSettings):
     )
 
     # --- The worker ------------------------------------------------------------------
+    roles: Literal["all", "process", "sink"] = Field(
+        "all",
+        description="What this worker runs. all: everything (one worker, or many against a ClickHouse server, "
+                    "where every worker sinks its share of the priced rows). sink: only writes priced rows to "
+                    "ClickHouse, for the embedded engine, which one process owns. process: everything else "
+                    "(enrich, spend tables, caps, alerts, anomalies), as many as you like beside one sink.",
+    )
     app_id: str = "spendstream"
     worker_data_dir: Path = Path(".spendstream/worker")
     web_host: str = "127.0.0.1"
@@ -129,6 +136,13 @@ class Settings(BaseSettings):
         2.0, gt=0, description="How often an open dashboard asks for its live figures (spend now, alerts)."
     )
     table_store: str = "memory://"
+    standby_replicas: int = Field(
+        0, ge=0,
+        description="Warm copies of each table partition other workers keep, for a faster takeover after a crash "
+                    "with rocksdb://. With copies, Faust leaves every worker up to ceil(partitions / workers) "
+                    "partitions, so a worker added to a group may get none; memory:// keeps the copies in the "
+                    "tables themselves, where /spend would show them.",
+    )
     broker_session_timeout: float = 10.0
     consumer_fetch_max_wait_ms: int = Field(100, ge=1, le=1500, description="Longest a fetch waits for data.")
     timezone: str = "UTC"

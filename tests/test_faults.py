@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from bench.faults import (
-    Figures,
     broker_behind_proxy,
+    check,
     scenario_bad_input,
     scenario_broker_pause,
     scenario_broker_restart,
@@ -26,11 +26,6 @@ from bench.faults import (
 from streams.cli.localstack import EmbeddedBroker
 
 pytestmark = pytest.mark.integration
-
-
-def check(figures: Figures) -> None:
-    print("\n" + figures.report())
-    assert not figures.problems, figures.report()
 
 
 def test_sigkill_at_random_moments_loses_and_doubles_nothing(stack_env: dict[str, str], tmp_path: Path) -> None:

@@ -295,11 +295,24 @@ def spend_by_scope(spend: Mapping[str, Any], wanted: str | None = None) -> dict[
 
 
 def cap_states(
-    budgets: BudgetIndex, spend: Mapping[str, Any], announced: Mapping[str, Any], now: datetime, tz: ZoneInfo
+    budgets: BudgetIndex, spend: Mapping[str, Any], announced: Mapping[str, Any], now: datetime, tz: ZoneInfo,
+    *, owns: Callable[[str], bool] = lambda scope: True, published: Mapping[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Current cap states, computed from the tables (what the cap-state topic last got)."""
+    """Current cap states of every budget.
+
+    Those whose scope ``owns`` (the scope's partition is this worker's) are computed from
+    the tables, as the cap-state topic last got them; the others are the state their owner
+    last ``published`` (the cap-state topic, by budget id), or left out until it has one.
+    The tables of a worker hold other partitions' spend only as stale standby copies, or
+    not at all, so they are not read for those.
+    """
     out = []
     for budget in budgets:
+        if not owns(budget.scope):
+            state = (published or {}).get(budget.budget_id)
+            if state is not None and state["scope"] == budget.scope:
+                out.append(state)
+            continue
         period = current_period(budget.period, now, tz)
         spent, _ = spend.get(spend_key(budget.scope, period)) or ("0", 0)
         result = check(budget, period, Decimal(spent), now, tz, Announced.from_json(announced.get(budget.budget_id)))

@@ -31,7 +31,8 @@ def cli(ctx: click.Context) -> None:
 
 @cli.command()
 def worker() -> None:
-    """Run the worker: create topics, migrate ClickHouse, then start the Faust agents."""
+    """Run the worker: create topics, migrate ClickHouse (a worker that sinks), then start
+    the Faust agents of its roles (SPENDSTREAM_ROLES)."""
     from streams import app, web_auth
     from streams.ledger import clickhouse, migrations, retention
     from streams.runtime import faust_fixes, tuning
@@ -42,10 +43,11 @@ def worker() -> None:
     web_auth.ensure_token(settings)
     with quiet_client_logs():  # a broker or ClickHouse never reached is one error line (errors.Group)
         asyncio.run(create_topics(settings))
-        client = clickhouse.connect(settings)
-    migrations.migrate(client, settings.clickhouse_database)
-    retention.apply(client, settings.clickhouse_database, settings.usage_retention_days)
-    client.close()
+        client = clickhouse.connect(settings) if app.runs("sink") else None
+    if client is not None:  # a process worker leaves the ledger, which the embedded engine lets one process own, alone
+        migrations.migrate(client, settings.clickhouse_database)
+        retention.apply(client, settings.clickhouse_database, settings.usage_retention_days)
+        client.close()
     try:
         runner = tuning.worker(app.start())
     except faust_fixes.UnsupportedVersion as exc:

@@ -9,7 +9,7 @@ topology reads as a table of contents and the Faust specifics stay behind one fe
 from __future__ import annotations
 
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import faust
@@ -29,12 +29,13 @@ def create(settings: Settings, *, web_middlewares: Sequence[Callable[..., Any]] 
     page left goes through ``web_middlewares`` (the token and Host checks).
     """
     return faust.App(
-        settings.app_id,
+        consumer_group(settings),
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
         broker_credentials=_broker_credentials(settings),
         broker_session_timeout=settings.broker_session_timeout,
         broker_heartbeat_interval=min(3.0, settings.broker_session_timeout / 3),
         store=settings.table_store,
+        table_standby_replicas=settings.standby_replicas,
         datadir=str(settings.worker_data_dir),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
@@ -68,6 +69,17 @@ def _calling(handler: Callable[[Any], Awaitable[Any]]) -> Callable[..., Awaitabl
     return method
 
 
+def consumer_group(settings: Settings) -> str:
+    """The worker's consumer group (Faust's app id, also the prefix of its changelogs).
+
+    A sink-only worker has a group of its own, ``<app id>-sink``: it subscribes to the
+    priced topic alone, and the embedded broker refuses a member whose subscription differs
+    from its group's (InconsistentGroupProtocol); on any broker, the processing workers'
+    rebalances then never pause the sink. It has no tables, so no changelog bears its name.
+    """
+    return f"{settings.app_id}-sink" if settings.roles == "sink" else settings.app_id
+
+
 def _broker_credentials(s: Settings) -> Any:
     options = s.kafka_client_options()
     if s.kafka_sasl_mechanism:
@@ -78,6 +90,25 @@ def _broker_credentials(s: Settings) -> Any:
             ssl_context=options.get("ssl_context"),
         )
     return options.get("ssl_context")
+
+
+def run_only(app: faust.App, *, agents: Iterable[faust.types.AgentT], tables: Iterable[faust.types.TableT]) -> None:
+    """Keep only these of the declared agents and tables in this worker (its roles).
+
+    Call before the worker starts. A worker subscribes to the topics its agents iterate and
+    to its tables' changelogs; Faust's assignor gives a topic's partitions only to the
+    members subscribed to it, so the others' partitions go to the workers that run them.
+    Faust has no public way to forget a table: the manager's index of changelog topics
+    (consulted at every assignment) loses it too.
+    """
+    keep_agents, keep_tables = set(agents), set(tables)
+    for name, agent in list(app.agents.items()):
+        if agent not in keep_agents:
+            del app.agents[name]
+    for name, table in list(app.tables.items()):
+        if table not in keep_tables:
+            del app.tables[name]
+            app.tables._changelogs.pop(table.changelog_topic.get_topic_name(), None)
 
 
 def chunk_topic(app: faust.App, name: str, buffered: int) -> faust.TopicT:
