@@ -265,12 +265,19 @@ def run_mode(batched: bool, events: int, runs: int) -> list[Round]:
 MODES = {"sdk": ("SDK batches", True), "single": ("one event per message", False)}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=300_000, help="the issue measured its table over 300k")
-    parser.add_argument("--runs", type=int, default=3, help="rounds of the three variants, medians taken")
+def arguments(argv: list[str] | None, description: str | None, *, events: int, events_help: str,
+              runs: int, runs_help: str) -> argparse.Namespace:
+    """The options of the throughput benchmarks (this one and ``bench/scale.py``)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=events, help=events_help)
+    parser.add_argument("--runs", type=int, default=runs, help=runs_help)
     parser.add_argument("--only", choices=sorted(MODES), help="measure one way events arrive, not both")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = arguments(argv, __doc__, events=300_000, events_help="the issue measured its table over 300k",
+                     runs=3, runs_help="rounds of the three variants, medians taken")
     print(f"{args.events} events, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     rows: list[list[str]] = []
     notes: list[str] = []
