@@ -279,6 +279,15 @@ class Settings(BaseSettings):
     def is_embedded_clickhouse(self) -> bool:
         return self.clickhouse_dsn.startswith("chdb:")
 
+    def consumer_group(self, roles: str | None = None) -> str:
+        """The consumer group of a worker with ``roles`` (default: these settings' own), also
+        Faust's app id and the prefix of its changelogs: ``app_id``, but ``<app_id>-sink`` for
+        a sink-only worker. A sink subscribes to the priced topic alone, and the embedded
+        broker refuses a group member whose subscription differs from its group's
+        (InconsistentGroupProtocol); on any broker, the processing workers' rebalances then
+        never pause the sink. It has no tables, so no changelog bears its name."""
+        return f"{self.app_id}-sink" if (roles or self.roles) == "sink" else self.app_id
+
     @property
     def web_url(self) -> str:
         return f"http://{self.web_host}:{self.web_port}"

@@ -29,7 +29,7 @@ def create(settings: Settings, *, web_middlewares: Sequence[Callable[..., Any]] 
     page left goes through ``web_middlewares`` (the token and Host checks).
     """
     return faust.App(
-        consumer_group(settings),
+        settings.consumer_group(),
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
         broker_credentials=_broker_credentials(settings),
         broker_session_timeout=settings.broker_session_timeout,
@@ -67,17 +67,6 @@ def _calling(handler: Callable[[Any], Awaitable[Any]]) -> Callable[..., Awaitabl
         return await handler(request)
 
     return method
-
-
-def consumer_group(settings: Settings) -> str:
-    """The worker's consumer group (Faust's app id, also the prefix of its changelogs).
-
-    A sink-only worker has a group of its own, ``<app id>-sink``: it subscribes to the
-    priced topic alone, and the embedded broker refuses a member whose subscription differs
-    from its group's (InconsistentGroupProtocol); on any broker, the processing workers'
-    rebalances then never pause the sink. It has no tables, so no changelog bears its name.
-    """
-    return f"{settings.app_id}-sink" if settings.roles == "sink" else settings.app_id
 
 
 def _broker_credentials(s: Settings) -> Any:

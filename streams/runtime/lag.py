@@ -51,21 +51,24 @@ class Lag:
 
 
 class GroupProgress:
-    """A non-member view of the workers' group (``settings.app_id``)."""
+    """A non-member view of the workers' groups: ``settings.app_id``, and the group of
+    sink-only workers (``SPENDSTREAM_ROLES=sink``), which alone reads the priced topic when
+    there is one (:meth:`Settings.consumer_group`)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        # Two clients: one that names the group (only to ask for its offsets) and one that
-        # reads the topics' tails, without a group (a consumer that names one and is
-        # assigned partitions takes part in the group's offset bookkeeping).
-        self._group = AIOKafkaConsumer(**settings.kafka_client_options(), group_id=settings.app_id,
-                                       enable_auto_commit=False)
+        # Clients that name a group (only to ask for its offsets), and one that reads the
+        # topics' tails, without a group (a consumer that names one and is assigned
+        # partitions takes part in the group's offset bookkeeping).
+        self._groups = [AIOKafkaConsumer(**settings.kafka_client_options(), group_id=group, enable_auto_commit=False)
+                        for group in (settings.consumer_group("all"), settings.consumer_group("sink"))]
         self._reader = AIOKafkaConsumer(**settings.kafka_client_options(), enable_auto_commit=False)
         self._partitions_of: dict[str, set[int]] = {}
 
     async def __aenter__(self) -> "GroupProgress":
         try:
-            await start_or_stop(self._group)
+            for group in self._groups:
+                await start_or_stop(group)
             await start_or_stop(self._reader)
             # Every topic's partitions now: once the reader is assigned some, its metadata covers only those.
             self._partitions_of = {t: self._reader.partitions_for_topic(t) or set() for t in await self._reader.topics()}
@@ -75,16 +78,19 @@ class GroupProgress:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._reader.stop()  # both stop cleanly whether started or not
-        await self._group.stop()
+        await self._reader.stop()  # each stops cleanly whether started or not
+        for group in self._groups:
+            await group.stop()
 
     async def lag(self, topic: str) -> Lag:
         tps = self._partitions(topic)
         return Lag(topic, await self.log_ends(tps), await self.committed(tps))
 
     async def committed(self, tps: list[TopicPartition]) -> dict[int, int]:
-        """The group's committed offsets (the next message it will process), 0 where none."""
-        return {tp.partition: await self._group.committed(tp) or 0 for tp in tps}
+        """The groups' committed offsets (the next message they will process), 0 where none:
+        the further of the two (a topic is read by one of them; a ledger moved from ``all``
+        workers to a sink would count the old group's offsets until the sink passes them)."""
+        return {tp.partition: max([await group.committed(tp) or 0 for group in self._groups]) for tp in tps}
 
     def _partitions(self, topic: str) -> list[TopicPartition]:
         partitions = self._partitions_of.get(topic)
