@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench bench-memory bench-reports bench-otlp browser venv clean
+.PHONY: demo test bench bench-memory bench-reports bench-otlp bench-dashboard browser venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench-memory: $(STAMP)
 
 bench-reports: $(STAMP)
 	$(BIN)/python bench/report_bench.py
+
+# The dashboard's data requests with 10M rows in the ledger (p50/p99 of each).
+bench-dashboard: $(STAMP)
+	$(BIN)/python bench/dashboard_bench.py
 
 # The OTLP receiver's spans/s into Kafka and p99 request latency, beside the SDK producer's events/s.
 bench-otlp: $(STAMP)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +28,7 @@ import pytest
 from bench.chromium import CHROMIUM, Chromium
 from streams import web_auth
 from streams.budgets.budget import Budget, publish
-from streams.cli.localstack import EmbeddedBroker, WorkerProcess, isolated_environment
+from streams.cli.localstack import EmbeddedBroker, WorkerProcess, free_port, isolated_environment
 from streams.cli.synthetic import generate
 from streams.ledger.query import query_worker
 from streams.reports.text import money
@@ -53,7 +54,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[WorkerProc
             wait_for_ledger(worker, settings, TRAFFIC)
             yield worker, settings
         finally:
-            worker.stop()
+            worker.stop(sig=signal.SIGKILL)  # nothing is checked after: no need to wait out a graceful stop
 
 
 def ledger(settings: Settings, sql: str) -> list[list[Any]]:
@@ -269,3 +270,30 @@ def test_cards_take_their_worst_state_and_a_lapsed_block_is_gone(ledger: Any, re
     cards = dict(re.findall(r'<article class="card state-\w+" data-team="([^"]+)" data-state="(\w+)"', html))
     assert cards["search"] == "hard" and cards["support"] == "ok" and cards["growth"] == "blocked"
     assert "runaway: 300 calls in 5 minutes" in html and "bot-1" not in html
+
+
+async def test_ui_serves_the_dashboard_behind_the_token_and_says_when_the_ledger_does_not_answer(
+    stack: tuple[WorkerProcess, Settings],
+) -> None:
+    """``spendstream ui``'s application, against a ClickHouse server that is not there (none
+    runs on this machine): the login page, the token, and each part's one-line error."""
+    from aiohttp import ClientSession, web
+
+    from streams.dashboard.server import standalone
+
+    _, settings = stack
+    server = settings.model_copy(update={"clickhouse_dsn": f"http://127.0.0.1:{free_port()}"})
+    runner = web.AppRunner(standalone(server))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with ClientSession(f"http://127.0.0.1:{port}") as http:
+            async with http.get("/dashboard/login") as login:
+                assert login.status == 200 and 'name="token"' in await login.text()
+            async with http.get("/dashboard/part?part=now") as refused:
+                assert refused.status == 401
+            async with http.get("/dashboard/part?part=now", headers=web_auth.auth_headers(settings)) as part:
+                assert part.status == 200 and "The ledger did not answer" in await part.text()
+    finally:
+        await runner.cleanup()
