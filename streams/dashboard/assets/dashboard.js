@@ -13,7 +13,9 @@
   async function refresh(section) {
     const query = new URLSearchParams(window.location.search);
     query.set("part", section.dataset.part);
-    const response = await fetch("/dashboard/part?" + query.toString(), {credentials: "same-origin"});
+    // A request that hangs must not stop the refreshes: give up on it after a while.
+    const response = await fetch("/dashboard/part?" + query.toString(),
+      {credentials: "same-origin", signal: AbortSignal.timeout(Math.max(10000, 5 * every))});
     if (response.status === 401) {
       window.location.assign("/dashboard/login");
       return;
