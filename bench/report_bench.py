@@ -62,14 +62,14 @@ def _decimals(values: list[str]) -> str:
     return "[" + ", ".join(f"toDecimal128('{v}', 12)" for v in values) + "]"
 
 
-def generate_sql(database: str, first: int, count: int, total: int, start: date = START) -> str:
-    """One INSERT of ``count`` rows (numbers ``first`` onwards) of ``total`` spread over the 8 weeks from ``start``."""
+def generate_sql(database: str, first: int, count: int, total: int, start: date = START, days: int = 56) -> str:
+    """One INSERT of ``count`` rows (numbers ``first`` onwards) of ``total`` spread over ``days`` from ``start``."""
     teams = list(TEAM_WEIGHTS)
     team_slots = [i + 1 for i, team in enumerate(teams) for _ in range(TEAM_WEIGHTS[team])]
     model_slots = [i + 1 for i, m in enumerate(MODELS) for _ in range(m[2])]
     features = _array([list(FEATURES[team]) for team in teams])
     rates = [RATES.get(m[1], ("0", "0", "0")) for m in MODELS]
-    span_ms = 56 * 24 * 3600 * 1000
+    span_ms = days * 24 * 3600 * 1000
     return f"""
 INSERT INTO {database}.usage
     (event_id, occurred_at, provider, model, service_tier, team, attributed_by, feature, environment, user_id,
@@ -111,15 +111,16 @@ FROM
 )"""
 
 
-def fill(settings: Settings, rows: int, start: date = START) -> float:
-    """Insert the rows (8 weeks from ``start``); return the seconds it took. Then let
+def fill(settings: Settings, rows: int, start: date = START, days: int = 56) -> float:
+    """Insert the rows (``days`` from ``start``); return the seconds it took. Then let
     background merges finish, so reads are timed on a table at rest, as a report would
     usually find it."""
     client = connect(settings)
     migrate(client, settings.clickhouse_database)
     started = time.perf_counter()
     for first in range(0, rows, CHUNK):
-        client.command(generate_sql(settings.clickhouse_database, first, min(CHUNK, rows - first), rows, start))
+        count = min(CHUNK, rows - first)
+        client.command(generate_sql(settings.clickhouse_database, first, count, rows, start, days))
         print(f"  inserted {min(first + CHUNK, rows):,} rows ({time.perf_counter() - started:.0f} s)", flush=True)
     seconds = time.perf_counter() - started
     deadline = time.monotonic() + 120

@@ -9,7 +9,8 @@ API pages with amounts as JSON numbers, Anthropic's cost report in cents, a plai
 Mistral), and imported through the importers. Injected discrepancies, each with an amount
 known in advance:
 
-* a day of gpt-4o events never sent to the ledger (billed, not in the ledger);
+* a day of gpt-4o events never sent to the ledger (billed, not in the ledger), and two
+  Claude calls of another day (found through Anthropic's usage report, which counts them);
 * gpt-4o-mini priced wrong in the price book (an override of $0.20 input per MTok where
   OpenAI charges $0.15);
 * Anthropic billing $25 too much on one day, and OpenAI $0.50 on another (nothing in the
@@ -32,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 from clickhouse_connect.driver.client import Client
 
-from streams.events.codec import USAGE_EVENT, Codec
+from streams.events.codec import ALERT, USAGE_EVENT, Codec, default_codec
 from streams.ingest.attribution import Router
 from streams.ingest.enrich import Enricher, SourceMessage
 from streams.ledger.bills.formats import read_file
@@ -51,11 +53,14 @@ from streams.reports.reconcile import (
     render_section,
 )
 from streams.reports.reports import weekly_report
+from streams.runtime.topics import create_topics
+from streams.sdk.alerts import announce_once
 from streams.sdk.producer import usage_event
 from streams.settings import Settings
 
 MONTH, NEXT = date(2026, 11, 1), date(2026, 12, 1)
 MISSING_DAY = date(2026, 11, 12)  # gpt-4o events of this day never reach the ledger
+SOME_MISSING = (date(2026, 11, 8), "proj_support")  # two Claude calls of this day and project never do
 OVERBILLED = {(date(2026, 11, 20), "anthropic"): Decimal("25.00"), (date(2026, 11, 21), "openai"): Decimal("0.50")}
 RATIO, MINIMUM = Decimal("0.02"), Decimal(10)
 
@@ -151,7 +156,14 @@ def bills_from(events: list[dict[str, Any]], directory: Path) -> dict[str, Path]
                         "end_time": int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp()) + 86_400,
                         "results": openai_buckets[d]} for d in days[i:i + 7]]}
              for i in range(0, len(days), 7)]
+    counted: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])  # Anthropic's usage report: tokens
+    for event in events:
+        if event["provider"] == "anthropic":
+            tokens = counted[(event["occurred_at"].date(), event["attribution"]["project"], event["service_tier"])]
+            tokens[0] += event["usage"]["input_tokens"]
+            tokens[1] += event["usage"]["output_tokens"]
     paths = {
+        "anthropic-usage": directory / "anthropic_usage.json",
         "openai-costs": directory / "openai_costs.json",
         "anthropic-cost": directory / "anthropic_cost.json",
         "csv": directory / "mistral_invoice.csv",
@@ -163,7 +175,22 @@ def bills_from(events: list[dict[str, Any]], directory: Path) -> dict[str, Path]
                   "results": anthropic_buckets[d]} for d in sorted(anthropic_buckets)],
         "has_more": False, "next_page": None}))
     paths["csv"].write_text("\n".join(mistral_rows) + "\n")
+    paths["anthropic-usage"].write_text(json.dumps({
+        "data": [{"starting_at": f"{d}T00:00:00Z", "ending_at": f"{d + timedelta(days=1)}T00:00:00Z",
+                  "results": [{"uncached_input_tokens": i, "cache_creation": {"ephemeral_5m_input_tokens": 0,
+                               "ephemeral_1h_input_tokens": 0}, "cache_read_input_tokens": 0, "output_tokens": o,
+                               "model": BILLED_AS["claude-sonnet-4-5"], "workspace_id": project,
+                               "service_tier": tier, "api_key_id": None, "context_window": "0-200k"}
+                              for (day, project, tier), (i, o) in sorted(counted.items()) if day == d]}
+                 for d in sorted({day for day, _, _ in counted})],
+        "has_more": False, "next_page": None}))
     return paths
+
+
+def never_sent(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The two Claude calls of ``SOME_MISSING`` that never reach the ledger."""
+    return [e for e in events if e["model"] == "claude-sonnet-4-5" and (
+        e["occurred_at"].date(), e["attribution"]["project"]) == SOME_MISSING][:2]
 
 
 def priced_rows(events: list[dict[str, Any]], book: PriceBook) -> Any:
@@ -182,15 +209,16 @@ def month() -> list[dict[str, Any]]:
 @pytest.fixture
 def reconciled(migrated: Client, read_only: Any, month: list[dict[str, Any]], tmp_path: Path) -> Iterator[
         tuple[Reconciliation, Any]]:
-    sent = [e for e in month if not (e["model"] == "gpt-4o" and e["occurred_at"].date() == MISSING_DAY)]
+    sent = [e for e in month if not (e["model"] == "gpt-4o" and e["occurred_at"].date() == MISSING_DAY)
+            and e not in never_sent(month)]
     insert_priced(migrated, priced_rows(sent, PriceBook.parse(WRONG_BOOK)), dedup_token="month")
     for fmt, path in bills_from(month, tmp_path).items():
         store_lines(migrated, read_file(path, fmt), imported_from=path.name)
     yield reconcile(read_only, MONTH, NEXT), read_only
 
 
-def test_reconciliation_finds_each_discrepancy_with_its_exact_amount(
-    reconciled: tuple[Reconciliation, Any], month: list[dict[str, Any]]
+async def test_reconciliation_finds_each_discrepancy_with_its_exact_amount_and_alerts_once(
+    reconciled: tuple[Reconciliation, Any], month: list[dict[str, Any]], kafka_bootstrap: str
 ) -> None:
     rec, query = reconciled
     by_key = {(ln.key.provider, ln.key.day, ln.key.model, ln.key.project, ln.key.service_tier): ln for ln in rec.lines}
@@ -202,6 +230,11 @@ def test_reconciliation_finds_each_discrepancy_with_its_exact_amount(
         expected = sum((sum(provider_charge(e)) for e in missing if e["attribution"]["project"] == project), Decimal(0))
         assert (line.calls, line.ledger, line.billed) == (0, 0, expected)
         assert line.explained["missing_events"] == expected and line.unexplained == 0
+
+    line = by_key[("anthropic", *SOME_MISSING[:1], "claude-sonnet-4-5", SOME_MISSING[1], "standard")]
+    expected = sum((sum(provider_charge(e)) for e in never_sent(month)), Decimal(0))
+    assert (line.calls, line.difference, line.explained["missing_events"], line.unexplained) == (
+        1, expected, expected, 0)
 
     mini = [ln for ln in rec.lines if ln.key.model == "gpt-4o-mini"]
     wrong_by = sum((Decimal("0.05") * e["usage"]["input_tokens"] / 1_000_000 for e in month
@@ -215,7 +248,8 @@ def test_reconciliation_finds_each_discrepancy_with_its_exact_amount(
         line = by_key[(provider, day, model, "proj_search", "standard")]
         assert (line.difference, line.unexplained) == (extra, extra)
 
-    injected = {("openai", MISSING_DAY, "gpt-4o")} | {(p, d, m) for (d, p) in OVERBILLED for m in ("gpt-4o", "claude-sonnet-4-5")}
+    injected = {("openai", MISSING_DAY, "gpt-4o"), ("anthropic", SOME_MISSING[0], "claude-sonnet-4-5")} | {
+        (p, d, m) for (d, p) in OVERBILLED for m in ("gpt-4o", "claude-sonnet-4-5")}
     others = [ln for ln in rec.lines if (ln.key.provider, ln.key.day, ln.key.model) not in injected
               and ln.key.model != "gpt-4o-mini" and ln.key.provider != "mistral"]
     assert others and all(ln.difference == 0 for ln in others)
@@ -232,13 +266,7 @@ def test_reconciliation_finds_each_discrepancy_with_its_exact_amount(
     assert '<h2 id="bills">Ledger against provider bills</h2>' in page
     assert "<td>2026-11-20</td><td>anthropic</td><td>claude-sonnet-4-5</td>" in page
 
-
-async def test_the_drift_alert_is_published_once(reconciled: tuple[Reconciliation, Any], kafka_bootstrap: str) -> None:
-    from streams.events.codec import ALERT, default_codec
-    from streams.runtime.topics import create_topics
-    from streams.sdk.alerts import announce_once
-
-    rec, _ = reconciled
+    # The drift alert: Anthropic's $25 is the one day over 2% and $10; reconciled twice, announced once.
     alerts = drift_alerts(rec, ratio=RATIO, minimum=MINIMUM, now=datetime(2026, 12, 1, tzinfo=UTC))
     assert [(a["scope"], a["window_start"].date(), a["observed"]) for a in alerts] == [
         ("provider=anthropic", date(2026, 11, 20), Decimal("25.000000000000"))]
@@ -246,8 +274,6 @@ async def test_the_drift_alert_is_published_once(reconciled: tuple[Reconciliatio
     await create_topics(settings)
     assert [a["alert_id"] for a in await announce_once(settings, alerts)] == [alerts[0]["alert_id"]]
     assert await announce_once(settings, alerts) == []  # reconciled again: nothing new
-
-    from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(settings.alerts_topic, auto_offset_reset="earliest", bootstrap_servers=kafka_bootstrap)
     await consumer.start()
@@ -258,3 +284,4 @@ async def test_the_drift_alert_is_published_once(reconciled: tuple[Reconciliatio
     on_topic = [default_codec().decode(r.value) for records in batches.values() for r in records]
     assert [(name, alert["kind"], alert["scope"]) for name, alert in on_topic] == [
         (ALERT, "reconciliation_drift", "provider=anthropic")]
+

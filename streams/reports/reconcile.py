@@ -16,12 +16,14 @@ The bill is ``provider_costs`` (cost lines, see :mod:`streams.ledger.bills`); th
 3. The difference (billed minus ledger) of each key is explained, in this order, each
    cause taking at most what is left of the difference and only in its own direction:
 
-   * ``missing_events``: the ledger has no call on a key the provider billed: the whole
-     bill of that key is events the ledger never received;
+   * ``missing_events``: the ledger has no call on a key the provider billed (the whole
+     bill of that key), or the provider's usage report counted tokens beyond the ledger's
+     (those tokens at the model's base per-token rates): events the ledger never received;
    * ``price_book``: the organisation's price book priced some of the key's calls (their
      ``price_version`` names a book) and the provider charged the catalog's price: the
-     difference is those calls priced by the catalog alone minus what the ledger says
-     (exact: each distinct call is priced again by :class:`~streams.pricing.rate_cards.Pricer`);
+     difference is those calls priced without the book minus what the ledger says
+     (each distinct call priced again by :class:`~streams.pricing.rate_cards.Pricer`, at
+     the prices of the start of its hour);
    * ``unpriced``: the key has calls no price covered (the ledger holds them at zero), so
      the provider's charge for them is unknown: a positive rest is put down to them.
 
@@ -124,36 +126,38 @@ class Reconciliation:
 def reconcile(query: Query, start: date, end: date, *, pricer: Pricer | None = None) -> Reconciliation:
     """The reconciliation of the UTC days ``start`` (inclusive) to ``end`` (exclusive).
 
-    ``pricer`` prices the price book's calls by the catalog alone (default: a catalog-only
-    :class:`Pricer`).
+    ``pricer`` prices without the organisation's price book, as the provider charges
+    (default: :class:`Pricer` with no book: the catalog and the published tier rules).
     """
     period = {"start": start, "end": end, "from": _midnight(start), "to": _midnight(end)}
-    dims = _matched_dimensions(query, period)  # 1
+    dims, ledger_providers = _matched_dimensions(query, period)  # 1
+    unbilled = [p for p in ledger_providers if p not in dims]
     if not dims:
-        return Reconciliation(start, end, [], _ledger_providers(query, period))
+        return Reconciliation(start, end, [], unbilled)
     bound = {**period, "providers": sorted(dims), **{f"by_{d}": sorted(p for p, ds in dims.items() if d in ds)
                                                      for d in _DIMENSIONS}}
     billed = {_key(r): as_decimal(r["billed"]) for r in records(query, _BILLED_SQL, bound)}  # 2
-    ledger = {_key(r): r for r in records(query, _LEDGER_SQL, bound)}
+    ledger = {_key(r): r for r in records(query, _LEDGER_SQL, {**bound, "book_mark": BOOK_MARK})}
     if pricer is None:
-        from streams.pricing.rate_cards import (
-            Pricer,  # the catalog loads when a reconciliation runs
-        )
+        from streams.pricing.rate_cards import Pricer  # the catalog loads when a reconciliation runs
 
         pricer = Pricer()
-    book = _catalog_less_ledger(query, bound, pricer)
+    # The price book's calls are priced again only on the days where they could explain something.
+    book_days = sorted({k.day for k, r in ledger.items() if int(r["book_calls"]) and billed.get(k, ZERO) != as_decimal(
+        r["ledger"])})
+    book = _catalog_less_ledger(query, {**bound, "book_days": book_days}, pricer) if book_days else {}
+    unseen = _unseen_usage(query, bound, ledger, pricer)
     lines = []
     for key in sorted(billed.keys() | ledger.keys(), key=_order):  # 3
         row = ledger.get(key)
         bill, led = billed.get(key, ZERO), as_decimal(row["ledger"]) if row else ZERO
         calls, unpriced = (int(row["calls"]), int(row["unpriced_calls"])) if row else (0, 0)
         candidates = {  # what each cause would account for, in its own direction
-            "missing_events": bill if calls == 0 else ZERO,
+            "missing_events": bill if calls == 0 else unseen.get(key, ZERO),
             "price_book": book.get(key, ZERO),
             "unpriced": bill - led if unpriced and bill > led else ZERO,
         }
         lines.append(KeyLine(bill, led, _explain(bill - led, candidates), key, calls, unpriced))
-    unbilled = [p for p in _ledger_providers(query, period) if p not in dims]
     return Reconciliation(start, end, lines, unbilled)
 
 
@@ -179,16 +183,12 @@ FROM provider_costs FINAL
 WHERE kind = 'cost' AND day >= {start:Date} AND day < {end:Date}
 GROUP BY provider
 """
-_MATCHED_LEDGER_SQL = """
+# Every provider of the ledger in the period, and whether its rows carry projects and keys.
+_LEDGER_PROVIDERS_SQL = """
 SELECT provider, max(project != '') AS project, max(api_key_id != '') AS api_key
 FROM usage
 WHERE occurred_at >= {from:DateTime64(3, 'UTC')} AND occurred_at < {to:DateTime64(3, 'UTC')}
-  AND provider IN {providers:Array(String)}
 GROUP BY provider
-"""
-_LEDGER_PROVIDERS_SQL = """
-SELECT DISTINCT provider FROM usage
-WHERE occurred_at >= {from:DateTime64(3, 'UTC')} AND occurred_at < {to:DateTime64(3, 'UTC')}
 ORDER BY provider
 """
 
@@ -205,18 +205,32 @@ _BILL_KEYS = ", ".join([
     f"{_dimension('bill.service_tier', 'service_tier')} AS service_tier",
     "currency",
 ])
+# The ledger is summed by the model as recorded first, and the model's name normalised on
+# those sums: the regular expression then runs once per group, not once per row.
+_LEDGER_INNER_KEYS = ("provider, toDate(occurred_at) AS day, raw.model AS recorded_model, raw.project AS recorded_project, "
+                      "api_key_id AS recorded_key, raw.service_tier AS recorded_tier, currency")
 _LEDGER_KEYS = ", ".join([
-    "provider", "toDate(occurred_at) AS day",
-    f"{_dimension(MODEL_KEY.format(column='raw.model'), 'model')} AS model",
-    f"{_dimension('raw.project', 'project')} AS project",
-    f"{_dimension('api_key_id', 'api_key')} AS api_key",
-    f"{_dimension('raw.service_tier', 'service_tier')} AS service_tier",
+    "provider", "day", f"{_dimension(MODEL_KEY.format(column='recorded_model'), 'model')} AS model",
+    f"{_dimension('recorded_project', 'project')} AS project",
+    f"{_dimension('recorded_key', 'api_key')} AS api_key",
+    f"{_dimension('recorded_tier', 'service_tier')} AS service_tier",
     "currency",
 ])
+_INNER_GROUP = "GROUP BY provider, day, recorded_model, recorded_project, recorded_key, recorded_tier, currency"
 _GROUP = "GROUP BY provider, day, model, project, api_key, service_tier, currency"
 _LEDGER_PERIOD = ("occurred_at >= {from:DateTime64(3, 'UTC')} AND occurred_at < {to:DateTime64(3, 'UTC')} "
                   "AND provider IN {providers:Array(String)}")
 
+_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+# What the providers' usage reports counted, on the keys of their cost lines: the model
+# and tier as reported (to price a shortfall), the requests and tokens.
+_COUNTED_SQL = f"""
+SELECT {_BILL_KEYS}, any(bill.model) AS counted_model, any(bill.service_tier) AS counted_tier,
+       sum(requests) AS requests, {", ".join(f"sum(bill.{t}) AS {t}" for t in _TOKENS)}
+FROM provider_costs AS bill FINAL
+WHERE kind = 'usage' AND day >= {{start:Date}} AND day < {{end:Date}} AND provider IN {{providers:Array(String)}}
+{_GROUP}
+"""
 _BILLED_SQL = f"""
 SELECT {_BILL_KEYS}, sum(amount) AS billed
 FROM provider_costs AS bill FINAL
@@ -224,51 +238,62 @@ WHERE kind = 'cost' AND day >= {{start:Date}} AND day < {{end:Date}} AND provide
 {_GROUP}
 """
 _LEDGER_SQL = f"""
-SELECT {_LEDGER_KEYS}, count() AS calls, countIf(NOT priced) AS unpriced_calls, sum(cost_total) AS ledger
-FROM usage AS raw
-WHERE {_LEDGER_PERIOD}
+SELECT {_LEDGER_KEYS}, sum(calls) AS calls, sum(unpriced_calls) AS unpriced_calls, sum(ledger) AS ledger,
+       sum(book_calls) AS book_calls, {", ".join(f"sum({t}) AS {t}" for t in _TOKENS)}
+FROM
+(
+    SELECT {_LEDGER_INNER_KEYS}, count() AS calls, countIf(NOT priced) AS unpriced_calls,
+           sum(cost_total) AS ledger, countIf(priced AND position(price_version, {{book_mark:String}}) > 0) AS book_calls,
+           {", ".join(f"sum({t}) AS {t}" for t in _TOKENS)}
+    FROM usage AS raw
+    WHERE {_LEDGER_PERIOD}
+    {_INNER_GROUP}
+)
 {_GROUP}
 """
-# The calls a price book priced, collapsed to distinct (key, model, tier, minute, counts):
-# each is priced again by the catalog alone, times its number of calls.
+# The calls a price book priced, collapsed to distinct
+# (key, model, tier, hour, counts): each is priced again without the book, at the prices
+# in force at the start of its hour, times its number of calls. (Resolving the prices of
+# every minute cost 0.45 ms a minute, most of a month's reconciliation; prices change on
+# whole hours in practice, and a change within one would show as an unexplained rest.)
 _BOOK_SQL = f"""
-SELECT {_LEDGER_KEYS}, raw.model AS priced_model, raw.service_tier AS priced_tier,
-       toStartOfMinute(occurred_at) AS minute, input_tokens, output_tokens, cache_read_tokens,
-       cache_write_tokens, other_units, count() AS calls, sum(cost_total) AS ledger
-FROM usage AS raw
-WHERE {_LEDGER_PERIOD} AND priced AND position(price_version, {{book_mark:String}}) > 0
-GROUP BY provider, day, model, project, api_key, service_tier, currency, priced_model, priced_tier, minute,
-         input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, other_units
+SELECT {_LEDGER_KEYS}, recorded_model, recorded_tier, hour, input_tokens, output_tokens, cache_read_tokens,
+       cache_write_tokens, other_units, calls, ledger
+FROM
+(
+    SELECT {_LEDGER_INNER_KEYS}, toStartOfHour(occurred_at) AS hour,
+           input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, other_units, count() AS calls,
+           sum(cost_total) AS ledger
+    FROM usage AS raw
+    WHERE {_LEDGER_PERIOD} AND toDate(occurred_at) IN {{book_days:Array(Date)}} AND priced
+      AND position(price_version, {{book_mark:String}}) > 0
+    {_INNER_GROUP}, hour, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+             other_units
+)
 """
 
 
-def _matched_dimensions(query: Query, period: dict[str, Any]) -> dict[str, set[str]]:
-    """Per provider with a bill in the period, the dimensions both sides can be matched on."""
+def _matched_dimensions(query: Query, period: dict[str, Any]) -> tuple[dict[str, set[str]], list[str]]:
+    """Per provider with a bill in the period, the dimensions both sides can be matched on;
+    and the ledger's providers in the period."""
     bill = {r["provider"]: r for r in records(query, _MATCHED_BILL_SQL, period)}
-    if not bill:
-        return {}
-    ledger = {r["provider"]: r for r in records(query, _MATCHED_LEDGER_SQL, {**period, "providers": sorted(bill)})}
-    dims: dict[str, set[str]] = {}
-    for provider, row in bill.items():
-        dims[provider] = {
-            d for d in _DIMENSIONS
-            if _flag(row[d]) and (d not in ("project", "api_key") or _flag(ledger.get(provider, {}).get(d, 0)))
-        }
-    return dims
-
-
-def _ledger_providers(query: Query, period: dict[str, Any]) -> list[str]:
-    return [r["provider"] for r in records(query, _LEDGER_PROVIDERS_SQL, period)]
+    ledger = {r["provider"]: r for r in records(query, _LEDGER_PROVIDERS_SQL, period)}
+    dims = {
+        provider: {d for d in _DIMENSIONS
+                   if _flag(row[d]) and (d not in ("project", "api_key") or _flag(ledger.get(provider, {}).get(d, 0)))}
+        for provider, row in bill.items()
+    }
+    return dims, list(ledger)
 
 
 def _catalog_less_ledger(query: Query, bound: dict[str, Any], pricer: Pricer) -> dict[Key, Decimal]:
     """Per key, what the price book's calls cost by the catalog alone minus what the ledger says."""
     delta: dict[Key, Decimal] = defaultdict(lambda: ZERO)
     for r in records(query, _BOOK_SQL, {**bound, "book_mark": BOOK_MARK}):
-        minute = r["minute"] if isinstance(r["minute"], datetime) else datetime.fromisoformat(str(r["minute"]))
+        hour = r["hour"] if isinstance(r["hour"], datetime) else datetime.fromisoformat(str(r["hour"]))
         cost = pricer.price(
-            provider=r["provider"], model=r["priced_model"], service_tier=r["priced_tier"],
-            occurred_at=minute.replace(tzinfo=UTC), input_tokens=int(r["input_tokens"]),
+            provider=r["provider"], model=r["recorded_model"], service_tier=r["recorded_tier"],
+            occurred_at=hour.replace(tzinfo=UTC), input_tokens=int(r["input_tokens"]),
             output_tokens=int(r["output_tokens"]), cache_read_tokens=int(r["cache_read_tokens"]),
             cache_write_tokens=int(r["cache_write_tokens"]),
             other_units={k: int(v) for k, v in dict(r["other_units"]).items()},
@@ -281,6 +306,31 @@ def _catalog_less_ledger(query: Query, bound: dict[str, Any], pricer: Pricer) ->
 def records(query: Query, sql: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
     """The rows of ``sql``, bound with those of ``parameters`` it names (the SQL guard refuses others)."""
     return _records(query, sql, {name: value for name, value in parameters.items() if f"{{{name}:" in sql})
+
+
+def _unseen_usage(query: Query, bound: dict[str, Any], ledger: dict[Key, dict[str, Any]],
+                  pricer: Pricer) -> dict[Key, Decimal]:
+    """Per key where a provider's usage report counted tokens beyond the ledger's (and, if it
+    counts requests, more requests than the ledger has calls), those tokens at the model's
+    base per-token rates: the cost of events the ledger never received. A model whose
+    rates cannot be taken per token exactly (``column_brackets`` is None) gives nothing."""
+    unseen: dict[Key, Decimal] = {}
+    for r in records(query, _COUNTED_SQL, bound):
+        key, seen = _key(r), ledger.get(_key(r))
+        counted = int(r["requests"])  # 0: the report does not count requests (Anthropic's)
+        if seen is None or (counted and counted <= int(seen["calls"])):
+            continue
+        noon = _midnight(key.day) + timedelta(hours=12)
+        tier = r["counted_tier"] or "standard"
+        brackets = pricer.rate_card(key.provider, r["counted_model"], tier, noon).column_brackets()
+        if brackets is None or not brackets[-1][1].priced or brackets[-1][1].currency != key.currency:
+            continue
+        rates = brackets[-1][1]  # the base bracket: per-token rates below any long-context tier
+        i, o, cr, cw = (max(0, int(r[t]) - int(seen[t])) for t in _TOKENS)
+        cr_rate, cw_rate = rates.cache_read or rates.input or ZERO, rates.cache_write or rates.input or ZERO
+        unseen[key] = ((i - cr - cw) * (rates.input or ZERO) + o * (rates.output or ZERO) + cr * cr_rate
+                       + cw * cw_rate)
+    return unseen
 
 
 def _key(r: dict[str, Any]) -> Key:
