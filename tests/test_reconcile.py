@@ -17,7 +17,7 @@ known in advance:
   ledger can explain them: the first passes the drift threshold, the second does not).
 
 The reconciliation runs through the read-only query path the CLI uses (the SQL guard
-included), and its drift alert goes to a real embedded broker, twice: it is published once.
+included, the parameters in JSON as a running worker's /sql endpoint takes them), and its drift alert goes to a real embedded broker, twice: it is published once.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaConsumer
 from clickhouse_connect.driver.client import Client
 
 from streams.events.codec import ALERT, USAGE_EVENT, Codec, default_codec
+from streams.events.serialize import jsonable
 from streams.ingest.attribution import Router
 from streams.ingest.enrich import Enricher, SourceMessage
 from streams.ledger.bills.formats import read_file
@@ -214,7 +215,11 @@ def reconciled(migrated: Client, read_only: Any, month: list[dict[str, Any]], tm
     insert_priced(migrated, priced_rows(sent, PriceBook.parse(WRONG_BOOK)), dedup_token="month")
     for fmt, path in bills_from(month, tmp_path).items():
         store_lines(migrated, read_file(path, fmt), imported_from=path.name)
-    yield reconcile(read_only, MONTH, NEXT), read_only
+    # The parameters as the CLI sends them to a running worker's /sql endpoint: JSON.
+    def query(sql: str, parameters: dict[str, Any]) -> Any:
+        return read_only(sql, json.loads(json.dumps(jsonable(parameters))))
+
+    yield reconcile(query, MONTH, NEXT), query
 
 
 async def test_reconciliation_finds_each_discrepancy_with_its_exact_amount_and_alerts_once(

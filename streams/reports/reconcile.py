@@ -129,7 +129,9 @@ def reconcile(query: Query, start: date, end: date, *, pricer: Pricer | None = N
     ``pricer`` prices without the organisation's price book, as the provider charges
     (default: :class:`Pricer` with no book: the catalog and the published tier rules).
     """
-    period = {"start": start, "end": end, "from": _midnight(start), "to": _midnight(end)}
+    # Dates only: a bound DateTime64 would not survive the worker's /sql path (its JSON
+    # parameters carry ISO times with an offset, which ClickHouse does not parse).
+    period = {"start": start, "end": end}
     dims, ledger_providers = _matched_dimensions(query, period)  # 1
     unbilled = [p for p in ledger_providers if p not in dims]
     if not dims:
@@ -187,7 +189,7 @@ GROUP BY provider
 _LEDGER_PROVIDERS_SQL = """
 SELECT provider, max(project != '') AS project, max(api_key_id != '') AS api_key
 FROM usage
-WHERE occurred_at >= {from:DateTime64(3, 'UTC')} AND occurred_at < {to:DateTime64(3, 'UTC')}
+WHERE occurred_at >= toDateTime64({start:Date}, 3, 'UTC') AND occurred_at < toDateTime64({end:Date}, 3, 'UTC')
 GROUP BY provider
 ORDER BY provider
 """
@@ -218,7 +220,7 @@ _LEDGER_KEYS = ", ".join([
 ])
 _INNER_GROUP = "GROUP BY provider, day, recorded_model, recorded_project, recorded_key, recorded_tier, currency"
 _GROUP = "GROUP BY provider, day, model, project, api_key, service_tier, currency"
-_LEDGER_PERIOD = ("occurred_at >= {from:DateTime64(3, 'UTC')} AND occurred_at < {to:DateTime64(3, 'UTC')} "
+_LEDGER_PERIOD = ("occurred_at >= toDateTime64({start:Date}, 3, 'UTC') AND occurred_at < toDateTime64({end:Date}, 3, 'UTC') "
                   "AND provider IN {providers:Array(String)}")
 
 _TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
