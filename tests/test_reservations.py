@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -199,8 +200,9 @@ async def refill_once_expired(reserver: Reserver, team: str, whole: int, timeout
 
 @pytest.mark.integration
 def test_counts_stay_exact_across_sigkill_restart_and_two_workers(stack: Stack) -> None:
-    """Holds survive a SIGKILL of their owner, and move when a second worker takes partitions:
-    at every step, reserves are granted exactly up to the limit (no drift either way)."""
+    """Holds survive a SIGKILL of their owner: it restarts beside a second worker (both join
+    at once), the partitions are shared between them, and at every step reserves through
+    either worker are granted exactly up to the limit (no drift either way)."""
     settings = stack.settings
     asyncio.run(publish(settings, [budget("crash", "1.00"), budget("brief", "0.05", reservation_expiry_seconds=1)]))
     wait_for_budgets(stack.worker, {"crash-month", "brief-month"})
@@ -214,46 +216,49 @@ def test_counts_stay_exact_across_sigkill_restart_and_two_workers(stack: Stack) 
     held = asyncio.run(before_the_kill())
     assert len(held) == 60
     stack.worker.stop(sig=signal.SIGKILL)
-    stack.worker = WorkerProcess(stack.env, log=stack.tmp / "worker-a2.log").start()
-
-    async def after_the_restart() -> None:
-        async with UsageProducer(settings, linger=0.01) as usage, Reserver(usage) as reserver:
-            # 60 holds recovered from the changelog: 40 more fit, not 41; the brief ones expired.
-            assert len(await fill(reserver, "crash", 50)) == 40
-            assert await refill_once_expired(reserver, "brief", 5)
-            # Settle 30 (their spend replaces their holds: nothing frees up), release 10: 10 fit again.
-            for reservation_id in held[:30]:
-                await usage.record(provider="openai", model="gpt-4o", input_tokens=2000, output_tokens=500,
-                                   team="crash", reservation_id=reservation_id)
-            await usage.flush()
-            await asyncio.to_thread(settled_spend, stack.worker, "team=crash", 30)
-            for reservation_id in held[30:40]:
-                await reserver.release(reservation_id)
-            assert len(await fill(reserver, "crash", 50)) == 10
-
-    asyncio.run(after_the_restart())
-
-    # A second worker shares the partitions; reserves through either worker are routed to
-    # the owner and count the same holds.
     env_b = {**stack.env, "SPENDSTREAM_WEB_PORT": str(free_port()),
              "SPENDSTREAM_WORKER_DATA_DIR": str(stack.tmp / "b" / "worker")}
     if not os.environ.get("SPENDSTREAM_TEST_CLICKHOUSE_URL"):
         env_b["SPENDSTREAM_CLICKHOUSE_DSN"] = f"chdb://{stack.tmp / 'b' / 'chdb'}"
-    second = WorkerProcess(env_b, log=stack.tmp / "worker-b.log").start()
-
-    async def with_two_workers() -> None:
-        async with Reserver(settings=settings) as via_a, Reserver(settings=settings_from(env_b)) as via_b:
-            for reservation_id in held[40:50]:
-                await via_a.release(reservation_id)
-            assert len(await fill(via_a, "crash", 5)) + len(await fill(via_b, "crash", 50)) == 10
-
+    restarted = WorkerProcess(stack.env, log=stack.tmp / "worker-a2.log")
+    second = WorkerProcess(env_b, log=stack.tmp / "worker-b.log")
+    with ThreadPoolExecutor(2) as pool:
+        started = [pool.submit(worker.start) for worker in (restarted, second)]
+    stack.worker = restarted
     try:
-        wait_for_two_owners(stack.worker, second)
-        asyncio.run(with_two_workers())
-        routed = sum(w.get_json("/stats").get("reservations_routed", 0) for w in (stack.worker, second))
-        assert routed > 0
+        for start in started:
+            start.result()
+        wait_for_two_owners(restarted, second)
+
+        async def after_the_restart() -> None:
+            async with UsageProducer(settings, linger=0.01) as usage, Reserver(usage) as via_a, \
+                    Reserver(settings=settings_from(env_b)) as via_b:
+                # 60 holds recovered from the changelog: 40 more fit, not 41; the brief ones expired.
+                assert len(await fill(via_a, "crash", 20)) + len(await fill(via_b, "crash", 50)) == 40
+                assert await refill_once_expired(via_a, "brief", 5)
+                # Settle 30 (their spend replaces their holds: nothing frees up), release 10: 10 fit again.
+                for reservation_id in held[:30]:
+                    await usage.record(provider="openai", model="gpt-4o", input_tokens=2000, output_tokens=500,
+                                       team="crash", reservation_id=reservation_id)
+                await usage.flush()
+                await asyncio.to_thread(settled_spend_on_either, (restarted, second), "team=crash", 30)
+                for reservation_id in held[30:40]:
+                    await via_b.release(reservation_id)
+                assert len(await fill(via_a, "crash", 5)) + len(await fill(via_b, "crash", 50)) == 10
+
+        asyncio.run(after_the_restart())
+        routed = sum(w.get_json("/stats").get("reservations_routed", 0) for w in (restarted, second))
+        assert routed > 0  # one of them owns team=crash: the other sent its requests there
     finally:
         second.stop(sig=signal.SIGKILL)
+
+
+def settled_spend_on_either(workers: tuple[WorkerProcess, ...], scope: str, calls: int, timeout: float = 30) -> None:
+    """Until the worker owning ``scope`` has counted ``calls`` calls."""
+    deadline = time.monotonic() + timeout
+    while not any(month_spend(w, scope)[1] >= calls for w in workers):
+        assert time.monotonic() < deadline, [month_spend(w, scope) for w in workers]
+        time.sleep(0.1)
 
 
 def wait_for_two_owners(first: WorkerProcess, second: WorkerProcess, timeout: float = 60) -> None:
