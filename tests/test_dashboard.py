@@ -289,6 +289,8 @@ async def test_ui_serves_the_dashboard_behind_the_token_and_says_when_the_ledger
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         async with ClientSession(f"http://127.0.0.1:{port}") as http:
+            async with http.get("/ready") as ready:  # the compose health check's page: no token
+                assert ready.status == 200 and await ready.json() == {"ready": True}
             async with http.get("/dashboard/login") as login:
                 assert login.status == 200 and 'name="token"' in await login.text()
             async with http.get("/dashboard/part?part=now") as refused:

@@ -203,6 +203,13 @@ def standalone(settings: Settings) -> web.Application:
     dashboard = Dashboard(settings)
     app = application(settings, dashboard)
 
+    async def ready(request: web.Request) -> web.Response:
+        """200 once the cap states are read up to the topic's end (no token: for health checks)."""
+        caught_up = dashboard.caps.caught_up.is_set()
+        return web.json_response({"ready": caught_up}, status=200 if caught_up else 503)
+
+    app.router.add_get("/ready", ready)
+
     async def on_startup(app: web.Application) -> None:
         await dashboard.start()
 
