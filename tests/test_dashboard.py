@@ -161,6 +161,11 @@ async def test_the_page_shows_the_ledgers_figures_links_them_to_sql_and_turns_ha
         a.click(); await new Promise(done => setTimeout(done, 200));
         const d = document.getElementById(a.hash.slice(1)); return [d.open, d.querySelector('pre').textContent]; })()""")
     assert sql[0] and "FROM usage_daily" in sql[1] and "{team:String}" in sql[1]
+    # ... and runs again as is, read-only, with the same rows.
+    run = await browser.eval("document.querySelector('#' + document.querySelector('table.drill a.n').hash.slice(1)"
+                             " + ' a[href^=\"/dashboard/sql?\"]').href")
+    await browser.goto(run)
+    assert await browser.eval("document.querySelectorAll('table tbody tr').length") == len(rows)
 
     # A budget crossed while the page is open: the card turns hard within seconds, no reload.
     await browser.goto(worker.web_url + "/dashboard")
@@ -299,3 +304,21 @@ async def test_ui_serves_the_dashboard_behind_the_token_and_says_when_the_ledger
                 assert part.status == 200 and "The ledger did not answer" in await part.text()
     finally:
         await runner.cleanup()
+
+
+def test_every_statement_behind_a_figure_runs_again_from_its_link(ledger: Any, read_only: Any) -> None:
+    """In process: each part's "run it" links (statement and JSON parameters) pass the
+    read-only checks of /sql and run, as the /dashboard/sql page runs them."""
+    import html as markup
+    import urllib.parse
+
+    from streams.dashboard import pages
+
+    view = pages.View.from_query({"team": "support", "from": "2025-10-20", "to": "2025-11-09"},
+                                 datetime(2025, 11, 9, 12, tzinfo=UTC))
+    links = [link for part in pages.PARTS
+             for link in re.findall(r'href="(/dashboard/sql\?[^"]+)"', pages.render_part(part, read_only, view, [], Settings()))]
+    assert len(links) >= 12, links  # now, alerts, trend, six weekly, drill, three licences, bills'
+    for link in links:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(markup.unescape(link)).query)
+        read_only(query["q"][0], pages.parse_params(query["params"][0]))
