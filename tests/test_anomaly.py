@@ -400,3 +400,17 @@ def test_non_production_traffic_is_defined_by_what_is_declared_production(tmp_pa
     for scope, row in cases.items():
         keys = [k for k in engine.summarize([row]).keys() if k.startswith("non_production:")]
         assert keys == ([f"non_production:{scope}"] if scope.strip() else []), scope
+
+
+def test_calls_priced_at_standard_for_want_of_a_tier_price_alert_once_per_model_tier_and_day(
+    config: AnomalyConfig,
+) -> None:
+    engine = AnomalyEngine(config)
+    at = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    why = "no batch price for model 'm' at provider 'aws' ...: priced at the standard rate"
+    flagged = {"provider": "aws", "model": "m", "service_tier": "batch", "price_flag": "tier_priced_as_standard",
+               "price_flag_reason": why}
+    batches = [(at, [_row(at, **flagged), _row(at)]), (at + MINUTE, [_row(at + MINUTE, **flagged)])]
+    alerts = [alert for outcome in _drive(engine, batches, {}, 0) for alert in outcome.alerts]
+    assert [(a.kind, a.scope, a.state) for a in alerts] == [("unpriced_model", "model=m,tier=batch", "firing")]
+    assert why in alerts[0].message and "spendstream reprice" in alerts[0].message

@@ -18,11 +18,15 @@ import streams.pricing.price_book
 import streams.pricing.rate_cards
 from streams.pricing.price_book import PriceBook, PriceBookError
 from streams.pricing.rate_cards import CATALOG_VERSION, COST_SCALE, Cost, Pricer, tier_price_context
+from streams.pricing.tier_rules import TierRules, published_tier_rules
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 AFTER_VARIANTS = datetime(2026, 11, 20, 12, 34, 56, tzinfo=UTC)  # catalog tier variants start 2026-10-12/14
 BEFORE_VARIANTS = datetime(2026, 9, 1, 8, 0, tzinfo=UTC)
 M = Decimal(1_000_000)
+RULES = published_tier_rules().label
+NO_BOOK = f"{CATALOG_VERSION}; {RULES}; no price book"
+CATALOG_ONLY = TierRules.parse("")  # no published tier rules: genai-prices' own prices
 
 
 def book(body: str, name: str = "test-book") -> PriceBook:
@@ -81,7 +85,8 @@ def test_uncached_input_excludes_cache_reads() -> None:
     assert cost.cache_write == 0 and cost.other == 0
     assert cost.total == Decimal("0.00725")
     assert (cost.priced, cost.unpriced_reason, cost.currency) == (True, "", "USD")
-    assert cost.price_version == CATALOG_VERSION == f"genai-prices {genai_prices.__version__}"
+    assert cost.price_version == NO_BOOK
+    assert CATALOG_VERSION == f"genai-prices {genai_prices.__version__}"
     assert_adds_up(cost)
 
 
@@ -132,9 +137,13 @@ def test_batch_tier_uses_the_catalog_variant_from_its_start_date() -> None:
     pricer = Pricer()
     batch = price(pricer, "openai", "gpt-4o", tier="batch", input_tokens=1_000_000, output_tokens=1_000_000)
     assert (batch.input, batch.output) == (Decimal("1.25"), Decimal(5))
-    # Before the catalog has a batch variant, batch is priced as standard (genai-prices too).
+    # Before the catalog has a batch variant, genai-prices prices batch as standard; OpenAI's
+    # published Batch API rule (half price since 2024-04-15) fills the gap.
     early = price(pricer, "openai", "gpt-4o", tier="batch", at=BEFORE_VARIANTS, input_tokens=1_000_000)
-    assert early.input == Decimal("2.5")
+    assert (early.input, early.price_flag) == (Decimal("1.25"), "")
+    catalog_only = price(Pricer(tier_rules=CATALOG_ONLY), "openai", "gpt-4o", tier="batch", at=BEFORE_VARIANTS,
+                         input_tokens=1_000_000)
+    assert (catalog_only.input, catalog_only.price_flag) == (Decimal("2.5"), "tier_priced_as_standard")
 
 
 def test_flex_and_priority_tiers() -> None:
@@ -286,7 +295,7 @@ def test_custom_model_price_changes_on_its_effective_date() -> None:
     new = price(pricer, "self-hosted", "acme-llama-70b", at=datetime(2026, 11, 1, tzinfo=UTC), **kwargs)
     assert (old.input, old.output, old.total) == (Decimal("0.60"), Decimal("0.80"), Decimal("1.40"))
     assert (new.input, new.output, new.total) == (Decimal("0.45"), Decimal("0.60"), Decimal("1.05"))
-    assert new.price_version == f"{CATALOG_VERSION}; book test-book (sha256:{pricebook.version_hash})"
+    assert new.price_version == f"{CATALOG_VERSION}; {RULES}; book test-book (sha256:{pricebook.version_hash})"
     assert new.currency == "USD"
 
 
@@ -346,9 +355,9 @@ def test_override_replaces_listed_keys_only() -> None:
     assert cost.cache_read == Decimal("0.625")  # catalog 1.25
     assert cost.output == Decimal(10)  # catalog
     assert pricebook.label in cost.price_version
-    # Other models keep catalog prices and a catalog-only price version.
+    # Other models keep catalog prices; the version still names the book that was in force.
     mini = price(pricer, "openai", "gpt-4o-mini", input_tokens=1_000_000)
-    assert (mini.input, mini.price_version) == (Decimal("0.15"), CATALOG_VERSION)
+    assert (mini.input, mini.price_version) == (Decimal("0.15"), cost.price_version)
 
 
 def test_override_by_exact_model_beats_prefix_and_respects_dates() -> None:
@@ -445,7 +454,7 @@ def test_discounts_most_specific_wins_and_tiers_filter() -> None:
     pro = price(pricer, "google", "gemini-2.5-pro", **mtok)
     assert (pro.input, pro.output) == (Decimal("2.25"), Decimal("13.5"))
     pro_batch = price(pricer, "google", "gemini-2.5-pro", tier="batch", **mtok)
-    assert pro_batch.price_version == CATALOG_VERSION  # the discount is for standard only
+    assert (pro_batch.input, pro_batch.output) == (Decimal("1.25"), Decimal("7.5"))  # the discount is for standard only
     assert_adds_up(pro)
 
 
@@ -510,7 +519,7 @@ def test_the_example_price_book_prices_the_demo_models() -> None:
             assert cost.priced and cost.total > 0, (provider, model, tier, cost.unpriced_reason)
             assert_adds_up(cost)
     assert not price(pricer, "openai", "mystery-model-x", input_tokens=1).priced
-    assert pricer.version == f"{CATALOG_VERSION}; book acme-2026-11 (sha256:{pricebook.version_hash})"
+    assert pricer.version == f"{CATALOG_VERSION}; {RULES}; book acme-2026-11 (sha256:{pricebook.version_hash})"
 
 
 def test_version_hash_is_the_content_hash(tmp_path: Path) -> None:
@@ -613,7 +622,9 @@ OTHER_UNITS = st.sampled_from(
         {"web_searches": 1, "storage_searches": 4},
     ]
 )
-SHARED_PRICER = Pricer()
+# The sweep holds the pricer to genai-prices itself, so without the published tier rules
+# (tests/test_tier_rules.py checks those).
+SHARED_PRICER = Pricer(tier_rules=CATALOG_ONLY)
 
 
 @st.composite

@@ -27,6 +27,7 @@ SUMMARY_SCHEMA = pa.schema([
     priced.SCHEMA.field(name) for name in (
         "provider", "model", "team", "feature", "environment", "user_id", "agent_id", "session_id",
         "trace_id", "api_key_id", "service", "request_fingerprint", "cost_total", "priced", "unpriced_reason",
+        "service_tier", "price_flag", "price_flag_reason",
     )
 ] + [pa.field("occurred_at", pa.timestamp("us", tz="UTC"))])
 

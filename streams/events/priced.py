@@ -74,6 +74,8 @@ SCHEMA = pa.schema(
         ("reported_cost", MONEY),
         ("reported_currency", _TEXT),
         ("reservation_id", _TEXT),
+        ("price_flag", _TEXT),  # "" or e.g. "tier_priced_as_standard": priced, with a doubt to report
+        ("price_flag_reason", _TEXT),
         ("source_partition", pa.int32()),
         ("source_offset", _COUNT),
     ]

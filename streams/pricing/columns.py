@@ -39,7 +39,9 @@ from streams.pricing.rate_cards import ColumnRates, Pricer
 _COUNT = pa.decimal128(19, 0)  # int64's digits: the narrowest decimal Arrow casts an int64 to
 _RATE = pa.decimal128(15, 12)
 COST_COLUMNS = ("cost_input", "cost_output", "cost_cache_read", "cost_cache_write", "cost_other", "cost_total")
-PRICE_COLUMNS = (*COST_COLUMNS, "currency", "priced", "unpriced_reason", "price_version")
+PRICE_COLUMNS = (
+    *COST_COLUMNS, "currency", "priced", "unpriced_reason", "price_version", "price_flag", "price_flag_reason"
+)
 _COUNT_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 # Entry 0: the entry of rows priced one by one; their columns are replaced in step 5.
 _PER_EVENT = ColumnRates(None, None, None, None, Decimal(0), "", False, "", "")
@@ -111,6 +113,8 @@ def price_columns(pricer: Pricer, events: Mapping[str, pa.Array]) -> dict[str, p
         priced=each("priced", pa.bool_()),
         unpriced_reason=each("unpriced_reason", pa.string()),
         price_version=each("price_version", pa.string()),
+        price_flag=each("price_flag", pa.string()),
+        price_flag_reason=each("price_flag_reason", pa.string()),
     )
 
     # 5. The per-event rows, priced one by one by their card and put in place.

@@ -1,18 +1,25 @@
 """Exact pricing of one usage event: Decimal only, memoized rate cards, plain arithmetic.
 
 The catalog is genai-prices (list prices, their history, long-context tiers, cache read
-and write prices, service-tier variants). An optional :class:`~streams.pricing.price_book.PriceBook`
-is layered over it. For one (provider, model, service tier, minute) the layers resolve to a
-*rate card*, in this order:
+and write prices, service-tier variants). The providers' published tier rules
+(:mod:`streams.pricing.tier_rules`) fill what the catalog lacks, and an optional
+:class:`~streams.pricing.price_book.PriceBook` is layered over both. For one (provider,
+model, service tier, minute) the layers resolve to a *rate card*, in this order:
 
 1. a book ``[[models]]`` entry (custom or self-hosted model) replaces the catalog;
    otherwise the catalog's price for the tier (genai-prices' price variant: ``batch`` is
-   ``{"processing": "batch"}``, ``priority``/``flex`` are ``{"service_tier": ...}``);
+   ``{"processing": "batch"}``, ``priority``/``flex`` are ``{"service_tier": ...}``),
+   with a published long-context tier added where the catalog has none for the model;
 2. a book ``[[overrides]]`` entry replaces the listed catalog price keys;
-3. if the tier is not ``standard`` and the catalog has no variant for it (or the model
-   is a custom one), the tier is priced from the standard card times the book's
-   ``[service_tiers]`` multiplier for the provider, when there is one;
+3. if the tier is not ``standard`` and neither the catalog nor an override prices it,
+   the tier is priced from the standard card times the book's ``[service_tiers]``
+   multiplier for the provider, or else the published tier rule's factor (token prices
+   only); with neither, the card stays at standard and is *flagged*
+   (``price_flag = "tier_priced_as_standard"`` and a reason), never silently;
 4. the most specific book ``[[discounts]]`` entry multiplies every price.
+
+Every card's ``price_version`` names the catalog version, the tier rules' content hash
+and the book's name and content hash (or "no price book"), whichever layers it used.
 
 Resolving a card costs tens of microseconds, so cards are memoized in a bounded LRU per
 minute of event time (catalog and book time constraints all fall on whole minutes); an
@@ -53,6 +60,7 @@ from genai_prices.units import UnitDef
 from genai_prices.validation import validate_priced_units
 
 from streams.pricing.price_book import UNIT_REGISTRY, PriceBook, PriceValue, Tier, TieredPrice
+from streams.pricing.tier_rules import TIER_AT_STANDARD, TierRules, published_tier_rules
 
 __all__ = ["COST_SCALE", "CATALOG_VERSION", "ColumnRates", "Cost", "Pricer", "normalise_tier", "tier_price_context"]
 
@@ -103,6 +111,8 @@ class Cost:
     priced: bool
     unpriced_reason: str  # "" when priced
     price_version: str  # which prices produced it, so a row can be re-priced
+    price_flag: str = ""  # priced, but with a doubt finance must see (e.g. TIER_AT_STANDARD)
+    price_flag_reason: str = ""  # why, in words; "" without a flag
 
 
 _new_object = object.__new__
@@ -120,11 +130,13 @@ def _make_cost(
     priced: bool,
     unpriced_reason: str,
     price_version: str,
+    price_flag: str = "",
+    price_flag_reason: str = "",
 ) -> Cost:
     """``Cost(...)`` at half the price: a frozen dataclass's ``__init__`` goes through
     ``object.__setattr__`` per field, the slot descriptors are set directly here."""
     cost = _new_object(Cost)
-    s_in, s_out, s_cr, s_cw, s_other, s_total, s_cur, s_priced, s_reason, s_version = _COST_SETTERS
+    s_in, s_out, s_cr, s_cw, s_other, s_total, s_cur, s_priced, s_reason, s_version, s_flag, s_why = _COST_SETTERS
     s_in(cost, input_)
     s_out(cost, output)
     s_cr(cost, cache_read)
@@ -135,6 +147,8 @@ def _make_cost(
     s_priced(cost, priced)
     s_reason(cost, unpriced_reason)
     s_version(cost, price_version)
+    s_flag(cost, price_flag)
+    s_why(cost, price_flag_reason)
     return cost
 
 
@@ -158,6 +172,8 @@ class ColumnRates:
     priced: bool
     unpriced_reason: str
     price_version: str
+    price_flag: str = ""
+    price_flag_reason: str = ""
 
 
 def normalise_tier(service_tier: str | None) -> str:
@@ -218,6 +234,8 @@ class _RateCard:
         "lines",
         "currency",
         "version",
+        "flag",
+        "flag_reason",
         "unpriced",
         "_base_rates",
         "_tier_rates",
@@ -227,10 +245,14 @@ class _RateCard:
         "min_audio_seconds",
     )
 
-    def __init__(self, lines: tuple[_Line, ...], currency: str, version: str) -> None:
+    def __init__(
+        self, lines: tuple[_Line, ...], currency: str, version: str, flag: str = "", flag_reason: str = ""
+    ) -> None:
         self.lines = lines
         self.currency = currency
         self.version = version
+        self.flag = flag
+        self.flag_reason = flag_reason
         self.unpriced: Cost | None = None
         self.min_audio_seconds = 0  # genai-prices bills Groq's Whisper at least 10 s per call
         by_key = {line.usage_key: line for line in lines}
@@ -300,7 +322,8 @@ class _RateCard:
         if not self._fast or not all(_fits_columns(amount) for amount in (*amounts, self._fixed_other)):
             return None
         return tuple(
-            (start, ColumnRates(*rates, self._fixed_other, self.currency, True, "", self.version))
+            (start, ColumnRates(*rates, self._fixed_other, self.currency, True, "", self.version, self.flag,
+                                 self.flag_reason))
             for start, rates in brackets
         )
 
@@ -330,7 +353,10 @@ class _RateCard:
             output = (o * r_out).quantize(COST_SCALE, _ROUND, _CTX)
         other = self._fixed_other
         total = input_ + output + cache_read + cache_write + other
-        return _make_cost(input_, output, cache_read, cache_write, other, total, self.currency, True, "", self.version)
+        return _make_cost(
+            input_, output, cache_read, cache_write, other, total, self.currency, True, "", self.version, self.flag,
+            self.flag_reason,
+        )
 
     def _price_units(
         self,
@@ -388,7 +414,9 @@ class _RateCard:
         total = _ZERO
         for p in q:
             total = _CTX.add(total, p)
-        return _make_cost(q[0], q[1], q[2], q[3], q[4], total, self.currency, True, "", self.version)
+        return _make_cost(
+            q[0], q[1], q[2], q[3], q[4], total, self.currency, True, "", self.version, self.flag, self.flag_reason
+        )
 
     def _invalid(self, problem: str) -> Cost:
         return _make_cost(
@@ -489,7 +517,9 @@ def _is_power_of_ten(n: int) -> bool:
     return n == 1
 
 
-def _build_card(prices: Mapping[str, PriceValue], currency: str, version: str) -> _RateCard:
+def _build_card(
+    prices: Mapping[str, PriceValue], currency: str, version: str, flag: str = "", flag_reason: str = ""
+) -> _RateCard:
     """Turn price keys into arithmetic lines, ordered and checked as genai-prices does."""
     units = [(UNIT_REGISTRY.unit_for_price_key(key), value) for key, value in prices.items()]
     validate_priced_units(tuple(unit for unit, _ in units), UNIT_REGISTRY)
@@ -510,7 +540,7 @@ def _build_card(prices: Mapping[str, PriceValue], currency: str, version: str) -
             other.usage_key for other, _ in units if other is not unit and _is_within(unit, other)
         )
         lines.append(_Line(unit.usage_key, _part_of(unit), base, tiers, 1 if exact else unit.per, descendants))
-    return _RateCard(tuple(lines), currency, version)
+    return _RateCard(tuple(lines), currency, version, flag, flag_reason)
 
 
 # --- the pricer ------------------------------------------------------------------------------
@@ -521,6 +551,11 @@ def _scaled(prices: Mapping[str, PriceValue], factor: Decimal) -> dict[str, Pric
         key: value.scaled(factor) if isinstance(value, TieredPrice) else _CTX.multiply(value, factor)
         for key, value in prices.items()
     }
+
+
+def _scaled_tokens(prices: Mapping[str, PriceValue], factor: Decimal) -> dict[str, PriceValue]:
+    """Token prices (``*_mtok``) times ``factor``; per-request and per-search fees as they are."""
+    return {**prices, **_scaled({key: value for key, value in prices.items() if key.endswith("_mtok")}, factor)}
 
 
 def _from_catalog(value: Decimal | TieredPrices) -> PriceValue:
@@ -538,20 +573,27 @@ class Pricer:
     memo is ``functools.lru_cache``).
     """
 
-    def __init__(self, price_book: PriceBook | None = None, *, memo_size: int = 8192) -> None:
+    def __init__(
+        self, price_book: PriceBook | None = None, *, tier_rules: TierRules | None = None, memo_size: int = 8192
+    ) -> None:
         self._book = price_book
+        self._rules = published_tier_rules() if tier_rules is None else tier_rules
         self._snapshot = data_snapshot.get_snapshot()
         catalog = CATALOG_VERSION
         if self._snapshot.from_auto_update:
             catalog += f" (auto-update {self._snapshot.timestamp.isoformat(timespec='seconds')})"
         self._catalog_version = catalog
-        self._book_version = f"{catalog}; {price_book.label}" if price_book else catalog
+        # Every card carries the whole version, whichever layers it used: a row then says
+        # which catalog, tier rules and price book were in force when it was priced, and
+        # a later reprice can tell whether any of them changed.
+        book_label = price_book.label if price_book else "no price book"
+        self._version = f"{catalog}; {self._rules.label}; {book_label}"
         self._card = lru_cache(maxsize=memo_size)(self._resolve)
 
     @property
     def version(self) -> str:
-        """The prices this pricer can use: catalog version, and the book's name and hash."""
-        return self._book_version
+        """The prices this pricer uses: catalog version, tier rules' hash, the book's name and hash."""
+        return self._version
 
     @property
     def price_book(self) -> PriceBook | None:
@@ -616,8 +658,8 @@ class Pricer:
     def _resolve_card(self, provider: str, model: str, tier: str, at: datetime) -> _RateCard:
         book = self._book
         custom = book.find_model(provider, model, at) if book else None
-        used_book = custom is not None
         min_audio_seconds = 0
+        catalog_model = model
         if custom is not None:
             prices: dict[str, PriceValue] = dict(custom.prices)
             currency, has_variant = custom.currency, False
@@ -625,7 +667,7 @@ class Pricer:
             found = self._catalog_prices(provider, model, tier, at)
             if found is None:
                 return _RateCard.unpriced_card(self._miss_reason(provider, model, at), self.version)
-            prices, has_variant, min_audio_seconds = found
+            prices, has_variant, min_audio_seconds, catalog_model = found
             currency = "USD"
 
         tier_is_explicit = tier == "standard" or has_variant
@@ -634,29 +676,38 @@ class Pricer:
             override = book.find_override(provider, model, tiers, at)
             if override is not None:
                 prices.update(override.prices)
-                used_book = True
                 tier_is_explicit = tier_is_explicit or tier in override.service_tiers
 
-        if book and not tier_is_explicit:
-            multiplier = book.tier_multiplier(provider, tier)
+        flag = flag_reason = ""
+        if not tier_is_explicit:
+            multiplier = book.tier_multiplier(provider, tier) if book else None
+            rule = self._rules.tier_rule(provider, (model, catalog_model), tier, at)
             if multiplier is not None:
                 prices = _scaled(prices, multiplier)
-                used_book = True
+            elif rule is not None:
+                prices = _scaled_tokens(prices, rule.factor)
+            else:
+                flag = TIER_AT_STANDARD
+                flag_reason = (
+                    f"no {tier} price for model {model!r} at provider {provider!r} in {self._catalog_version}, "
+                    "the price book or the published tier rules: priced at the standard rate"
+                )
 
         discount = book.find_discount(provider, model, tier, at) if book else None
         if discount is not None:
             prices = _scaled(prices, discount.factor)
-            used_book = True
 
-        card = _build_card(prices, currency, self._book_version if used_book else self._catalog_version)
+        card = _build_card(prices, currency, self._version, flag, flag_reason)
         card.min_audio_seconds = min_audio_seconds
         return card
 
     def _catalog_prices(
         self, provider: str, model: str, tier: str, at: datetime
-    ) -> tuple[dict[str, PriceValue], bool, int] | None:
-        """The catalog's prices for the tier, whether the catalog has a variant for it, and
-        the minimum billed audio seconds (a Groq Whisper rule inside genai-prices' calc_price)."""
+    ) -> tuple[dict[str, PriceValue], bool, int, str] | None:
+        """The catalog's prices for the tier (with a published long-context tier the catalog
+        lacks), whether the catalog has a variant for the tier, the minimum billed audio
+        seconds (a Groq Whisper rule inside genai-prices' calc_price) and the catalog's id
+        of the model."""
         try:
             provider_info, model_info = self._snapshot.find_provider_model(model, None, provider, None)
         except LookupError:
@@ -674,8 +725,11 @@ class Pricer:
             for key, value in model_price.__dict__.items()
             if not key.startswith("_") and value is not None and key in _CATALOG_PRICE_KEYS
         }
+        long_context = self._rules.long_context_rule(provider_info.id, model_info.id, at)
+        if long_context is not None:
+            long_context.apply(prices)
         min_audio_seconds = 10 if (provider_info.id, model_info.id) in _MIN_10S_AUDIO else 0
-        return prices, has_variant, min_audio_seconds
+        return prices, has_variant, min_audio_seconds, model_info.id
 
     def _miss_reason(self, provider: str, model: str, at: datetime) -> str:
         book = self._book

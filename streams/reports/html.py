@@ -17,10 +17,12 @@ from html import escape
 
 from streams.reports import reconcile, svg
 from streams.reports.reports import (
+    FLAGGED_HEADERS,
     TEAM_WEEK_HEADERS,
     UNPRICED_HEADERS,
     WeeklyReport,
     cost_per_call_rise_rows,
+    flagged_rows,
     team_week_rows,
     unpriced_rows,
 )
@@ -49,7 +51,7 @@ def render_weekly_html(report: WeeklyReport, bills: reconcile.Reconciliation | N
         f"{money(report.prior_total_cost)} the week before ({percent(change)}). "
         f"Unattributed: {money(report.unattributed_cost)} ({percent(report.unattributed_share).lstrip('+')}). "
         f"Non-production traffic: {money(report.non_production_cost)}. "
-        f"Unpriced calls: {report.unpriced_calls}.</p>",
+        f"Unpriced calls: {report.unpriced_calls}. Calls priced with a doubt: {report.flagged_calls}.</p>",
         "<h2>Spend by team per day</h2>",
         _daily_chart(report),
         "<h2>Spend by team against the prior week</h2>",
@@ -77,6 +79,8 @@ def render_weekly_html(report: WeeklyReport, bills: reconcile.Reconciliation | N
         _table(
             UNPRICED_HEADERS, unpriced_rows(report),
         ),
+        "<h2>Calls priced with a doubt (counted above at the price shown)</h2>",
+        _table(FLAGGED_HEADERS, flagged_rows(report)),
     ]
     if bills is not None:
         sections += [

@@ -153,6 +153,20 @@ class UnpricedModel:
 
 
 @dataclass(frozen=True)
+class FlaggedCalls:
+    """Calls priced with a doubt (``price_flag``), e.g. a tier nobody prices, billed at standard."""
+
+    provider: str
+    model: str
+    service_tier: str
+    flag: str
+    reason: str
+    currency: str
+    calls: int
+    cost: Decimal
+
+
+@dataclass(frozen=True)
 class DailyTeamSpend:
     day: date
     team: str
@@ -173,6 +187,7 @@ class WeeklyReport:
     daily: list[DailyTeamSpend]  # this week and the prior one, for charts
     min_rise: Decimal
     min_calls: int
+    price_flags: list[FlaggedCalls] = field(default_factory=list)
 
     @property
     def week_end(self) -> date:
@@ -203,6 +218,10 @@ class WeeklyReport:
     @property
     def unpriced_calls(self) -> int:
         return sum(u.calls for u in self.unpriced)
+
+    @property
+    def flagged_calls(self) -> int:
+        return sum(f.calls for f in self.price_flags)
 
 
 def weekly_report(
@@ -249,6 +268,9 @@ def weekly_report(
         query, "SELECT * FROM weekly_unpriced_reasons(week_start = {week_start:Date})", {"week_start": week_start}
     ):
         reasons.setdefault((r["provider"], r["model"]), []).append(f"{r['unpriced_reason']} ({int(r['calls'])})")
+    flagged = records(
+        query, "SELECT * FROM weekly_price_flags(week_start = {week_start:Date})", {"week_start": week_start}
+    )
     daily = records(
         query,
         "SELECT * FROM daily_team_spend(start = {start:Date}, end = {end:Date}, currency = {currency:String})",
@@ -294,6 +316,11 @@ def weekly_report(
         daily=[DailyTeamSpend(as_date(r["day"]), r["team"], as_decimal(r["cost"])) for r in daily],
         min_rise=min_rise,
         min_calls=min_calls,
+        price_flags=[
+            FlaggedCalls(r["provider"], r["model"], r["service_tier"], r["price_flag"], r["reason"], r["currency"],
+                         int(r["calls"]), as_decimal(r["cost"]))
+            for r in flagged
+        ],
     )
 
 
@@ -608,6 +635,9 @@ def render_weekly(report: WeeklyReport) -> str:
         )
         if report.unpriced
         else "  none",
+        "",
+        f"Calls priced with a doubt (counted above at the price shown, check it): {report.flagged_calls}",
+        table(FLAGGED_HEADERS, flagged_rows(report)) if report.price_flags else "  none",
     ]
     return "\n".join(parts)
 
@@ -710,6 +740,15 @@ def render_roi(entries: Sequence[WorkflowValue]) -> str:
 
 
 TEAM_WEEK_HEADERS = ("team", "this week ", "prior week ", "change ", "change % ", "calls ")
+FLAGGED_HEADERS = ("provider", "model", "tier", "calls ", "cost ", "currency", "why")
+
+
+def flagged_rows(report: WeeklyReport) -> list[tuple[Any, ...]]:
+    """The rows of the flagged-calls table, as the terminal and the HTML page show them."""
+    return [
+        (f.provider, f.model, f.service_tier, f.calls, money(f.cost), f.currency, f.reason)
+        for f in report.price_flags
+    ]
 
 
 def team_week_rows(report: WeeklyReport) -> list[tuple[Any, ...]]:

@@ -242,17 +242,27 @@ class NonProductionDetector(CalendarDetector):
 
 class UnpricedDetector(CalendarDetector):
     """Calls to a model the price catalog and the price book cannot price: spend that is
-    missing from every budget. One alert per provider, model and UTC day, with the count."""
+    missing from every budget. One alert per provider, model and UTC day, with the count.
+
+    Calls priced with a doubt (``price_flag``: a service tier nobody prices, billed at the
+    standard rate) alert the same way, per model and tier (scope ``model=…,tier=…``; the
+    provider is a driver): their spend is in the budgets, but perhaps at the wrong price."""
 
     name = "unpriced"
     kind = "unpriced_model"
     length = DAY
 
     def contributions(self) -> list[Contribution]:
-        return [Contribution(
-            RowText("provider={provider},model={model}", ~is_set("priced")),
-            (RowText("team={team}"), RowText("reason={unpriced_reason}")),
-        )]
+        return [
+            Contribution(
+                RowText("provider={provider},model={model}", ~is_set("priced")),
+                (RowText("team={team}"), RowText("reason={unpriced_reason}")),
+            ),
+            Contribution(
+                RowText("model={model},tier={service_tier}", given("price_flag")),
+                (RowText("provider={provider}"), RowText("team={team}"), RowText("reason={price_flag_reason}")),
+            ),
+        ]
 
     def check(self, state: Mapping[str, Any], scope: str, settings: UnpricedSettings) -> Finding | None:
         tally = state["cur"]
@@ -270,10 +280,18 @@ class UnpricedDetector(CalendarDetector):
             "chunk): have it ask for usage (stream_options include_usage) or record the counts it has."
             if reason == USAGE_MISSING else "Add the model to the price book."
         )
-        message = (
-            f"{tally['calls']} calls to {scope} today could not be priced ({reason}); their spend is missing "
-            f"from budgets and reports. Teams: {teams}. {fix}"
-        )
+        if ",tier=" in scope:
+            providers = ", ".join(label.partition("=")[2] for label in drivers if label.startswith("provider="))
+            message = (
+                f"{tally['calls']} calls to {scope} ({providers}) today were priced with a doubt ({reason}). "
+                f"Teams: {teams}. "
+                "Price the tier in the price book ([service_tiers]), then correct them with `spendstream reprice`."
+            )
+        else:
+            message = (
+                f"{tally['calls']} calls to {scope} today could not be priced ({reason}); their spend is missing "
+                f"from budgets and reports. Teams: {teams}. {fix}"
+            )
         day = state["w"]
         return Finding(self.start_of(day), self.start_of(day + 1), settings.severity, Decimal(tally["calls"]),
                        Decimal(settings.min_calls), "calls", message,
