@@ -73,8 +73,8 @@ def _write_client(settings: Settings) -> Iterator[Client]:
 
     if settings.is_embedded_clickhouse and _worker_running(settings):
         raise click.ClickException(
-            f"a worker is running ({settings.web_url}) and owns the embedded ClickHouse, so this import cannot "
-            "write to it. Stop the worker and run the import again, or point SPENDSTREAM_CLICKHOUSE_DSN at a "
+            f"a worker is running ({settings.web_url}) and owns the embedded ClickHouse, so this command cannot "
+            "write to it. Stop the worker and run the command again, or point SPENDSTREAM_CLICKHOUSE_DSN at a "
             "ClickHouse server, which any number of processes can write to."
         )
     client = clickhouse.connect(settings)
@@ -368,4 +368,45 @@ def focus(period: str, fmt: Any, out: Path) -> None:
     click.echo("checked: the file's totals per currency and team equal the ledger's")
 
 
-commands: list[click.Command] = [report, licences, value, bills, reconcile_command, export]
+# --- reprice -------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--from", "start", required=True, type=click.DateTime(["%Y-%m-%d"]),
+              help="First UTC day whose calls are priced again, YYYY-MM-DD.")
+@click.option("--to", "end", required=True, type=click.DateTime(["%Y-%m-%d"]),
+              help="Last UTC day (included), YYYY-MM-DD.")
+@click.option("--provider", default="", help="Only this provider's calls (as the events name it).")
+@click.option("--model", default="", help="Only this model's calls (as the events name it).")
+@click.option("--reason", required=True, help="Why: recorded with every adjustment, e.g. the price-book fix.")
+@click.option("--by", "run_by", default=None,
+              help="Who runs it, recorded with every adjustment. Default: the login name.")
+def reprice(start: datetime, end: datetime, provider: str, model: str, reason: str, run_by: str | None) -> None:
+    """Price past calls again with today's catalog, tier rules and price book, and append the
+    differences as adjustments (usage rows are never rewritten). Running it again adds nothing;
+    run it again to finish an interrupted run."""
+    import getpass
+
+    from streams.ledger.reprice import RepriceError, RepriceRun
+    from streams.ledger.reprice import reprice as reprice_rows
+    from streams.pricing.price_book import PriceBook, PriceBookError
+    from streams.pricing.rate_cards import Pricer
+
+    settings = Settings()
+    try:
+        run = RepriceRun(start.date(), end.date(), reason, run_by or getpass.getuser(), provider.strip(),
+                         model.strip())
+        book = PriceBook.load(settings.price_book) if settings.price_book else None
+    except (RepriceError, PriceBookError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    pricer = Pricer(book)
+    with _write_client(settings) as client:
+        result = reprice_rows(client, pricer, run)
+    totals = ", ".join(f"{reports.money(t)} {c}" for c, t in sorted(result.totals.items())) or "no change"
+    click.echo(
+        f"reprice {result.run_id}: {result.rows_read} call(s) from {run.start} to {run.end} priced again with "
+        f"{pricer.version}; {result.adjusted_events} changed, {result.adjustments} adjustment(s) appended ({totals})"
+    )
+
+
+commands: list[click.Command] = [report, licences, value, bills, reconcile_command, export, reprice]

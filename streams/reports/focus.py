@@ -12,6 +12,10 @@ AWS or Azure reads this too. One file covers one billing period (a calendar mont
   rate, and so they are counted on the input row, as the price was applied.
 * Licences and subscriptions active in the month (``licences``): ``ChargeCategory``
   "Purchase", ``ChargeFrequency`` "Recurring", one seat each.
+* Corrections ``spendstream reprice`` appended (``usage_adjustments``): ``ChargeCategory``
+  "Adjustment", one row per day, model, tier, team, feature, environment and run, the
+  description naming the run, who ran it, when and why; ``PricingQuantity`` is the number
+  of calls it corrects, in "Requests".
 
 Costs: BilledCost, EffectiveCost, ListCost and ContractedCost all carry the ledger's cost,
 which is what was priced (catalog price under the organisation's price book); there are no
@@ -127,12 +131,32 @@ GROUP BY day, provider, model, service_tier, price_version, team, feature, envir
 ORDER BY day, provider, model, team, feature, environment, service_tier, price_version, currency
 """
 
-# The ledger's own totals for the period, per currency and team: API usage from the raw
-# rows, licences from the licence view.
-_LEDGER_USAGE_SQL = """
-SELECT currency, team, sum(cost_total) AS cost
-FROM usage
+# Corrections of the period's usage, per run and the usage dimensions. Output names differ
+# from column names, as above.
+_ADJUSTMENTS_SQL = """
+SELECT
+    toDate(occurred_at) AS day, provider, model, service_tier, price_version, team, feature, environment, currency,
+    run_id, any(run_by) AS who, any(run_at) AS run_time, any(reason) AS why,
+    count() AS adjusted, sum(cost_total) AS cost
+FROM usage_adjustments
 WHERE toDate(occurred_at) >= {start:Date} AND toDate(occurred_at) < {end:Date}
+GROUP BY day, provider, model, service_tier, price_version, team, feature, environment, currency, run_id
+HAVING cost != 0
+ORDER BY day, provider, model, team, feature, environment, service_tier, run_time, run_id, currency
+"""
+
+# The ledger's own totals for the period, per currency and team: API usage from the raw
+# rows and their adjustments, licences from the licence view.
+_LEDGER_USAGE_SQL = """
+SELECT currency, team, sum(amount) AS cost
+FROM
+(
+    SELECT currency, team, cost_total AS amount FROM usage
+    WHERE toDate(occurred_at) >= {start:Date} AND toDate(occurred_at) < {end:Date}
+    UNION ALL
+    SELECT currency, team, cost_total FROM usage_adjustments
+    WHERE toDate(occurred_at) >= {start:Date} AND toDate(occurred_at) < {end:Date}
+)
 GROUP BY currency, team
 """
 
@@ -167,6 +191,8 @@ def focus_rows(query: Query, period: date) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for group in records(query, _USAGE_SQL, {"start": start, "end": end}):
         rows.extend({**billing, **row} for row in _usage_rows(group))
+    for group in records(query, _ADJUSTMENTS_SQL, {"start": start, "end": end}):
+        rows.append({**billing, **_adjustment_row(group)})
     for licence in _licences(query, period):
         rows.append({**billing, **_licence_row(licence, start, end)})
     return rows
@@ -237,6 +263,59 @@ def _usage_rows(group: dict[str, Any]) -> Iterator[dict[str, Any]]:
             "x_ServiceTier": tier,
             "x_PriceVersion": group["price_version"],
         }
+
+
+def _adjustment_row(group: dict[str, Any]) -> dict[str, Any]:
+    """One correction of a usage group by one ``spendstream reprice`` run."""
+    provider, model, tier, team = group["provider"], group["model"], group["service_tier"], group["team"]
+    day = as_date(group["day"])
+    cost = as_decimal(group["cost"])
+    adjusted = int(group["adjusted"])
+    run_time = group["run_time"]
+    when = run_time.strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(run_time, datetime) else str(run_time)
+    return {
+        "BilledCost": cost,
+        "BillingAccountId": provider,
+        "BillingAccountName": provider,
+        "BillingCurrency": group["currency"],
+        "ChargeCategory": "Adjustment",
+        "ChargeClass": None,
+        "ChargeDescription": (
+            f"{model} {tier} tier, {adjusted} call(s) priced again by reprice run {group['run_id']} "
+            f"({group['who']}, {when}): {group['why']}"
+        ),
+        "ChargeFrequency": "One-Time",
+        "ChargePeriodStart": _utc(day),
+        "ChargePeriodEnd": _utc(day + timedelta(days=1)),
+        "ConsumedQuantity": None,
+        "ConsumedUnit": None,
+        "ContractedCost": cost,
+        "ContractedUnitPrice": None,
+        "EffectiveCost": cost,
+        "InvoiceIssuerName": provider,
+        "ListCost": cost,
+        "ListUnitPrice": None,
+        "PricingCategory": "Standard",
+        "PricingQuantity": Decimal(adjusted),
+        "PricingUnit": "Requests",
+        "ProviderName": provider,
+        "PublisherName": provider,
+        "ResourceId": f"{provider}/{model}",
+        "ResourceName": model,
+        "ResourceType": "Model",
+        "ServiceCategory": SERVICE_CATEGORY,
+        "ServiceName": f"{provider} API",
+        "ServiceSubcategory": SERVICE_SUBCATEGORY,
+        "SkuId": f"{provider}/{model}/adjustment",
+        "SkuPriceId": f"{group['price_version']}/{tier}/adjustment",
+        "SubAccountId": team,
+        "SubAccountName": team,
+        "Tags": {"team": team, "feature": group["feature"], "env": group["environment"]},
+        "x_CostPart": "adjustment",
+        "x_Calls": adjusted,
+        "x_ServiceTier": tier,
+        "x_PriceVersion": group["price_version"],
+    }
 
 
 def _unit_price(cost: Decimal, quantity: int) -> Decimal | None:
