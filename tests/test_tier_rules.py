@@ -16,7 +16,12 @@ import pytest
 from streams.pricing.columns import price_columns
 from streams.pricing.price_book import PriceBook
 from streams.pricing.rate_cards import Cost, Pricer
-from streams.pricing.tier_rules import TIER_AT_STANDARD, TierRules, TierRulesError, published_tier_rules
+from streams.pricing.tier_rules import (
+    TIER_AT_STANDARD,
+    TierRules,
+    TierRulesError,
+    published_tier_rules,
+)
 
 NOV = datetime(2026, 11, 3, 10, 0, tzinfo=UTC)  # after the catalog's own batch variants (from 2026-10-12/14)
 SEP = datetime(2026, 9, 1, 8, 0, tzinfo=UTC)  # before any catalog batch variant (they start 2026-10-12/14)

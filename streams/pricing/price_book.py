@@ -381,16 +381,7 @@ class PriceBook(BaseModel):
     @classmethod
     def parse(cls, text: str, *, source: str = "<string>") -> PriceBook:
         """Validate a price book from TOML text. ``version_hash`` is the text's sha256."""
-        data = read_toml_without_floats(text, f"price book {source}", PriceBookError)
-        if "version_hash" in data:
-            raise PriceBookError(
-                f"price book {source}: version_hash is computed from the file's content; remove it"
-            )
-        data["version_hash"] = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise PriceBookError(format_validation_errors(f"price book {source}", exc)) from None
+        return parse_versioned(cls, text, f"price book {source}", PriceBookError)
 
     # --- look-ups (run on a rate-card memo miss, never per event) -----------------------
 
@@ -440,7 +431,23 @@ def _most_specific(entries: Iterable[_E]) -> _E | None:
     return best
 
 
-# --- TOML helpers shared with the routing rules --------------------------------------------
+# --- TOML helpers shared with the routing rules and the tier rules -------------------------
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def parse_versioned(model: type[_M], text: str, what: str, error: type[ValueError]) -> _M:
+    """Validate TOML text as ``model``, whose ``version_hash`` is the text's sha256 (12 hex
+    digits): the content, not a name someone must remember to change, versions the prices."""
+    data = read_toml_without_floats(text, what, error)
+    if "version_hash" in data:
+        raise error(f"{what}: version_hash is computed from the file's content; remove it")
+    data["version_hash"] = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise error(format_validation_errors(what, exc)) from None
+
 
 
 class _TomlFloat(str):

@@ -16,22 +16,20 @@ so a row says which rules priced it and ``spendstream reprice`` can apply a chan
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, date, datetime
 from decimal import Context, Decimal
 from importlib.resources import files
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from streams.pricing.price_book import (
     SERVICE_TIERS,
-    TieredPrice,
-    Tier,
     UNIT_REGISTRY,
     PriceValue,
-    format_validation_errors,
-    read_toml_without_floats,
+    Tier,
+    TieredPrice,
+    parse_versioned,
 )
 
 __all__ = ["TIER_AT_STANDARD", "LongContextRule", "TierRule", "TierRules", "TierRulesError", "published_tier_rules"]
@@ -125,12 +123,7 @@ class TierRules(BaseModel):
 
     @classmethod
     def parse(cls, text: str, *, source: str = "<string>") -> TierRules:
-        data = read_toml_without_floats(text, f"tier rules {source}", TierRulesError)
-        data["version_hash"] = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise TierRulesError(format_validation_errors(f"tier rules {source}", exc)) from None
+        return parse_versioned(cls, text, f"tier rules {source}", TierRulesError)
 
     @property
     def label(self) -> str:

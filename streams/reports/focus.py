@@ -200,8 +200,7 @@ def focus_rows(query: Query, period: date) -> list[dict[str, Any]]:
 
 def _usage_rows(group: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """One FOCUS row per cost part of a usage group that has tokens or cost."""
-    provider, model, tier, team = group["provider"], group["model"], group["service_tier"], group["team"]
-    day = as_date(group["day"])
+    model, tier = group["model"], group["service_tier"]
     calls = int(group["calls"])
     uncached, output = int(group["uncached_input"]), int(group["output"])
     cache_read, cache_write = int(group["cache_read"]), int(group["cache_write"])
@@ -224,80 +223,60 @@ def _usage_rows(group: dict[str, Any]) -> Iterator[dict[str, Any]]:
             continue
         unit_price = _unit_price(cost, quantity)
         yield {
-            "BilledCost": cost,
-            "BillingAccountId": provider,
-            "BillingAccountName": provider,
-            "BillingCurrency": group["currency"],
+            **_model_charge(group, part, cost),
             "ChargeCategory": "Usage",
-            "ChargeClass": None,
             "ChargeDescription": f"{model} {what}, {tier} tier",
             "ChargeFrequency": "Usage-Based",
-            "ChargePeriodStart": _utc(day),
-            "ChargePeriodEnd": _utc(day + timedelta(days=1)),
             "ConsumedQuantity": Decimal(quantity),
             "ConsumedUnit": unit,
-            "ContractedCost": cost,
             "ContractedUnitPrice": unit_price,
-            "EffectiveCost": cost,
-            "InvoiceIssuerName": provider,
-            "ListCost": cost,
             "ListUnitPrice": unit_price,
-            "PricingCategory": "Standard",
             "PricingQuantity": Decimal(quantity),
             "PricingUnit": unit,
-            "ProviderName": provider,
-            "PublisherName": provider,
-            "ResourceId": f"{provider}/{model}",
-            "ResourceName": model,
-            "ResourceType": "Model",
-            "ServiceCategory": SERVICE_CATEGORY,
-            "ServiceName": f"{provider} API",
-            "ServiceSubcategory": SERVICE_SUBCATEGORY,
-            "SkuId": f"{provider}/{model}/{part}",
-            "SkuPriceId": f"{group['price_version']}/{tier}/{part}",
-            "SubAccountId": team,
-            "SubAccountName": team,
-            "Tags": {"team": team, "feature": group["feature"], "env": group["environment"]},
-            "x_CostPart": part,
             "x_Calls": calls,
-            "x_ServiceTier": tier,
-            "x_PriceVersion": group["price_version"],
         }
 
 
 def _adjustment_row(group: dict[str, Any]) -> dict[str, Any]:
     """One correction of a usage group by one ``spendstream reprice`` run."""
-    provider, model, tier, team = group["provider"], group["model"], group["service_tier"], group["team"]
-    day = as_date(group["day"])
-    cost = as_decimal(group["cost"])
     adjusted = int(group["adjusted"])
     run_time = group["run_time"]
     when = run_time.strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(run_time, datetime) else str(run_time)
+    return {
+        **_model_charge(group, "adjustment", as_decimal(group["cost"])),
+        "ChargeCategory": "Adjustment",
+        "ChargeDescription": (
+            f"{group['model']} {group['service_tier']} tier, {adjusted} call(s) priced again by reprice run "
+            f"{group['run_id']} ({group['who']}, {when}): {group['why']}"
+        ),
+        "ChargeFrequency": "One-Time",
+        "ConsumedQuantity": None,
+        "ConsumedUnit": None,
+        "ContractedUnitPrice": None,
+        "ListUnitPrice": None,
+        "PricingQuantity": Decimal(adjusted),
+        "PricingUnit": "Requests",
+        "x_Calls": adjusted,
+    }
+
+
+def _model_charge(group: dict[str, Any], part: str, cost: Decimal) -> dict[str, Any]:
+    """What every charge for a model on a day says: who billed it, for what, to which team."""
+    provider, model, tier, team = group["provider"], group["model"], group["service_tier"], group["team"]
+    day = as_date(group["day"])
     return {
         "BilledCost": cost,
         "BillingAccountId": provider,
         "BillingAccountName": provider,
         "BillingCurrency": group["currency"],
-        "ChargeCategory": "Adjustment",
         "ChargeClass": None,
-        "ChargeDescription": (
-            f"{model} {tier} tier, {adjusted} call(s) priced again by reprice run {group['run_id']} "
-            f"({group['who']}, {when}): {group['why']}"
-        ),
-        "ChargeFrequency": "One-Time",
         "ChargePeriodStart": _utc(day),
         "ChargePeriodEnd": _utc(day + timedelta(days=1)),
-        "ConsumedQuantity": None,
-        "ConsumedUnit": None,
         "ContractedCost": cost,
-        "ContractedUnitPrice": None,
         "EffectiveCost": cost,
         "InvoiceIssuerName": provider,
         "ListCost": cost,
-        "ListUnitPrice": None,
         "PricingCategory": "Standard",
-        "PricingQuantity": Decimal(adjusted),
-        "PricingUnit": "Requests",
         "ProviderName": provider,
         "PublisherName": provider,
         "ResourceId": f"{provider}/{model}",
@@ -306,13 +285,12 @@ def _adjustment_row(group: dict[str, Any]) -> dict[str, Any]:
         "ServiceCategory": SERVICE_CATEGORY,
         "ServiceName": f"{provider} API",
         "ServiceSubcategory": SERVICE_SUBCATEGORY,
-        "SkuId": f"{provider}/{model}/adjustment",
-        "SkuPriceId": f"{group['price_version']}/{tier}/adjustment",
+        "SkuId": f"{provider}/{model}/{part}",
+        "SkuPriceId": f"{group['price_version']}/{tier}/{part}",
         "SubAccountId": team,
         "SubAccountName": team,
         "Tags": {"team": team, "feature": group["feature"], "env": group["environment"]},
-        "x_CostPart": "adjustment",
-        "x_Calls": adjusted,
+        "x_CostPart": part,
         "x_ServiceTier": tier,
         "x_PriceVersion": group["price_version"],
     }
