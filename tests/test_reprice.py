@@ -62,7 +62,7 @@ output_mtok = "4"
 
 
 def events() -> list[dict[str, Any]]:
-    def call(model: str, provider: str, at: datetime, team: str, tier: str = "standard", **usage: int) -> dict[str, Any]:
+    def call(model: str, provider: str, at: datetime, team: str, tier: str = "standard", **usage: Any) -> dict[str, Any]:
         return usage_event(provider=provider, model=model, occurred_at=at, service_tier=tier, team=team,
                            feature="f", environment="production", **usage)
 
@@ -78,6 +78,8 @@ def events() -> list[dict[str, Any]]:
         call("mystery", "self-hosted", DAY2, "search", input_tokens=500_000, output_tokens=0),
         # A model re-priced in another currency: $1 taken back, EUR 1 added.
         call("acme-llama", "self-hosted", DAY1, "search", input_tokens=1_000_000, output_tokens=0),
+        # A call whose usage never came stays unpriced: it is not priced again.
+        call("gpt-4o", "openai", DAY2, "search", input_tokens=1_000, output_tokens=0, usage_missing=True),
     ]
 
 
@@ -111,7 +113,7 @@ def test_reprice_appends_the_differences_and_rollups_reports_and_focus_count_the
     stored: Client, read_only: Any, tmp_path: Path
 ) -> None:
     before = one(stored, "SELECT sum(cost_total), count(), countIf(price_flag = {f:String}) FROM usage", f=TIER_AT_STANDARD)
-    assert before == (BEFORE, 6, 1)
+    assert before == (BEFORE, 7, 1)
 
     result = reprice(stored, NEW, run())
     assert (result.rows_read, result.adjusted_events, result.adjustments) == (6, 5, 6)

@@ -64,12 +64,13 @@ _FILTER = (
     "occurred_at >= {start:DateTime64(3, 'UTC')} AND occurred_at < {end:DateTime64(3, 'UTC')} "
     "AND ({provider:String} = '' OR provider = {provider:String}) AND ({model:String} = '' OR model = {model:String})"
 )
+# A call whose usage never came (usage_missing) stays unpriced: its counts are not a price's to trust.
 _USAGE_SQL = (
     f"SELECT {', '.join(_DIMENSIONS)}, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
-    f"other_units, currency, priced, price_version, {', '.join(PARTS)} FROM usage WHERE {_FILTER}"
+    f"other_units, currency, priced, price_version, {', '.join(PARTS)} FROM usage WHERE {_FILTER} AND NOT usage_missing"
 )
 _ADJUSTED_SQL = (
-    f"SELECT event_id, currency, {', '.join(f'sum({p})' for p in PARTS)}, argMax(price_version, run_at) "
+    f"SELECT event_id, currency, {', '.join(f'sum({p})' for p in PARTS)}, max(run_at), argMax(price_version, run_at) "
     f"FROM {ADJUSTMENTS_TABLE} WHERE {_FILTER} GROUP BY event_id, currency"
 )
 
@@ -134,10 +135,10 @@ def _reprice_day(client: Client, pricer: Pricer, run: RepriceRun, day: date, res
     # a. The day's usage, and the adjustments recorded so far per event and currency.
     usage = client.query(_USAGE_SQL, parameters=parameters).named_results()
     adjusted: dict[str, dict[str, tuple[Decimal, ...]]] = defaultdict(dict)
-    latest_version: dict[str, str] = {}
-    for event_id, currency, *sums, version in client.query(_ADJUSTED_SQL, parameters=parameters).result_rows:
+    latest_version: dict[str, tuple[datetime, str]] = {}  # the price version of the event's latest run
+    for event_id, currency, *sums, run_at, version in client.query(_ADJUSTED_SQL, parameters=parameters).result_rows:
         adjusted[event_id][currency] = tuple(sums)
-        latest_version[event_id] = version
+        latest_version[event_id] = max(latest_version.get(event_id, (run_at, version)), (run_at, version))
 
     rows: list[list[Any]] = []
     events = 0
@@ -155,7 +156,7 @@ def _reprice_day(client: Client, pricer: Pricer, run: RepriceRun, day: date, res
         for currency, sums in adjusted.get(row["event_id"], {}).items():
             held[currency] = _add(held.get(currency, _ZERO), sums)
         new = {cost.currency: _parts(cost)}
-        previous = latest_version.get(row["event_id"], row["price_version"])
+        previous = latest_version.get(row["event_id"], (None, row["price_version"]))[1]
         deltas = [
             (currency, delta)
             for currency in sorted(held.keys() | new.keys())

@@ -140,6 +140,8 @@ def unpriced_where(columns: Mapping[str, pa.Array], rows: pa.BooleanArray, reaso
     out = {name: pc.if_else(rows, pa.scalar(0, columns[name].type), columns[name]) for name in COST_COLUMNS}
     out["priced"] = pc.and_(columns["priced"], pc.invert(rows))
     out["unpriced_reason"] = pc.if_else(rows, reason, columns["unpriced_reason"])
+    for name in ("price_flag", "price_flag_reason"):  # a flag is a doubt about a price; there is none
+        out[name] = pc.if_else(rows, "", columns[name])
     return out
 
 
