@@ -7,11 +7,13 @@
 ALTER TABLE {database}.usage ADD COLUMN IF NOT EXISTS price_flag LowCardinality(String) DEFAULT '';
 ALTER TABLE {database}.usage ADD COLUMN IF NOT EXISTS price_flag_reason LowCardinality(String) DEFAULT '';
 
--- Flagged calls per day, provider, model, tier and reason: the weekly report's section and
--- the reconciliation read this instead of scanning usage. Filled from now on, as every rollup.
+-- Flagged calls per day, team, provider, model, tier and reason: the weekly report's section
+-- and the reconciliation read this instead of scanning usage. Filled from now on, as every
+-- rollup; keyed by team and day like the others, so the sink's rollup repair can redo it.
 CREATE TABLE IF NOT EXISTS {database}.usage_daily_flags
 (
     day               Date,
+    team              LowCardinality(String),
     provider          LowCardinality(String),
     model             LowCardinality(String),
     service_tier      LowCardinality(String),
@@ -23,15 +25,15 @@ CREATE TABLE IF NOT EXISTS {database}.usage_daily_flags
 )
 ENGINE = SummingMergeTree
 PARTITION BY toYYYYMM(day)
-ORDER BY (day, provider, model, service_tier, price_flag, price_flag_reason, currency)
+ORDER BY (day, team, provider, model, service_tier, price_flag, price_flag_reason, currency)
 SETTINGS non_replicated_deduplication_window = 10000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.usage_daily_flags_mv TO {database}.usage_daily_flags AS
-SELECT toDate(occurred_at) AS day, provider, model, service_tier, price_flag, price_flag_reason, currency,
+SELECT toDate(occurred_at) AS day, team, provider, model, service_tier, price_flag, price_flag_reason, currency,
        count() AS calls, sum(cost_total) AS cost_total
 FROM {database}.usage
 WHERE price_flag != ''
-GROUP BY day, provider, model, service_tier, price_flag, price_flag_reason, currency;
+GROUP BY day, team, provider, model, service_tier, price_flag, price_flag_reason, currency;
 
 -- The flagged calls of the week from week_start (7 UTC days), per provider, model and tier.
 CREATE VIEW IF NOT EXISTS {database}.weekly_price_flags AS
@@ -90,6 +92,8 @@ SETTINGS non_replicated_deduplication_window = 10000;
 -- Adjustments flow into the same rollups as usage, so every report view (weekly,
 -- chargeback, per person) counts them: a corrected amount with no calls or tokens of its
 -- own. Inserted adjustments are summed with usage's rows by the SummingMergeTree merges.
+-- The sink's rollup repair (streams/ledger/rollup_repair.py) counts them too: it finds
+-- these views as the ones reading usage_adjustments into a rollup.
 CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.usage_hourly_adjustments_mv TO {database}.usage_hourly AS
 SELECT
     toStartOfHour(occurred_at) AS hour,

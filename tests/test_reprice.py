@@ -25,6 +25,7 @@ from streams.ingest.attribution import Router
 from streams.ingest.enrich import Enricher, SourceMessage
 from streams.ledger.clickhouse import insert_priced, query_rows
 from streams.ledger.reprice import RepriceError, RepriceRun, reprice
+from streams.ledger.rollup_repair import repair
 from streams.pricing.price_book import PriceBook
 from streams.pricing.rate_cards import Pricer
 from streams.pricing.tier_rules import TIER_AT_STANDARD, TierRules
@@ -110,7 +111,7 @@ DELTA_USD = Decimal("0.5") * 2 - Decimal(45) + Decimal(2) - Decimal(1)  # gpt-4o
 
 
 def test_reprice_appends_the_differences_and_rollups_reports_and_focus_count_them(
-    stored: Client, read_only: Any, tmp_path: Path
+    stored: Client, read_only: Any, settings: Settings, tmp_path: Path
 ) -> None:
     before = one(stored, "SELECT sum(cost_total), count(), countIf(price_flag = {f:String}) FROM usage", f=TIER_AT_STANDARD)
     assert before == (BEFORE, 7, 1)
@@ -139,8 +140,11 @@ def test_reprice_appends_the_differences_and_rollups_reports_and_focus_count_the
     again = reprice(stored, NEW, run())
     assert (again.adjustments, again.totals) == (0, {})
 
-    # Rollups, the weekly and chargeback reports and FOCUS count usage plus adjustments.
+    # Rollups, the weekly and chargeback reports and FOCUS count usage plus adjustments; the
+    # sink's rollup repair (after a crash between usage and its views) keeps them.
+    repair(stored, settings.clickhouse_database, [(team, d) for team in ("search", "growth") for d in (DAY1.date(), DAY2.date())])
     assert one(stored, "SELECT sum(cost_total) FROM usage_daily WHERE currency = 'USD'") == (BEFORE + DELTA_USD,)
+    assert one(stored, "SELECT sum(cost_total) FROM usage_hourly WHERE currency = 'EUR'") == (Decimal(1),)
     assert one(stored, "SELECT sum(cost_total) FROM usage_daily_by_user WHERE currency = 'EUR'") == (Decimal(1),)
     weekly = weekly_report(read_only, date(2026, 11, 2))
     assert weekly.total_cost == BEFORE + DELTA_USD

@@ -8,13 +8,16 @@ reaches the views either. The sink notices (rows stored from the very message it
 writing) and calls :func:`repair` for those rows' teams and days.
 
 The repair recomputes each rollup from ``usage`` for those keys, with the view's own
-query, subtracts what the rollup holds, and inserts the difference (in one insert; a
-summing table adds it up). Nothing is deleted, so readers never see a key missing, and a
-rollup that was already right gets nothing. The views are read from ``system.tables``,
-so a rollup added by a later migration is repaired without a change here.
+query, adds what the views over ``usage_adjustments`` (``spendstream reprice``'s
+corrections, ``clickhouse/0010``) put in the same rollup, subtracts what the rollup holds,
+and inserts the difference (in one insert; a summing table adds it up). Nothing is
+deleted, so readers never see a key missing, and a rollup that was already right gets
+nothing. The views are read from ``system.tables``, so a rollup added by a later
+migration is repaired without a change here.
 
 Safe because one sink writes a team's rows: the priced topic is keyed by team, so no
-other insert changes these keys while the repair reads them.
+other insert changes these keys while the repair reads them (a reprice run does: run it
+while the sink is idle for those days, as the embedded engine requires anyway).
 """
 
 from __future__ import annotations
@@ -36,25 +39,32 @@ class Rollup:
     view: str
     table: str
     query: str                 # the view's SELECT, reading from <database>.usage
+    corrections: tuple[str, ...]  # the SELECTs of the views filling the table from usage_adjustments
     keys: tuple[str, ...]      # the table's sorting key: the GROUP BY of the view
     values: dict[str, str]     # the summed columns and their types
     time_column: str           # the key column holding the hour or day
 
 
-def rollups(client: Client, database: str) -> list[Rollup]:
-    """Every materialized view that reads ``usage``, with its target table's layout."""
-    found = []
+def _views_of(client: Client, database: str, source: str) -> list[tuple[str, str, str]]:
+    """``(view, target table, SELECT)`` of every materialized view reading ``source``."""
     views = client.query(
         "SELECT name, create_table_query, as_select FROM system.tables "
         "WHERE database = {db:String} AND engine = 'MaterializedView' "
-        "AND has((SELECT dependencies_table FROM system.tables WHERE database = {db:String} AND name = 'usage'), name)",
-        parameters={"db": database},
+        "AND has((SELECT dependencies_table FROM system.tables WHERE database = {db:String} AND name = {src:String}), "
+        "name)",
+        parameters={"db": database, "src": source},
     ).result_rows
-    for view, create, query in views:
-        target = _TARGET.search(create)
-        if target is None:
-            continue  # a view without TO keeps its own inner table; none of ours does
-        table = target.group(2)
+    # A view without TO keeps its own inner table; none of ours does.
+    return [(view, target.group(2), query) for view, create, query in views if (target := _TARGET.search(create))]
+
+
+def rollups(client: Client, database: str) -> list[Rollup]:
+    """Every materialized view that reads ``usage``, with its target table's layout."""
+    found = []
+    corrections: dict[str, list[str]] = {}
+    for _, table, query in _views_of(client, database, "usage_adjustments"):
+        corrections.setdefault(table, []).append(query)
+    for view, table, query in _views_of(client, database, "usage"):
         [(sorting_key,)] = client.query(
             "SELECT sorting_key FROM system.tables WHERE database = {db:String} AND name = {t:String}",
             parameters={"db": database, "t": table},
@@ -67,7 +77,7 @@ def rollups(client: Client, database: str) -> list[Rollup]:
         types = dict(columns)
         time_column = next(k for k in keys if types[k].startswith(("Date", "DateTime")))
         values = {name: kind for name, kind in columns if name not in keys}
-        found.append(Rollup(view, table, query, keys, values, time_column))
+        found.append(Rollup(view, table, query, tuple(corrections.get(table, ())), keys, values, time_column))
     return found
 
 
@@ -82,7 +92,8 @@ def repair(client: Client, database: str, keys: Iterable[tuple[str, date]]) -> N
 
 
 def repair_sql(rollup: Rollup, database: str) -> str:
-    """``INSERT`` of (view over usage) minus (rollup) for the bound ``teams`` and ``days``.
+    """``INSERT`` of (view over usage, plus the views over usage_adjustments into the same
+    table) minus (rollup) for the bound ``teams`` and ``days``.
 
     Recomputing more keys than needed is harmless (their difference is zero and
     ``HAVING`` leaves them out), so teams and days are filtered independently. Integer
@@ -93,11 +104,16 @@ def repair_sql(rollup: Rollup, database: str) -> str:
     ClickHouse itself lists them (:func:`rollups`). The teams and days are values, bound
     by the engine as ``{teams:Array(String)}`` and ``{days:Array(Date)}``.
     """
-    source = (f"(SELECT * FROM {database}.usage WHERE team IN {{teams:Array(String)}} "
-              f"AND toDate(occurred_at) IN {{days:Array(Date)}})")
-    truth = re.sub(rf"\bFROM\s+`?{database}`?\.`?usage`?(?=\s|$)", f"FROM {source}", rollup.query, count=1)
-    if truth == rollup.query:
-        raise ValueError(f"cannot find {database}.usage in the query of {rollup.view}: {rollup.query[:200]}")
+    def of_keys(query: str, table: str) -> str:
+        """``query`` reading only the bound teams' and days' rows of ``table``."""
+        source = (f"(SELECT * FROM {database}.{table} WHERE team IN {{teams:Array(String)}} "
+                  f"AND toDate(occurred_at) IN {{days:Array(Date)}})")
+        narrowed = re.sub(rf"\bFROM\s+`?{database}`?\.`?{table}`?(?=\s|$)", f"FROM {source}", query, count=1)
+        if narrowed == query:
+            raise ValueError(f"cannot find {database}.{table} in the query of a view into {rollup.table}: {query[:200]}")
+        return narrowed
+
+    truths = [of_keys(rollup.query, "usage"), *(of_keys(q, "usage_adjustments") for q in rollup.corrections)]
 
     def signed(name: str, kind: str, sign: str) -> str:
         return f"{sign}{name}" if "Decimal" in kind else f"{sign}toInt128({name})"
@@ -111,9 +127,8 @@ def repair_sql(rollup: Rollup, database: str) -> str:
     return (
         f"INSERT INTO {database}.{rollup.table} ({columns}) "
         f"SELECT {keys}, {sums} FROM ("
-        f"SELECT {keys}, {plus} FROM ({truth}) "
-        f"UNION ALL "
-        f"SELECT {keys}, {minus} FROM {database}.{rollup.table} "
+        + "".join(f"SELECT {keys}, {plus} FROM ({truth}) UNION ALL " for truth in truths)
+        + f"SELECT {keys}, {minus} FROM {database}.{rollup.table} "
         f"WHERE team IN {{teams:Array(String)}} AND toDate({rollup.time_column}) IN {{days:Array(Date)}}"
         f") GROUP BY {keys} HAVING {changed}"
     )
