@@ -13,8 +13,14 @@ known in advance:
   Claude calls of another day (found through Anthropic's usage report, which counts them);
 * gpt-4o-mini priced wrong in the price book (an override of $0.20 input per MTok where
   OpenAI charges $0.15);
+* a Mistral batch job, which neither the catalog nor the published tier rules price, so the
+  ledger prices it at the standard rate, flagged, while Mistral charges half;
 * Anthropic billing $25 too much on one day, and OpenAI $0.50 on another (nothing in the
   ledger can explain them: the first passes the drift threshold, the second does not).
+
+Then the price book is fixed (the right gpt-4o-mini price, Mistral's batch discount) and
+``spendstream reprice``'s function appends the corrections: the ledger equals the bill
+except where it never received the events and where the provider overbilled.
 
 The reconciliation runs through the read-only query path the CLI uses (the SQL guard
 included, the parameters in JSON as a running worker's /sql endpoint takes them), and its drift alert goes to a real embedded broker, twice: it is published once.
@@ -83,6 +89,12 @@ name = "acme-2026-11"
 provider = "openai"
 model = "gpt-4o-mini"
 input_mtok = "0.20"
+"""
+FIXED_BOOK = """
+name = "acme-2026-11-fixed"
+
+[service_tiers.mistral]
+batch = "0.5"
 """
 
 
@@ -253,6 +265,11 @@ async def test_reconciliation_finds_each_discrepancy_with_its_exact_amount_and_a
         line = by_key[(provider, day, model, "proj_search", "standard")]
         assert (line.difference, line.unexplained) == (extra, extra)
 
+    (job,) = [ln for ln in rec.lines if ln.key.provider == "mistral"]
+    half = sum((sum(provider_charge(e)) for e in month if e["provider"] == "mistral"), Decimal(0))
+    assert (job.key.day, job.key.service_tier, job.ledger, job.billed) == (date(2026, 11, 18), "batch", 2 * half, half)
+    assert (job.explained["tier_flagged"], job.unexplained) == (-half, 0)
+
     injected = {("openai", MISSING_DAY, "gpt-4o"), ("anthropic", SOME_MISSING[0], "claude-sonnet-4-5")} | {
         (p, d, m) for (d, p) in OVERBILLED for m in ("gpt-4o", "claude-sonnet-4-5")}
     others = [ln for ln in rec.lines if (ln.key.provider, ln.key.day, ln.key.model) not in injected
@@ -290,3 +307,29 @@ async def test_reconciliation_finds_each_discrepancy_with_its_exact_amount_and_a
     assert [(name, alert["kind"], alert["scope"]) for name, alert in on_topic] == [
         (ALERT, "reconciliation_drift", "provider=anthropic")]
 
+
+def test_reprice_after_the_price_book_fix_brings_the_ledger_to_the_bill(
+    reconciled: tuple[Reconciliation, Any], migrated: Client
+) -> None:
+    from streams.ledger.reprice import RepriceRun, reprice
+
+    _, query = reconciled
+    run = RepriceRun(MONTH, NEXT - timedelta(days=1), reason="gpt-4o-mini override wrong; Mistral batch is half",
+                     run_by="finance")
+    assert reprice(migrated, Pricer(PriceBook.parse(FIXED_BOOK)), run).adjusted_events > 0
+    after = reconcile(query, MONTH, NEXT)
+    missing = {("openai", MISSING_DAY, "gpt-4o", project) for project in ("proj_search", "proj_support")} | {
+        ("anthropic", SOME_MISSING[0], "claude-sonnet-4-5", SOME_MISSING[1])}
+    overbilled = {(p, d, m, "proj_search"): extra for (d, p), extra in OVERBILLED.items()
+                  for m in ("gpt-4o", "claude-sonnet-4-5") if (p == "openai") == (m == "gpt-4o")}
+    for line in after.lines:
+        where = (line.key.provider, line.key.day, line.key.model, line.key.project)
+        if where in missing:  # a reprice cannot bring back events the ledger never received
+            assert line.difference > 0 and line.explained["missing_events"] == line.difference, line
+        elif where in overbilled:
+            assert line.unexplained == line.difference == overbilled[where], line
+        else:
+            assert line.difference == 0, line
+    totals = {t.provider: t for t in after.providers()}
+    assert totals["mistral"].difference == 0 and totals["mistral"].explained["tier_flagged"] == 0
+    assert all(t.explained["price_book"] == 0 for t in totals.values())

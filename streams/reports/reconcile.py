@@ -3,7 +3,8 @@ priced against what the provider billed, how much of the difference is explained
 the rest.
 
 The bill is ``provider_costs`` (cost lines, see :mod:`streams.ledger.bills`); the ledger is
-``usage``. They are matched on what the bill can say:
+``usage`` plus the corrections ``spendstream reprice`` appended (``usage_adjustments``).
+They are matched on what the bill can say:
 
 1. Per provider, a dimension (model, project, API key, service tier) is matched when the
    month's cost lines of that provider carry it and, for project and API key, the ledger's
@@ -24,8 +25,12 @@ The bill is ``provider_costs`` (cost lines, see :mod:`streams.ledger.bills`); th
      difference is those calls priced without the book minus what the ledger says
      (each distinct call priced again by :class:`~streams.pricing.rate_cards.Pricer`, at
      the prices of the start of its hour);
+   * ``tier_flagged``: calls priced at the standard rate with a ``price_flag`` because no
+     price knew their service tier: up to their whole cost, either way;
    * ``unpriced``: the key has calls no price covered (the ledger holds them at zero), so
      the provider's charge for them is unknown: a positive rest is put down to them.
+
+   Calls a reprice has since priced without a flag are neither flagged nor unpriced.
 
    What is left is ``unexplained``.
 4. A provider's day whose unexplained rest passes both the ratio of its bill and the
@@ -53,10 +58,11 @@ if TYPE_CHECKING:
 MODEL_KEY = "replaceRegexpOne(lower({column}), '-([0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}|[0-9]{{8}})$', '')"
 # Pricer.version names a price book after the catalog: "genai-prices X; book NAME (sha256:...)".
 BOOK_MARK = "; book "
-CAUSES = ("missing_events", "price_book", "unpriced")
+CAUSES = ("missing_events", "price_book", "tier_flagged", "unpriced")
 CAUSE_LABELS = {
     "missing_events": "events never received",
     "price_book": "price book vs provider price",
+    "tier_flagged": "calls flagged for tiers",
     "unpriced": "unpriced calls",
 }
 ZERO = Decimal(0)
@@ -140,6 +146,7 @@ def reconcile(query: Query, start: date, end: date, *, pricer: Pricer | None = N
                                                      for d in _DIMENSIONS}}
     billed = {_key(r): as_decimal(r["billed"]) for r in records(query, _BILLED_SQL, bound)}  # 2
     ledger = {_key(r): r for r in records(query, _LEDGER_SQL, {**bound, "book_mark": BOOK_MARK})}
+    revised = _revised(query, bound)
     if pricer is None:
         from streams.pricing.rate_cards import Pricer  # the catalog loads when a reconciliation runs
 
@@ -153,10 +160,14 @@ def reconcile(query: Query, start: date, end: date, *, pricer: Pricer | None = N
     for key in sorted(billed.keys() | ledger.keys(), key=_order):  # 3
         row = ledger.get(key)
         bill, led = billed.get(key, ZERO), as_decimal(row["ledger"]) if row else ZERO
-        calls, unpriced = (int(row["calls"]), int(row["unpriced_calls"])) if row else (0, 0)
+        fixed = revised.get(key, {"unpriced_calls": 0, "flagged_cost": ZERO})
+        calls = int(row["calls"]) if row else 0
+        unpriced = int(row["unpriced_calls"]) - int(fixed["unpriced_calls"]) if row else 0
+        flagged = as_decimal(row["flagged_cost"]) - as_decimal(fixed["flagged_cost"]) if row else ZERO
         candidates = {  # what each cause would account for, in its own direction
             "missing_events": bill if calls == 0 else unseen.get(key, ZERO),
             "price_book": book.get(key, ZERO),
+            "tier_flagged": flagged if bill > led else -flagged,
             "unpriced": bill - led if unpriced and bill > led else ZERO,
         }
         lines.append(KeyLine(bill, led, _explain(bill - led, candidates), key, calls, unpriced))
@@ -239,21 +250,49 @@ FROM provider_costs AS bill FINAL
 WHERE kind = 'cost' AND day >= {{start:Date}} AND day < {{end:Date}} AND provider IN {{providers:Array(String)}}
 {_GROUP}
 """
+# The ledger's cost is its usage rows plus the adjustments of later reprices (every
+# currency's, as they were appended); calls, unpriced and flagged calls are usage rows'.
 _LEDGER_SQL = f"""
 SELECT {_LEDGER_KEYS}, sum(calls) AS calls, sum(unpriced_calls) AS unpriced_calls, sum(ledger) AS ledger,
-       sum(book_calls) AS book_calls, {", ".join(f"sum({t}) AS {t}" for t in _TOKENS)}
+       sum(flagged_cost) AS flagged_cost, sum(book_calls) AS book_calls,
+       {", ".join(f"sum({t}) AS {t}" for t in _TOKENS)}
 FROM
 (
-    SELECT {_LEDGER_INNER_KEYS}, count() AS calls, countIf(NOT priced) AS unpriced_calls,
-           sum(cost_total) AS ledger, countIf(priced AND position(price_version, {{book_mark:String}}) > 0) AS book_calls,
+    SELECT {_LEDGER_INNER_KEYS}, sum(call) AS calls, sumIf(call, NOT priced) AS unpriced_calls,
+           sum(cost_total) AS ledger, sumIf(cost_total, price_flag != '') AS flagged_cost,
+           sumIf(call, priced AND position(price_version, {{book_mark:String}}) > 0) AS book_calls,
            {", ".join(f"sum({t}) AS {t}" for t in _TOKENS)}
-    FROM usage AS raw
-    WHERE {_LEDGER_PERIOD}
+    FROM
+    (
+        SELECT provider, occurred_at, model, project, api_key_id, service_tier, currency, 1 AS call, priced,
+               price_flag, price_version, cost_total, {", ".join(_TOKENS)}
+        FROM usage WHERE {_LEDGER_PERIOD}
+        UNION ALL
+        SELECT provider, occurred_at, model, project, api_key_id, service_tier, currency, 0, true, '', '',
+               cost_total, {", ".join("0" for _ in _TOKENS)}
+        FROM usage_adjustments WHERE {_LEDGER_PERIOD}
+    ) AS raw
     {_INNER_GROUP}
 )
 {_GROUP}
 """
-# The calls a price book priced, collapsed to distinct
+_ADJUSTMENTS_SQL = f"SELECT count() AS adjustments FROM usage_adjustments WHERE {_LEDGER_PERIOD}"
+# Unpriced or flagged calls that a reprice has since priced without a flag (the latest
+# adjustment of each event): taken off the ledger's counts, whatever their usage row says.
+_REVISED_SQL = f"""
+SELECT {_LEDGER_KEYS}, sum(unpriced) AS unpriced_calls, sum(flagged) AS flagged_cost
+FROM
+(
+    SELECT {_LEDGER_INNER_KEYS}, countIf(NOT priced) AS unpriced, sumIf(cost_total, price_flag != '') AS flagged
+    FROM usage AS raw
+    WHERE {_LEDGER_PERIOD} AND (NOT priced OR price_flag != '') AND event_id IN (
+        SELECT event_id FROM usage_adjustments WHERE {_LEDGER_PERIOD}
+        GROUP BY event_id HAVING argMax(priced, run_at) AND argMax(price_flag, run_at) = '')
+    {_INNER_GROUP}
+)
+{_GROUP}
+"""
+# The calls a price book priced and no reprice has touched since, collapsed to distinct
 # (key, model, tier, hour, counts): each is priced again without the book, at the prices
 # in force at the start of its hour, times its number of calls. (Resolving the prices of
 # every minute cost 0.45 ms a minute, most of a month's reconciliation; prices change on
@@ -269,6 +308,7 @@ FROM
     FROM usage AS raw
     WHERE {_LEDGER_PERIOD} AND toDate(occurred_at) IN {{book_days:Array(Date)}} AND priced
       AND position(price_version, {{book_mark:String}}) > 0
+      AND event_id NOT IN (SELECT event_id FROM usage_adjustments WHERE {_LEDGER_PERIOD})
     {_INNER_GROUP}, hour, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
              other_units
 )
@@ -308,6 +348,13 @@ def _catalog_less_ledger(query: Query, bound: dict[str, Any], pricer: Pricer) ->
 def records(query: Query, sql: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
     """The rows of ``sql``, bound with those of ``parameters`` it names (the SQL guard refuses others)."""
     return _records(query, sql, {name: value for name, value in parameters.items() if f"{{{name}:" in sql})
+
+
+def _revised(query: Query, bound: dict[str, Any]) -> dict[Key, dict[str, Any]]:
+    """Per key, the unpriced calls and flagged cost a reprice has since priced (none without adjustments)."""
+    if not int(records(query, _ADJUSTMENTS_SQL, bound)[0]["adjustments"]):
+        return {}
+    return {_key(r): r for r in records(query, _REVISED_SQL, bound)}
 
 
 def _unseen_usage(query: Query, bound: dict[str, Any], ledger: dict[Key, dict[str, Any]],
