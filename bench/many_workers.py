@@ -34,7 +34,8 @@ replicas have. The flow:
      moved with the partition through the detectors table's changelog (a worker that
      started it afresh would alert again);
    - ``/caps`` on every worker, the sink included: every budget, with the state and spend
-     its owner's spend table gives, which the owner's thresholds confirm.
+     its owner's spend table gives, which the owner's thresholds confirm;
+   - ``/sql`` on a processing worker: 503, since the sink owns the embedded ClickHouse.
 
 The figures (partitions per worker at each step, times, over-counts, alerts) are in the
 report's notes.
@@ -46,12 +47,13 @@ import asyncio
 import secrets
 import signal
 import time
+import urllib.error
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from bench.faults import (
     BATCH_MESSAGES,
@@ -270,6 +272,7 @@ def scenario_many_workers(env: dict[str, str], workdir: Path, *, processing: int
         check_budget_alerts(figures, alerts, budgets, group, settings)
         check_runaway_alert(figures, alerts, agent)
         check_caps(figures, budgets, group, settings)
+        check_sql_refused(figures, group)
     return figures
 
 
@@ -332,3 +335,13 @@ def check_caps(figures: Figures, budgets: list[Budget], group: Group, settings: 
                 figures.problems.append(f"/caps of {worker.settings.roles} worker {worker.web_url}: {budget.budget_id} "
                                         f"{seen}, expected {want}")
     figures.notes.append(f"/caps agreed on all {len(group.everyone())} workers for {len(budgets)} budgets")
+
+
+def check_sql_refused(figures: Figures, group: Group) -> None:
+    """A processing worker does not open the sink's embedded ClickHouse: its ``/sql`` says so."""
+    try:
+        group.live()[0].get_json(f"/sql?{urlencode({'q': 'SELECT 1'})}")
+        figures.problems.append("/sql of a processing worker answered (the sink owns the embedded ClickHouse)")
+    except urllib.error.HTTPError as exc:
+        if exc.code != 503:
+            figures.problems.append(f"/sql of a processing worker answered {exc.code}, expected 503")
