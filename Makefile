@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench bench-memory bench-reports bench-otlp bench-dashboard browser venv clean
+.PHONY: demo test bench bench-scale bench-memory bench-reports bench-otlp bench-dashboard browser venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(STAMP) browser
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# Throughput with 1, 2 and 3 processing workers (and a sink) beside the all-in-one worker.
+bench-scale: $(STAMP)
+	$(BIN)/python bench/scale.py
 
 # Worker RSS over 2M events with 100k users and agents (issue 7, goal 4; ~15 minutes).
 # A quick check: make bench-memory MEMORY_ARGS="--events 200000 --users 10000 --agents 10000"
