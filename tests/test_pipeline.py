@@ -267,7 +267,7 @@ def test_a_backlog_of_single_events_is_enriched_in_full_batches(stack_env: dict[
     """One event per message, waiting when the worker starts: the enrich agent reads on
     past its ``within`` window while Kafka holds enough to fill the batch, so a batch
     is thousands of messages, not what one window reads (a 0.05 s window read 667 on
-    average here, on two cores, without the reading on)."""
+    average here, on two cores, without the reading on: 30 batches)."""
     settings = settings_of(stack_env)
     events = list(generate(20_000, seed=22))
     asyncio.run(create_topics(settings))
@@ -275,7 +275,8 @@ def test_a_backlog_of_single_events_is_enriched_in_full_batches(stack_env: dict[
     batching = {"SPENDSTREAM_ENRICH_BATCH_MAX": "5000", "SPENDSTREAM_ENRICH_BATCH_WITHIN": "0.05"}
     stats = stats_after_backlog(stack_env, tmp_path, batching, len(events))
     assert stats["messages"] == len(events)
-    assert stats["enrich_batches"] <= len(events) / 2000, f"{stats['enrich_batches']} batches for {len(events)} messages"
+    # Five batches on a quiet machine, eleven once at load average 15; without reading on, 30.
+    assert stats["enrich_batches"] <= len(events) / 1400, f"{stats['enrich_batches']} batches for {len(events)} messages"
 
 
 def stats_after_backlog(stack_env: dict[str, str], tmp_path: Path, settings: dict[str, str], events: int) -> dict[str, Any]:
