@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streams.anomaly.contributions import FieldTest, RowFilter, RowText, given
-from streams.anomaly.detectors.base import Detector
+from streams.anomaly.detectors.base import MAX_DRIVERS, Detector
 from streams.anomaly.summaries import BatchSummary
 from streams.events import priced
 
@@ -30,6 +30,14 @@ SUMMARY_SCHEMA = pa.schema([
         "service_tier", "price_flag", "price_flag_reason",
     )
 ] + [pa.field("occurred_at", pa.timestamp("us", tz="UTC"))])
+
+# Driver labels of one kind a summary carries per key and bucket: the largest by cost (then
+# calls). A state keeps at most twice MAX_DRIVERS labels, trimmed to the largest MAX_DRIVERS,
+# so the rest would mostly be dropped on arrival; at 100k users a team's bucket would carry
+# tens of thousands of user labels, which made the summaries large and the anomaly agent
+# slower than the rest of the flow. A label below the cut in every batch but large summed
+# over many is lost, as it is when a state trims it.
+DRIVERS_PER_BUCKET = 2 * MAX_DRIVERS
 
 
 class _Part(NamedTuple):
@@ -51,7 +59,8 @@ class ArrowFold:
     3. The parts are stacked into three integer-keyed tables, totals (part, bucket, scope
        codes), labels (also label codes; by the detector's ``drivers_span``, so a spike
        key's drivers are one group per hour, not per minute) and fingerprints, and each is
-       grouped once.
+       grouped once. Of the labels, only the largest :data:`DRIVERS_PER_BUCKET` of each
+       part, bucket and scope are kept.
     4. Only the groups reach Python, where templates are filled from the dictionaries,
        in the order a row-by-row fold would meet them (first row, then part), so ties in
        the states' top-N trimming fall the same way. Sums are exact decimals; squares of
@@ -100,7 +109,8 @@ class ArrowFold:
             found.cost += cost
             found.cost_sq += square
             found.calls += calls
-        for (part, index, s0, s1, l0, l1), (cost, calls) in batch.groups(self.labels, driver_buckets):
+        labels = batch.groups(self.labels, driver_buckets, largest=DRIVERS_PER_BUCKET)
+        for (part, index, s0, s1, l0, l1), (cost, calls) in labels:
             drivers = summary.bucket(texts.key(self.prefixes[part.detector], part.scope, s0, s1), index).drivers
             label = texts.fill(part.label, l0, l1)
             entry = drivers.get(label)
@@ -171,11 +181,12 @@ class _Batch:
         return codes[0], codes[1]
 
     def groups(
-        self, parts: list[_Part], buckets: list[pa.Array], *, with_square: bool = False
+        self, parts: list[_Part], buckets: list[pa.Array], *, with_square: bool = False, largest: int = 0
     ) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...]]]:
         """``((part, bucket, scope codes, label codes), (sums..., rows))`` per group of rows
         of the parts, in the order of each group's first row, then part; ``buckets`` are
-        the rows' buckets per detector."""
+        the rows' buckets per detector. ``largest`` > 0 keeps only that many groups of each
+        part, bucket and scope: those of the largest cost, then calls, then first row."""
         if not parts:
             return
         names = ("part", "bucket", "s0", "s1", "l0", "l1", "cost", "row", "counted")
@@ -202,14 +213,36 @@ class _Batch:
         grouped = (
             stacked.group_by(keys, use_threads=False)
             .aggregate([*sums, ([], "count_all"), ("row", "min")])
-            .sort_by([("row_min", "ascending"), ("part", "ascending")])
         )
+        if largest:
+            grouped = _largest_per_scope(grouped, largest)
+        grouped = grouped.sort_by([("row_min", "ascending"), ("part", "ascending")])
         key_columns = [grouped.column(name).to_pylist() for name in keys]
         sum_columns = [grouped.column(f"{name}_sum").to_pylist() for name, _ in sums]
         sum_columns.append(grouped.column("count_all").to_pylist())
         key_columns[0] = [parts[n] for n in key_columns[0]]
         for key, values in zip(zip(*key_columns), zip(*sum_columns)):
             yield key, values
+
+
+def _largest_per_scope(grouped: pa.Table, count: int) -> pa.Table:
+    """The ``count`` groups of largest cost (then calls, then first row) of each part,
+    bucket and scope, in Arrow: sorted so that each scope's groups are consecutive and
+    largest first, a group's rank is its position less that of its scope's first group."""
+    scope = ["part", "bucket", "s0", "s1"]
+    ranked = grouped.sort_by([(name, "ascending") for name in scope] + [
+        ("cost_sum", "descending"), ("count_all", "descending"), ("row_min", "ascending"),
+    ])
+    if ranked.num_rows <= count:
+        return ranked
+    changed = [
+        pc.not_equal(column.slice(1), column.slice(0, ranked.num_rows - 1))
+        for column in (ranked.column(name).combine_chunks() for name in scope)
+    ]
+    first = pa.concat_arrays([pa.array([True]), reduce(pc.or_, changed)])
+    position = pa.array(range(ranked.num_rows), pa.int64())
+    starts = pc.take(pc.indices_nonzero(first), pc.subtract(pc.cumulative_sum(first.cast(pa.int64())), 1))
+    return ranked.filter(pc.less(pc.subtract(position, starts), count))
 
 
 class _Texts:
