@@ -12,8 +12,9 @@ Every agent takes a poll's worth of messages at a time (``take_events``; the enr
 :func:`~streams.runtime.batching.take_batches`, bounded by bytes too) and pays per batch: one
 decode loop, memoized prices, one aggregate per (scope, period), one message per team or
 partition downstream, one ClickHouse insert. The enrich agent's per-event work
-runs in child processes (:mod:`streams.ingest.stage`), so this event loop keeps its core
-for Faust, Kafka and the other agents. Messages are acknowledged only after the batch's
+runs in child processes (:mod:`streams.ingest.stage`), and so does the detectors' work
+(:mod:`streams.anomaly.stage`), so this event loop keeps its core for Faust, Kafka and the
+tables. Messages are acknowledged only after the batch's
 output is on Kafka (or in ClickHouse, for the sink), so a crash replays the batch rather
 than losing it; :mod:`streams.runtime.faust_fixes` closes the gaps Faust leaves in that (see
 there), and the enrich agent commits after every batch, so a crash replays at most one.
@@ -38,8 +39,7 @@ from faust.web import Request, Response, View
 from mode.supervisors import CrashingSupervisor
 
 from streams import web_auth
-from streams.anomaly.config import AnomalyConfig
-from streams.anomaly.engine import AnomalyEngine
+from streams.anomaly.stage import DetectorStage
 from streams.anomaly.state import SWEEP_KEY, AnomalyState
 from streams.budgets.budget import Budget, BudgetIndex, decode_budget
 from streams.budgets.periods import DeltasMessage, aggregate, encode_deltas, negated
@@ -87,7 +87,7 @@ class Parts:
     """What the agents work with besides Kafka: built by :func:`start`, not on import."""
 
     enrich_stage: EnrichStage
-    anomaly: AnomalyEngine
+    detector_stage: DetectorStage
     sink: ClickHouseSink
     sql_queries: sql_guard.QueryRunner
     spend_state: SpendState
@@ -107,7 +107,7 @@ def start() -> faust.App:
         allocator.start_trimming(settings.heap_trim_interval)
     parts = Parts(
         enrich_stage=EnrichStage(settings),
-        anomaly=AnomalyEngine(AnomalyConfig.load(settings.anomaly_config) if settings.anomaly_config else None),
+        detector_stage=DetectorStage(settings),
         sink=ClickHouseSink(lambda: clickhouse.connect(settings), topic=settings.priced_topic,
                             database=settings.clickhouse_database, fault_clickhouse_down=settings.fault_clickhouse_down,
                             retention_days=settings.usage_retention_days),
@@ -269,8 +269,10 @@ async def _publish_caps(states: list[dict[str, Any]], alerts: list[dict[str, Any
 
 @app.agent(anomaly_topic, supervisor_strategy=CrashingSupervisor)
 async def detect_anomalies(stream: faust.StreamT) -> None:
-    """Spend spikes, runaway agents, cost-per-call drift, non-production and unpriced spend."""
-    state = AnomalyState(parts.anomaly, detectors, settings.partitions, _publish_caps, app.producer.flush)
+    """Spend spikes, runaway agents, cost-per-call drift, non-production and unpriced spend,
+    decided in the detector stage's child process (:mod:`streams.anomaly.stage`)."""
+    await parts.detector_stage.start()
+    state = AnomalyState(parts.detector_stage, detectors, settings.partitions, _publish_caps, app.producer.flush)
     async for events in stream.take_events(settings.anomaly_batch_max, settings.anomaly_batch_within):
         with faust_fixes.unacked_unless_done(events):
             await state.apply(events, make_current)
@@ -384,10 +386,11 @@ ROLE_TABLES = {"process": (spend, announced, detectors, reservations), "sink": (
 
 # --- HTTP, bound to localhost by default, every page but /ready behind the token -----------
 def is_ready() -> bool:
-    """Ready once the tables are recovered, the partitions assigned and the enrich stage's
-    children started (a first chunk would otherwise wait seconds for their imports)."""
+    """Ready once the tables are recovered, the partitions assigned and the enrich and
+    detector stages' children started (a first batch would otherwise wait seconds for their
+    imports)."""
     return (app.tables.recovery.completed.is_set() and not app.rebalancing and bool(app.consumer.assignment())
-            and (parts.enrich_stage.started or not runs("process")))
+            and ((parts.enrich_stage.started and parts.detector_stage.started) or not runs("process")))
 
 
 @app.task

@@ -181,6 +181,10 @@ class Settings(BaseSettings):
     anomaly_batch_within: float = Field(
         1.0, gt=0, description="Seconds to gather summaries: detectors work in minutes, states are written per batch."
     )
+    anomaly_processes: int = Field(
+        1, ge=0, le=1, description="Child processes that run the detectors (0: on the event loop). "
+                                   "See streams.anomaly.stage.",
+    )
     anomaly_sweep_interval: float = Field(60.0, gt=0, description="Seconds between anomaly sweeps.")
     cap_tick_interval: float = Field(30.0, gt=0, description="Seconds between budget re-checks without traffic.")
     reservation_expiry_seconds: float = Field(

@@ -385,6 +385,68 @@ def test_a_spike_keys_drivers_are_summed_per_hour_and_a_runaway_keys_per_minute(
     assert sorted(state["m"]) == [str(first + 61)]  # the window's minutes, not the drivers' empty one
 
 
+def test_a_summary_carries_only_the_largest_drivers_of_each_kind(config: AnomalyConfig) -> None:
+    """At 100k users a team's hour would carry a label per user; the summary keeps the
+    largest DRIVERS_PER_BUCKET of each kind (user, model, ...) per key and bucket, by cost
+    then calls, and every call still counts in the key's totals."""
+    from streams.anomaly.fold import DRIVERS_PER_BUCKET
+
+    at = START + timedelta(days=1, hours=12, minutes=5)
+    users = DRIVERS_PER_BUCKET + 30
+    rows = [_row(at, user_id=f"u{n}", cost_total=Decimal(n + 1) / 100) for n in range(users)]
+    rows += [_row(at, user_id="u0", model="gpt-4o-mini")]  # u0: one more call, still the cheapest
+    summary = AnomalyEngine(config).summarize(rows)
+    [bucket] = [b for b in summary.buckets["spike:team=search"].values() if b.drivers]
+    kept = {label for label in bucket.drivers if label.startswith("user=")}
+    assert kept == {f"user=u{n}" for n in range(users - DRIVERS_PER_BUCKET, users)}
+    assert {label for label in bucket.drivers if label.startswith("model=")} == {
+        "model=openai/gpt-4o", "model=openai/gpt-4o-mini"}
+    [totals] = [b for b in summary.buckets["spike:team=search"].values() if b.calls]
+    assert totals.calls == users + 1 and totals.cost == sum(Decimal(n + 1) / 100 for n in range(users)) + Decimal("0.01")
+
+
+def test_the_detector_stage_decides_as_the_engine_does_message_by_message(config: AnomalyConfig) -> None:
+    """The stage's two steps over a batch of messages (summaries of two partitions and a
+    sweep) give the states, alerts and blocks the engine gives applied one message at a
+    time, and each state comes with its changelog record."""
+    from streams.anomaly.stage import Detection
+
+    engine = AnomalyEngine(config)
+    at = START + timedelta(days=1, hours=12)
+    batches = [
+        [_row(at + timedelta(seconds=n), agent_id=f"a{n % 3}", request_fingerprint="same") for n in range(40)],
+        [_row(at + timedelta(minutes=1, seconds=n), agent_id="a1", request_fingerprint="same") for n in range(40)],
+    ]
+    messages = []
+    for offset, rows in enumerate(batches):
+        for partition, part in engine.summarize(rows).split(lambda scope: len(scope) % 2).items():
+            messages.append((partition, offset, False, part.encode()))
+    sweep_at = at + timedelta(hours=3)
+    messages += [(partition, len(batches), True, sweep_at.isoformat().encode()) for partition in (0, 1)]
+
+    expected: dict[str, Any] = {}
+    alerts: list[dict[str, Any]] = []
+    for partition, offset, sweep, value in messages:
+        if sweep:
+            mine = {k: v for k, v in expected.items() if v is not None and len(scope_of_state_key(k)) % 2 == partition}
+            outcome = engine.sweep(mine, sweep_at)
+        else:
+            summary = BatchSummary.decode(value)
+            outcome = engine.process(summary, {k: expected.get(k) for k in summary.keys()}, position=offset)
+        expected.update(json.loads(json.dumps(outcome.states)))
+        alerts += [a.record() for a in outcome.alerts]
+
+    detection = Detection(AnomalyEngine(config), partitions=2)
+    detection.partition_of = lambda key: len(scope_of_state_key(key)) % 2  # type: ignore[method-assign]
+    read = detection.read(messages)
+    assert read.sweeps == {0, 1} and set(read.keys) == set(expected)
+    applied = detection.apply({key: None for key in read.keys})
+    assert {k: None if v is None else v[0] for k, v in applied.states.items()} == expected
+    assert all(v is None or json.loads(v[1]) == v[0] for v in applied.states.values())
+    assert applied.alerts == alerts and {(a["kind"], a["state"]) for a in alerts} >= {("runaway_agent", "firing"), ("runaway_agent", "resolved")}
+    assert None in expected.values()  # the sweep forgot idle keys
+
+
 def test_non_production_traffic_is_defined_by_what_is_declared_production(tmp_path: Path) -> None:
     path = tmp_path / "anomaly.toml"
     path.write_text('[production]\napi_keys = ["key-prod"]\nservices = ["billing-*"]\nteams = ["support"]\n')

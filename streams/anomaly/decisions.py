@@ -90,3 +90,22 @@ class Finding:
     unit: str
     message: str
     details: dict[str, str]
+
+
+def cap_state_of(block: BlockDecision) -> dict[str, Any]:
+    """A detector's block (or its lifting) as a CapState record, keyed ``block:<scope>``."""
+    return {
+        "budget_id": f"block:{block.scope}",
+        "scope": block.scope,
+        "state": "blocked" if block.blocked else "ok",
+        "action": "block",
+        "spent": block.observed,
+        "limit": block.threshold,
+        "forecast": block.observed,
+        "currency": block.unit,
+        "period": "block",
+        "period_start": block.since,
+        "period_end": block.until,
+        "updated_at": block.decided_at,
+        "reason": block.reason,
+    }

@@ -19,7 +19,7 @@ Kafka and the child, and keeps consuming, sinking and counting while the child w
   batches 0.55 of the limit with two children against 0.48 with one; single events 0.68
   of the empty agent with one, 0.59 when two children took turns. Results are awaited in
   submission order, so output order never depends on the number of children.
-* A child is spawned, not forked (the worker has threads), builds its own enricher and
+* A child is spawned (:mod:`streams.runtime.children`), builds its own enricher and
   anomaly engine from the same settings (the environment it inherits), and exits when its
   parent is gone, even after a SIGKILL.
 * A child that dies fails the agent's batch: the worker stops and restarts from its last
@@ -29,12 +29,7 @@ Kafka and the child, and keeps consuming, sinking and counting while the child w
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
-import os
-import threading
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -43,7 +38,13 @@ from typing import Any, TypeVar
 from streams.anomaly.config import AnomalyConfig
 from streams.anomaly.engine import AnomalyEngine
 from streams.anomaly.summaries import BatchSummary
-from streams.budgets.periods import Delta, DeltasMessage, aggregate, by_partition, encode_deltas
+from streams.budgets.periods import (
+    Delta,
+    DeltasMessage,
+    aggregate,
+    by_partition,
+    encode_deltas,
+)
 from streams.events import priced
 from streams.events.codec import default_codec
 from streams.events.scopes import scope_partition
@@ -52,7 +53,7 @@ from streams.ingest.dead_letters import DeadLetter
 from streams.ingest.enrich import Enricher, SourceMessage
 from streams.pricing.price_book import PriceBook
 from streams.pricing.rate_cards import Pricer
-from streams.runtime import tuning
+from streams.runtime.children import call, spawn_child
 from streams.settings import Settings
 
 # (partition, offset, value) of a usage message: cheaper to pickle than a dataclass.
@@ -162,11 +163,7 @@ class EnrichStage:
     def __init__(self, settings: Settings) -> None:
         self._local: Chunks | None = None
         # One single-process pool per child, so that the agent chooses which child gets a chunk.
-        self._children = [
-            ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                initializer=_start_child, initargs=(os.getpid(),))
-            for _ in range(settings.enrich_processes)
-        ]
+        self._children = [spawn_child(_chunks_from_environment) for _ in range(settings.enrich_processes)]
         if not self._children:
             self._local = Chunks(settings)
         self.started = not self._children
@@ -175,7 +172,7 @@ class EnrichStage:
         """Start the children now (imports and price tables take a second or two), not on
         their first chunk; the worker is not ready until they are. The enrich agent calls
         this as it starts, so that the children start while the worker joins its group."""
-        await asyncio.gather(*(asyncio.wrap_future(child.submit(_prepare_in_child, [])) for child in self._children))
+        await asyncio.gather(*(asyncio.wrap_future(call(child, "prepare", [])) for child in self._children))
         self.started = True
 
     def submit(self, messages: Sequence[RawMessage], turn: int = 0) -> asyncio.Future[Prepared]:
@@ -183,33 +180,13 @@ class EnrichStage:
         submission order)."""
         loop = asyncio.get_running_loop()
         if self._children:
-            child = self._children[turn % len(self._children)]
-            return loop.run_in_executor(child, _prepare_in_child, messages)
+            return asyncio.wrap_future(call(self._children[turn % len(self._children)], "prepare", messages))
         assert self._local is not None
         done: asyncio.Future[Prepared] = loop.create_future()
         done.set_result(self._local.prepare(messages))
         return done
 
 
-# --- In the child ---------------------------------------------------------------------------
-
-_chunks: Chunks | None = None
-
-
-def _start_child(parent: int) -> None:
-    global _chunks
-    tuning.collect_less()
-    _chunks = Chunks(Settings())
-    threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="exit-with-parent").start()
-
-
-def _exit_with(parent: int) -> None:
-    """A SIGKILLed worker cannot stop its children; they notice they were re-parented."""
-    while os.getppid() == parent:
-        time.sleep(1)
-    os._exit(0)
-
-
-def _prepare_in_child(messages: Sequence[RawMessage]) -> Prepared:
-    assert _chunks is not None, "the child's initializer did not run"
-    return _chunks.prepare(messages)
+def _chunks_from_environment() -> Chunks:
+    """What a child holds (:mod:`streams.runtime.children`)."""
+    return Chunks(Settings())

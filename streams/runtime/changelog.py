@@ -12,7 +12,9 @@ message (offset not above the marker) from a new one.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 MARKER_PREFIX = "@applied/"
@@ -46,3 +48,32 @@ async def write_markers(
         for table in tables:
             table[marker(partition)] = event.message.offset
     await flush()
+
+
+async def write_encoded(
+    table: Any, partition: int, states: Mapping[str, tuple[Any, bytes] | None]
+) -> list[asyncio.Future]:
+    """Set each key of ``states`` to its value, whose changelog record is encoded already
+    (``None``: delete the key), in ``partition`` of the table's changelog.
+
+    ``table[key] = value`` costs tens of microseconds a key in Faust's machinery (a message
+    future, the codec, a buffer, a callback per record); the anomaly agent writes tens of
+    thousands of keys a batch at high cardinality, with values its detector process has
+    encoded. Here a key costs a store write and one send to the producer, and the record
+    is the one Faust would send (key and value JSON; a deletion a tombstone), so
+    recovery reads it as its own. Await the returned futures after a flush: each fails if
+    its record was not written.
+    """
+    assert table.key_serializer == table.value_serializer == "json", "records Faust would not read"
+    topic = table.changelog_topic.get_topic_name()
+    send = table.app.producer.send
+    sent = []
+    for key, entry in states.items():
+        record_key = json.dumps(key).encode()
+        if entry is None:
+            table.data.pop(key, None)
+            sent.append(await send(topic, record_key, None, partition, None, None))
+        else:
+            table.data[key] = entry[0]
+            sent.append(await send(topic, record_key, entry[1], partition, None, None))
+    return sent
