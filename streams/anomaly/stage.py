@@ -36,6 +36,7 @@ from streams.anomaly.decisions import cap_state_of
 from streams.anomaly.engine import AnomalyEngine
 from streams.anomaly.summaries import BatchSummary, scope_of_state_key
 from streams.events.scopes import scope_partition
+from streams.runtime import allocator
 from streams.runtime.children import call, spawn_child
 from streams.settings import Settings
 
@@ -153,5 +154,9 @@ def _detection(settings: Settings) -> Detection:
 
 
 def _detection_from_environment() -> Detection:
-    """What the child holds (:mod:`streams.runtime.children`)."""
-    return _detection(Settings())
+    """What the child holds (:mod:`streams.runtime.children`). Its batches come and go in
+    tens of MB (summaries, states both ways), so it returns free heap as the worker does."""
+    settings = Settings()
+    if settings.heap_trim_interval > 0:
+        allocator.start_trimming(settings.heap_trim_interval)
+    return _detection(settings)
