@@ -39,6 +39,7 @@ before publishing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
@@ -182,6 +183,7 @@ class SpendState:
         states: dict[str, dict[str, Any]] = {}
         alerts: list[dict[str, Any]] = []
         last: dict[int, Any] = {}
+        settled: dict[str, None] = {}  # the keys of the holds this chunk settles
         for event in events:                                                   # 1
             make_current(event)
             partition = event.message.partition
@@ -189,7 +191,7 @@ class SpendState:
                 continue
             message = decode_deltas(event.value)
             touched = self._add(message)                                       # 1b
-            self.settled += self.holds.settle(partition, message.settles)
+            self.settled += self.holds.settle(partition, message.settles, settled)
             for result in self._check_budgets(partition, touched, message):    # 1c
                 states[result.state["budget_id"]] = result.state
                 alerts += result.alerts
@@ -197,7 +199,9 @@ class SpendState:
             last[partition] = event
         if not last:
             return 0
+        tombstones = await self.holds.tombstones(settled)
         await self.flush()                                                     # 2
+        await asyncio.gather(*tombstones)
         await self.publish(list(states.values()), alerts)
         await write_markers((self.spend, self.announced, self.reservations), last, make_current, self.flush)  # 3
         return len(events)

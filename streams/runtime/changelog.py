@@ -67,13 +67,12 @@ async def write_encoded(
     assert table.key_serializer == table.value_serializer == "json", "records Faust would not read"
     topic = table.changelog_topic.get_topic_name()
     send = table.app.producer.send
-    sent = []
-    for key, entry in states.items():
-        record_key = json.dumps(key).encode()
+    for key, entry in states.items():  # the store first, whole: a send may let other tasks run
         if entry is None:
             table.data.pop(key, None)
-            sent.append(await send(topic, record_key, None, partition, None, None))
         else:
             table.data[key] = entry[0]
-            sent.append(await send(topic, record_key, entry[1], partition, None, None))
-    return sent
+    return [
+        await send(topic, json.dumps(key).encode(), None if entry is None else entry[1], partition, None, None)
+        for key, entry in states.items()
+    ]
