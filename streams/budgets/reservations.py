@@ -40,6 +40,7 @@ change.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -180,15 +181,20 @@ class Holds:
         self.default_expiry = default_expiry
         self.held: dict[str, Decimal] = {}
         self.owned: frozenset[int] = frozenset()
+        # When each hold counted expires, and the same as a heap, soonest first: the sweep
+        # runs every second on the event loop, and scanning the table held it for
+        # milliseconds at ten thousand holds.
+        self._expires: dict[str, float] = {}
+        self._by_expiry: list[tuple[float, str]] = []
 
     def rebuild(self, owned: Iterable[int]) -> None:
         """Count what is held on the partitions this worker now owns (after a rebalance or
         a restart's recovery: the table has every partition's holds it ever read)."""
         self.owned = frozenset(owned)
-        self.held = {}
+        self.held, self._expires, self._by_expiry = {}, {}, []
         for key, value in self.table.items():
             if not is_marker(key) and partition_of_hold(key) in self.owned:
-                self._count(value, +1)
+                self._count(key, value, +1)
 
     def hold(self, partition: int, reservation_id: str, estimate: Decimal, budget_ids: Sequence[str],
              now: datetime) -> list[Refusal]:
@@ -209,7 +215,7 @@ class Holds:
         expiry = min(b.reservation_expiry_seconds or self.default_expiry for b in budgets)
         value = [now.timestamp() + expiry, {b.budget_id: str(estimate) for b in budgets}]
         self._write(partition, key, value)
-        self._count(value, +1)
+        self._count(key, value, +1)
         return []
 
     def release(self, partition: int, reservation_id: str) -> bool:
@@ -219,7 +225,7 @@ class Holds:
         if value is None:
             return False
         self._write(partition, key, None)
-        self._count(value, -1)
+        self._count(key, value, -1)
         return True
 
     def settle(self, partition: int, reservation_ids: Iterable[str], dropped: dict[str, None]) -> int:
@@ -234,7 +240,7 @@ class Holds:
             value = None if key in dropped else self.table.get(key)
             if value is not None:
                 dropped[key] = None
-                self._count(value, -1)
+                self._count(key, value, -1)
                 settled += 1
         return settled
 
@@ -248,15 +254,24 @@ class Holds:
                 for sent in await write_encoded(self.table, partition, keys)]
 
     def expired(self, now: datetime) -> list[tuple[int, str]]:
-        """``(partition, reservation id)`` of this worker's holds past their expiry."""
-        at = now.timestamp()
-        return [
-            (partition_of_hold(key), key.rpartition("@")[0])
-            for key, value in list(self.table.items())
-            if not is_marker(key) and partition_of_hold(key) in self.owned and value[0] <= at
-        ]
+        """``(partition, reservation id)`` of this worker's holds past their expiry, each
+        returned once: the caller releases them."""
+        at, due = now.timestamp(), []
+        while self._by_expiry and self._by_expiry[0][0] <= at:
+            expires, key = heapq.heappop(self._by_expiry)
+            if self._expires.get(key) == expires and partition_of_hold(key) in self.owned:
+                due.append((partition_of_hold(key), key.rpartition("@")[0]))
+        return due
 
-    def _count(self, value: list[Any], sign: int) -> None:
+    def _count(self, key: str, value: list[Any], sign: int) -> None:
+        if sign > 0:
+            self._expires[key] = value[0]
+            heapq.heappush(self._by_expiry, (value[0], key))
+        else:
+            self._expires.pop(key, None)
+            if len(self._by_expiry) > 4 * len(self._expires) + 1024:  # mostly settled holds: drop them
+                self._by_expiry = [(expires, k) for k, expires in self._expires.items()]
+                heapq.heapify(self._by_expiry)
         for budget_id, amount in value[1].items():
             total = self.held.get(budget_id, Decimal(0)) + sign * Decimal(amount)
             if total > 0:
