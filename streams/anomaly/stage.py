@@ -12,8 +12,8 @@ to :class:`DetectorStage`, in two steps per batch of anomaly messages:
 2. ``apply``: given the stored state of each of those keys (and every state of a sweeping
    partition), the child runs the engine over the messages in their order, as the agent
    did message by message, and answers with each changed key's final state (``None``:
-   delete) with its changelog record encoded (JSON, as Faust writes a table's values),
-   the alert records and the block records for the cap-state topic.
+   delete) as its changelog record (JSON, as Faust writes a table's values), the alert
+   records and the block records for the cap-state topic.
 
 ``SPENDSTREAM_ANOMALY_PROCESSES`` is 1 (one child) by default; 0 runs the same two steps on
 the event loop (a one-core machine, a profiler). The child is spawned
@@ -57,7 +57,7 @@ class Read:
 class Applied:
     """What step 2 decided."""
 
-    states: dict[str, tuple[State, bytes] | None]  # each changed key's final state and its JSON (None: delete it)
+    states: dict[str, bytes | None]  # each changed key's final state, as JSON (None: delete it)
     alerts: list[dict[str, Any]]  # alert records
     blocks: list[dict[str, Any]]  # cap-state records of blocks and their lifting
 
@@ -85,10 +85,13 @@ class Detection:
                 sweeps.add(partition)
         return Read(list(keys), sweeps)
 
-    def apply(self, stored: dict[str, State | None]) -> Applied:
+    def apply(self, stored: dict[str, State | bytes | None]) -> Applied:
         """Step 2, over ``stored``: the states of :meth:`read`'s keys and of its sweeping
-        partitions (missing or ``None``: a new key)."""
-        states = {key: state for key, state in stored.items() if state is not None}
+        partitions, as dicts or as their JSON (missing or ``None``: a new key)."""
+        states = {
+            key: json.loads(state) if isinstance(state, bytes) else state
+            for key, state in stored.items() if state is not None
+        }
         changed: dict[str, State | None] = {}
         alerts: list[dict[str, Any]] = []
         blocks: list[dict[str, Any]] = []
@@ -106,7 +109,7 @@ class Detection:
             alerts += [alert.record() for alert in outcome.alerts]
             blocks += [cap_state_of(block) for block in outcome.blocks]
         self._pending = []
-        encoded = {key: None if state is None else (state, _json(state)) for key, state in changed.items()}
+        encoded = {key: None if state is None else _json(state) for key, state in changed.items()}
         return Applied(encoded, alerts, blocks)
 
     def _of_partition(self, states: dict[str, State], partition: int) -> dict[str, State]:
@@ -134,7 +137,7 @@ class DetectorStage:
     async def read(self, messages: Sequence[AnomalyMessage]) -> Read:
         return await self._run("read", messages)
 
-    async def apply(self, stored: dict[str, State | None]) -> Applied:
+    async def apply(self, stored: dict[str, State | bytes | None]) -> Applied:
         return await self._run("apply", stored)
 
     async def _run(self, method: str, argument: Any) -> Any:

@@ -89,17 +89,17 @@ class AnomalyState:
     def _partition_of(self, key: str) -> int:
         return scope_partition(scope_of_state_key(key), self.partitions)
 
-    def _states_of(self, partition: int) -> dict[str, dict[str, Any]]:
+    def _states_of(self, partition: int) -> dict[str, Any]:
         return {
             key: state
             for key, state in self.table.items()
             if not is_marker(key) and self._partition_of(key) == partition
         }
 
-    async def _write_back(self, states: dict[str, tuple[dict[str, Any], bytes] | None]) -> None:
+    async def _write_back(self, states: dict[str, bytes | None]) -> None:
         items = list(states.items())
         for start in range(0, len(items), FLUSH_EVERY):
-            by_partition: dict[int, dict[str, tuple[dict[str, Any], bytes] | None]] = {}
+            by_partition: dict[int, dict[str, bytes | None]] = {}
             for key, state in items[start : start + FLUSH_EVERY]:
                 by_partition.setdefault(self._partition_of(key), {})[key] = state
             sent = []

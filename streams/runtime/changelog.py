@@ -17,6 +17,8 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from faust.stores.memory import Store as MemoryStore
+
 MARKER_PREFIX = "@applied/"
 
 
@@ -50,29 +52,27 @@ async def write_markers(
     await flush()
 
 
-async def write_encoded(
-    table: Any, partition: int, states: Mapping[str, tuple[Any, bytes] | None]
-) -> list[asyncio.Future]:
-    """Set each key of ``states`` to its value, whose changelog record is encoded already
-    (``None``: delete the key), in ``partition`` of the table's changelog.
+async def write_encoded(table: Any, partition: int, records: Mapping[str, bytes | None]) -> list[asyncio.Future]:
+    """Set each key of ``records`` to the value its changelog record encodes (JSON, as Faust
+    writes a table's values; ``None``: delete the key), in ``partition`` of the changelog.
 
     ``table[key] = value`` costs tens of microseconds a key in Faust's machinery (a message
     future, the codec, a buffer, a callback per record); the anomaly agent writes tens of
-    thousands of keys a batch at high cardinality, with values its detector process has
+    thousands of keys a batch at high cardinality, with records its detector process has
     encoded. Here a key costs a store write and one send to the producer, and the record
-    is the one Faust would send (key and value JSON; a deletion a tombstone), so
-    recovery reads it as its own. Await the returned futures after a flush: each fails if
-    its record was not written.
+    is the one Faust would send (key and value JSON; a deletion a tombstone), so recovery
+    reads it as its own. An in-memory store keeps the record itself, a few hundred bytes,
+    rather than the dict it decodes to (several KB at 100k agents' states): readers of
+    such a table take either. Await the returned futures after a flush: each fails if its
+    record was not written.
     """
     assert table.key_serializer == table.value_serializer == "json", "records Faust would not read"
+    keep_records = isinstance(table.data, MemoryStore)
     topic = table.changelog_topic.get_topic_name()
     send = table.app.producer.send
-    for key, entry in states.items():  # the store first, whole: a send may let other tasks run
-        if entry is None:
+    for key, record in records.items():  # the store first, whole: a send may let other tasks run
+        if record is None:
             table.data.pop(key, None)
         else:
-            table.data[key] = entry[0]
-    return [
-        await send(topic, json.dumps(key).encode(), None if entry is None else entry[1], partition, None, None)
-        for key, entry in states.items()
-    ]
+            table.data[key] = record if keep_records else json.loads(record)
+    return [await send(topic, json.dumps(key).encode(), record, partition, None, None) for key, record in records.items()]
