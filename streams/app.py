@@ -23,17 +23,14 @@ there), and the enrich agent commits after every batch, so a crash replays at mo
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from decimal import Decimal
 from functools import partial
 from typing import Any
 
-import aiohttp
 import faust
 from faust.web import Request, Response, View
 from mode.supervisors import CrashingSupervisor
@@ -43,20 +40,11 @@ from streams.anomaly.stage import DetectorStage
 from streams.anomaly.state import SWEEP_KEY, AnomalyState
 from streams.budgets.budget import Budget, BudgetIndex, decode_budget
 from streams.budgets.periods import DeltasMessage, aggregate, encode_deltas, negated
-from streams.budgets.reservations import (
-    GroupCommit,
-    PartitionUnavailable,
-    Refusal,
-    ReservationError,
-    parse_estimate,
-    parse_reservation_id,
-    plan,
-    release,
-    reserve,
-)
+from streams.budgets.reservation_api import ReservationApi
+from streams.budgets.reservations import GroupCommit
 from streams.budgets.spend_state import SpendState, cap_states, spend_by_scope
 from streams.dashboard.server import Dashboard
-from streams.events.codec import ALERT, CAP_STATE, USAGE_EVENT, DecodeError, default_codec
+from streams.events.codec import ALERT, CAP_STATE, DecodeError, default_codec
 from streams.events.scopes import scope_partition
 from streams.events.serialize import jsonable
 from streams.ingest.dead_letters import DeadLetter, dead_letter_message
@@ -69,7 +57,6 @@ from streams.runtime.batching import take_batches
 from streams.runtime.compacted import CompactedView
 from streams.runtime.faust_app import RAW, chunk_topic, make_current
 from streams.runtime.topics import ANNOUNCED_TABLE, DETECTORS_TABLE, RESERVATIONS_TABLE, SPEND_TABLE
-from streams.sdk.producer import usage_event
 from streams.settings import Settings
 
 settings = Settings()  # the process's one Settings: the worker command and every part read this one
@@ -477,7 +464,6 @@ async def sql(web: View, request: Request) -> Response:
     return web.text(body, content_type="application/json", status=status)
 
 
-
 # --- Reservations: holds on the partitions this worker owns, routed to the owner otherwise ---
 @reservations.on_recover
 async def _count_holds() -> None:
@@ -487,135 +473,24 @@ async def _count_holds() -> None:
     parts.spend_state.holds.rebuild(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic)
 
 
-def _serves(partition: int) -> bool:
-    return partition in parts.spend_state.holds.owned and is_ready()
+def _owner_of(partition: int) -> str | None:
+    """The URL of the worker that owns ``partition`` of the reservations table, as the
+    group's table metadata says."""
+    return next((url for url, topics in app.router.table_metadata(RESERVATIONS_TABLE).items()
+                 if partition in next(iter(topics.values()), [])), None)
 
 
-async def _on_partition(request: dict[str, Any]) -> list[Refusal]:
-    """Hold or release on a partition this worker owns; answers once the changelog has it."""
-    holds, partition = parts.spend_state.holds, int(request["partition"])
-    reservation_id = parse_reservation_id(request["reservation_id"])
-    if request["op"] == "hold":
-        refusals = holds.hold(partition, reservation_id, parse_estimate(request["estimate"]),
-                              [str(b) for b in request["budget_ids"]], datetime.now(timezone.utc))
-        if refusals:
-            return refusals
-    elif not holds.release(partition, reservation_id):
-        return []
-    await parts.holds_committed.wait([partition])
-    stats["holds_written"] += 1
-    return []
+async def _publish_usage(key: bytes, value: bytes) -> None:
+    await (await send(settings.usage_topic, value, key=key))
 
 
-async def _ask(partition: int, request: dict[str, Any]) -> list[Refusal]:
-    """:func:`_on_partition` here if this worker owns the partition, else on its owner."""
-    if _serves(partition):
-        return await _on_partition(request)
-    owner = next((url for url, topics in app.router.table_metadata(RESERVATIONS_TABLE).items()
-                  if partition in next(iter(topics.values()), [])), None)
-    if owner is None or owner.rstrip("/") == str(app.conf.canonical_url).rstrip("/"):
-        raise PartitionUnavailable(partition)
-    stats["reservations_routed"] += 1
-    try:
-        async with app.http_client.post(
-            f"{owner.rstrip('/')}/partitions/{partition}/reservations", json=request,
-            headers=web_auth.auth_headers(settings), timeout=aiohttp.ClientTimeout(total=settings.reserve_timeout_seconds),
-        ) as resp:
-            if resp.status != 200:
-                raise PartitionUnavailable(partition)
-            answer = await resp.json()
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        raise PartitionUnavailable(partition) from exc
-    return [Refusal.from_json(r) for r in answer["refused_by"]]
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    """A request's JSON object, numbers read as exact decimals; ReservationError if not one."""
-    try:
-        body = json.loads(await request.text(), parse_float=Decimal)
-    except ValueError as exc:
-        raise ReservationError(f"the body is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ReservationError("the body must be a JSON object")
-    return body
-
-
-@app.page("/reservations")
-class ReservationsPage(View):
-    async def post(self, request: Request) -> Response:
-        """Reserve: ``{"estimate": "0.0125", "attribution": {"team": ...}, "reservation_id": ...}``
-        → ``{"granted", "reservation_id", "refused_by": [...]}``; 503 with the fail policy
-        when a partition's owner does not answer."""
-        try:
-            body = await _json_body(request)
-            attribution = body.get("attribution") or {}
-            if not isinstance(attribution, dict) or not all(isinstance(v, str) for v in attribution.values()):
-                raise ReservationError("attribution must be an object of strings, e.g. {\"team\": \"search\"}")
-            reservation_id = parse_reservation_id(body.get("reservation_id"))
-            estimate = parse_estimate(body.get("estimate"))
-            by_partition = plan(budgets, attribution, settings.partitions)
-        except ReservationError as exc:
-            return self.json({"error": str(exc)}, status=400)
-        outcome = await reserve(reservation_id, estimate, by_partition, _ask)
-        stats["reservations_granted" if outcome.granted else
-              "reservations_refused" if outcome.refusals else "reservations_unanswered"] += 1
-        return self.json(outcome.to_json(), status=503 if outcome.unanswered and not outcome.refusals else 200)
-
-
-@app.page("/reservations/{reservation_id}")
-class ReservationPage(View):
-    async def delete(self, request: Request, reservation_id: str) -> Response:
-        """Release: the call was not made."""
-        try:
-            reservation_id = parse_reservation_id(reservation_id)
-        except ReservationError as exc:
-            return self.json({"error": str(exc)}, status=400)
-        await release(reservation_id, range(settings.partitions), _ask)
-        stats["reservations_released"] += 1
-        return self.json({"reservation_id": reservation_id, "released": True})
-
-
-# What a settling request may give besides attribution (usage_event's keywords).
-_USAGE_FIELDS = frozenset({"provider", "model", "service_tier", "input_tokens", "output_tokens", "cache_read_tokens",
-                           "cache_write_tokens", "reasoning_tokens", "other_units", "event_id", "tags"})
-
-
-@app.page("/reservations/{reservation_id}/usage")
-class ReservationUsagePage(View):
-    async def post(self, request: Request, reservation_id: str) -> Response:
-        """Settle over HTTP: ``{"provider", "model", "input_tokens", "output_tokens", ...,
-        "attribution": {...}}`` becomes the call's UsageEvent carrying the reservation id, on
-        the usage topic (202 once Kafka has it): the same event, and settlement, as the SDK's."""
-        try:
-            reservation_id = parse_reservation_id(reservation_id)
-            body = await _json_body(request)
-            unknown = set(body) - _USAGE_FIELDS - {"attribution"}
-            if unknown:
-                raise ReservationError(f"unknown field(s) {sorted(unknown)}; give {sorted(_USAGE_FIELDS)} and attribution")
-            attribution = body.pop("attribution", None) or {}
-            if not isinstance(attribution, dict):
-                raise ReservationError("attribution must be an object of strings")
-            event = usage_event(**body, **attribution, reservation_id=reservation_id)
-            value = codec.encode(USAGE_EVENT, event)
-        except (ReservationError, TypeError, ValueError) as exc:
-            return self.json({"error": str(exc)}, status=400)
-        await (await send(settings.usage_topic, value, key=event["event_id"].encode()))
-        stats["settled_over_http"] += 1
-        return self.json({"reservation_id": reservation_id, "event_id": event["event_id"]}, status=202)
-
-
-@app.page("/partitions/{partition}/reservations")
-class PartitionReservationsPage(View):
-    async def post(self, request: Request, partition: str) -> Response:
-        """A hold or release routed here by another worker; 503 if this one does not own it."""
-        try:
-            body = await _json_body(request)
-            if not _serves(int(partition)) or int(body.get("partition", -1)) != int(partition):
-                return self.json({"error": f"partition {partition} is not served here now"}, status=503)
-            refusals = await _on_partition(body)
-        except (ReservationError, KeyError, TypeError, ValueError) as exc:
-            return self.json({"error": str(exc)}, status=400)
-        return self.json({"refused_by": [r.to_json() for r in refusals]})
+reservation_api = ReservationApi(
+    settings, codec, budgets,
+    holds=lambda: parts.spend_state.holds, committed=lambda: parts.holds_committed, ready=is_ready,
+    owner_of=_owner_of, own_url=lambda: str(app.conf.canonical_url), http_client=lambda: app.http_client,
+    publish=_publish_usage, stats=stats,
+)
+faust_app.add_pages(app, reservation_api.routes())  # reserve, release, settle, and the hop between workers
 
 
 @app.timer(settings.reservation_sweep_interval)
