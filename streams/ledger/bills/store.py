@@ -33,7 +33,7 @@ def store_lines(client: Client, lines: Sequence[BillLine], *, imported_from: str
     if not lines:
         return Imported(0, 0)
     keyed = identified(lines)  # 1
-    result = client.query(  # 2
+    result = client.query(  # 2: only the table's name (a constant) is formatted in; values are bound
         f"SELECT line_id, content FROM {TABLE} FINAL WHERE source IN {{sources:Array(String)}} "
         "AND day >= {first:Date} AND day <= {last:Date}",
         parameters={"sources": sorted({line.source for line in lines}),
