@@ -209,7 +209,8 @@ class Enricher:
         for name in (*ATTRIBUTION_FIELDS, "request_fingerprint", *ROUTE_FIELDS, "reported_currency"):
             columns[name] = pc.fill_null(columns[name], "")
         for name in SCOPED_ATTRIBUTION:  # "victim " must not dodge the budget on feature=victim
-            columns[name] = pc.utf8_trim_whitespace(columns[name])
+            if name != "team":  # the router has normalised the team already
+                columns[name] = pc.utf8_trim_whitespace(columns[name])
         columns["source_partition"] = pa.array([source.partition for source, _ in sources], pa.int32())
         columns["source_offset"] = pa.array([source.offset for source, _ in sources], pa.int64())
         table = pa.Table.from_arrays([columns[name] for name in priced.COLUMNS], schema=priced.SCHEMA)
