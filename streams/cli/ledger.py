@@ -25,7 +25,7 @@ from clickhouse_connect.driver.client import Client
 
 from streams.ledger.bills.formats import FORMATS
 from streams.reports import reconcile, reports
-from streams.reports.hops import DEFAULT_TOLERANCE
+from streams.reports.hops import DEFAULT_TOLERANCE, hops_report, render_hops
 from streams.settings import Settings
 
 T = TypeVar("T")
@@ -177,8 +177,6 @@ def chargeback(month: str, rule: reports.AllocationRule, shares_path: Path | Non
 def hops(start: datetime, end: datetime, tolerance: str) -> None:
     """What router retries and fallbacks cost per team and feature, and where a router's
     reported cost disagrees with spendstream's price."""
-    from streams.reports.hops import hops_report, render_hops
-
     try:
         fraction: Decimal | None = Decimal(tolerance)
     except InvalidOperation:
