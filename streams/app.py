@@ -101,7 +101,7 @@ def start() -> faust.App:
         sql_queries=sql_guard.QueryRunner(settings),
         spend_state=SpendState(settings, spend, announced, budgets, _publish_caps, app.producer.flush,
                                reservations, partial(faust_fixes.write_in_partition, reservations)),
-        holds_committed=GroupCommit(app.producer.flush, partial(faust_fixes.write_in_partition, reservations)),
+        holds_committed=GroupCommit(app.producer.flush),
     )
     roles = ROLES[settings.roles]
     faust_app.run_only(app, agents=[a for role in roles for a in ROLE_AGENTS[role]],
@@ -467,10 +467,12 @@ async def sql(web: View, request: Request) -> Response:
 # --- Reservations: holds on the partitions this worker owns, routed to the owner otherwise ---
 @reservations.on_recover
 async def _count_holds() -> None:
-    """After every rebalance (and a restart's recovery): count what is held on the
-    partitions this worker now owns."""
+    """After every rebalance (and a restart's recovery): read what recovery left unread of
+    the changelog, then count what is held on the partitions this worker now owns."""
     topic = reservations.changelog_topic_name
-    parts.spend_state.holds.rebuild(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic)
+    owned = [tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic]
+    await faust_fixes.read_past_reported_end(reservations, owned, settings.kafka_client_options())
+    parts.spend_state.holds.rebuild(owned)
 
 
 def _owner_of(partition: int) -> str | None:
@@ -503,5 +505,5 @@ async def expire_reservations() -> None:
     for partition, reservation_id in expired:
         holds.release(partition, reservation_id)
     if expired:
-        await parts.holds_committed.wait({partition for partition, _ in expired})
+        await parts.holds_committed.wait()
         stats["reservations_expired"] += len(expired)

@@ -110,7 +110,7 @@ class ReservationApi:
                 return refusals
         elif not holds.release(partition, reservation_id):
             return []
-        await self._committed().wait([partition])
+        await self._committed().wait()
         self.stats["holds_written"] += 1
         return []
 

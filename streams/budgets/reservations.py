@@ -51,7 +51,7 @@ from typing import Any
 from streams.budgets.budget import AMOUNT_PRECISION, AMOUNT_SCALE, Budget, BudgetIndex, bounded_decimal
 from streams.events.scopes import SCOPE_FIELDS, scope_partition, scope_value_problem, scopes_of
 from streams.ingest.attribution import normalise_team
-from streams.runtime.changelog import is_marker, marker, write_encoded
+from streams.runtime.changelog import is_marker, write_encoded
 
 MAX_RESERVATION_ID = 200
 
@@ -283,24 +283,22 @@ class Holds:
 class GroupCommit:
     """Waits until the changelog has every hold written so far, for many requests at once.
 
-    A round flushes the producer, then writes each touched partition's end marker alone
-    and flushes again (:mod:`streams.runtime.changelog`: recovery then reads every hold
-    before it, whatever end offset the broker reports). Requests that arrive during a
-    round wait for the next one, which covers them all: one round trip serves many holds.
+    A round is one flush of the producer: the holds written before it are then in the
+    changelog (a new owner reads all of them, past the end offset the embedded broker
+    reports: :func:`~streams.runtime.faust_fixes.read_past_reported_end`). Requests that
+    arrive during a round wait for the next one, which covers them all: one round trip
+    serves many holds.
     """
 
-    def __init__(self, flush: Callable[[], Awaitable[None]], write: Callable[[int, str, Any], None]) -> None:
+    def __init__(self, flush: Callable[[], Awaitable[None]]) -> None:
         self._flush = flush
-        self._write = write
         self._next: asyncio.Future[None] | None = None
-        self._partitions: set[int] = set()
         self._running = False
 
-    async def wait(self, partitions: Iterable[int]) -> None:
+    async def wait(self) -> None:
         if self._next is None:
             self._next = asyncio.get_running_loop().create_future()
         round_done = self._next
-        self._partitions.update(partitions)
         if not self._running:
             self._running = True
             asyncio.ensure_future(self._rounds())
@@ -309,12 +307,8 @@ class GroupCommit:
     async def _rounds(self) -> None:
         try:
             while self._next is not None:
-                done, partitions = self._next, self._partitions
-                self._next, self._partitions = None, set()
+                done, self._next = self._next, None
                 try:
-                    await self._flush()
-                    for partition in partitions:
-                        self._write(partition, marker(partition), 0)
                     await self._flush()
                 except Exception as exc:  # every waiter of this round hears of it
                     done.set_exception(exc)

@@ -1,4 +1,4 @@
-"""Five places where Faust's at-least-once delivery is weaker than the ledger needs, and one
+"""Six places where Faust's at-least-once delivery is weaker than the ledger needs, and one
 table write Faust does not offer.
 
 Each was found by the fault-injection tests (``tests/test_faults.py``) and is fixed here
@@ -43,6 +43,15 @@ rather than worked around in the agents:
    second after start). :func:`install` makes the fetch take a snapshot of the set and
    fetch nothing when it is empty.
 
+6. **Recovery stops at the broker's reported end.** Faust reads a changelog partition up to
+   the end offset the broker reports. The embedded broker reports "first offset of the
+   last record batch + 1", so every record after the first of the last batch is left
+   unread: a hold granted in a batch with others would be forgotten by the next owner,
+   which could then grant past the cap. The spend tables end each batch with a marker
+   written alone (:mod:`streams.runtime.changelog`), which costs a second round trip to
+   the broker; the reservations table, whose answers wait for the changelog, instead
+   reads past the reported end after recovery (:func:`read_past_reported_end`).
+
 And: Faust writes a table only from inside a stream (the change goes to the changelog
 partition of the current event). A reservation is held from an HTTP request, where there
 is no event, and must land in the partition of its budget's scope:
@@ -52,14 +61,17 @@ is no event, and must land in the partition of its budget's scope:
 
 from __future__ import annotations
 
+import json
+import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence, Set
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from contextlib import contextmanager
 from importlib import metadata
 from types import SimpleNamespace
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.streams import _current_event
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import ThreadDelegateConsumer
@@ -68,6 +80,11 @@ from faust.types import TP
 
 # The releases whose internals these fixes (and streams.runtime.tuning's) were written against.
 PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
+
+
+class ChangelogTailUnread(RuntimeError):
+    """The changelog's last batch could not be read after recovery: serving the table
+    without it could forget what it holds."""
 
 
 class UnsupportedVersion(RuntimeError):
@@ -191,5 +208,73 @@ def write_in_partition(table: Any, partition: int, key: str, value: Any) -> None
             table[key] = value
         elif key in table:
             del table[key]
+    finally:
+        _current_event.reset(token)
+
+
+async def read_past_reported_end(
+    table: Any, partitions: Iterable[int], client_options: Mapping[str, Any], timeout: float = 10.0
+) -> int:
+    """Fix 6: after Faust's recovery of ``table``, apply the records of each of its
+    changelog ``partitions`` past the end the broker reported. Returns how many.
+
+    1. Ask the broker for each partition's end offset, as Faust did; recovery applied
+       every record before it.
+    2. Fetch from the record just before that end. The broker answers a fetch with
+       whole record batches, so the answer holds the last batch, all of it: on a broker
+       that reports the end right, that is the last record alone.
+    3. Apply each record in offset order (JSON key and value, as Faust writes the table;
+       no value deletes the key), from the first fetch that reaches that record, and
+       what any further fetch returns until one returns nothing.
+
+    Nothing writes these partitions meanwhile: the worker serves them only once
+    recovery, this included, has completed. Raises :class:`ChangelogTailUnread` when the
+    broker does not answer within ``timeout`` seconds.
+    """
+    topic = table.changelog_topic.get_topic_name()
+    tps = [TopicPartition(topic, p) for p in partitions]
+    if not tps:
+        return 0
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, fetch_max_wait_ms=50, **client_options)
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)  # 1
+        unread = {tp: end - 1 for tp, end in ends.items() if end > 0}
+        for tp, last in unread.items():
+            consumer.seek(tp, last)  # 2
+        for tp in set(tps) - set(unread):
+            consumer.pause(tp)
+        applied, deadline = 0, time.monotonic() + timeout
+        while True:
+            fetched = await consumer.getmany(timeout_ms=200)
+            for tp, records in fetched.items():  # 3
+                for record in records:
+                    _apply_record(table, tp.partition, record.key, record.value)
+                    if record.offset >= unread.get(tp, 0):
+                        unread.pop(tp, None)
+                    applied += 1
+            if not unread and not fetched:
+                return applied
+            if time.monotonic() > deadline:
+                raise ChangelogTailUnread(
+                    f"{topic} partitions {sorted(tp.partition for tp in unread)}: the broker did not return the "
+                    f"last record batch within {timeout:.0f} s"
+                )
+    finally:
+        await consumer.stop()
+
+
+def _apply_record(table: Any, partition: int, key: bytes, value: bytes | None) -> None:
+    """Set (no value: delete) one changelog record's key in the table's store, as recovery
+    would, with the record's partition current (a RocksDB store keeps one per partition)."""
+    decoded_key = json.loads(key)
+    stand_in = _InPartition(table.changelog_topic_name, partition)
+    token = _current_event.set(weakref.ref(stand_in))
+    try:
+        if value is None:
+            table.data.pop(decoded_key, None)
+        else:
+            table.data[decoded_key] = json.loads(value)
     finally:
         _current_event.reset(token)
