@@ -376,8 +376,14 @@ def is_ready() -> bool:
     """Ready once the tables are recovered, the partitions assigned and the enrich and
     detector stages' children started (a first batch would otherwise wait seconds for their
     imports)."""
-    return (app.tables.recovery.completed.is_set() and not app.rebalancing and bool(app.consumer.assignment())
+    return (tables_ready() and bool(app.consumer.assignment())
             and ((parts.enrich_stage.started and parts.detector_stage.started) or not runs("process")))
+
+
+def tables_ready() -> bool:
+    """Recovered and not rebalancing: the tables may be read and written (asked by every
+    reservation, so without building the assignment's set)."""
+    return app.tables.recovery.completed.is_set() and not app.rebalancing
 
 
 @app.task
@@ -488,7 +494,7 @@ async def _publish_usage(key: bytes, value: bytes) -> None:
 
 reservation_api = ReservationApi(
     settings, codec, budgets,
-    holds=lambda: parts.spend_state.holds, committed=lambda: parts.holds_committed, ready=is_ready,
+    holds=lambda: parts.spend_state.holds, committed=lambda: parts.holds_committed, ready=tables_ready,
     owner_of=_owner_of, own_url=lambda: str(app.conf.canonical_url), http_client=lambda: app.http_client,
     publish=_publish_usage, stats=stats,
 )

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -68,7 +69,16 @@ def period_keys(occurred_at: datetime, tz: ZoneInfo) -> tuple[str, ...]:
 
 
 def current_period(kind: str, at: datetime, tz: ZoneInfo) -> str:
-    """The period of ``kind`` (day, week or month) that ``at`` falls in: ``month:2026-11``."""
+    """The period of ``kind`` (day, week or month) that ``at`` falls in: ``month:2026-11``.
+
+    Asked per budget of every reservation: memoized per minute (periods start at local
+    midnight, and every time zone's offset is whole minutes)."""
+    return _period_of_minute(kind, int(at.timestamp()) // 60, tz)
+
+
+@lru_cache(maxsize=1024)
+def _period_of_minute(kind: str, minute: int, tz: ZoneInfo) -> str:
+    at = datetime.fromtimestamp(minute * 60, UTC)
     return next(p for p in period_keys(at, tz) if p.startswith(kind + ":"))
 
 

@@ -48,6 +48,8 @@ from streams.events.codec import USAGE_EVENT, Codec
 from streams.sdk.producer import usage_event
 from streams.settings import Settings
 
+_DECODER = json.JSONDecoder(parse_float=Decimal)  # numbers read as exact decimals
+
 # What a settling request may give besides attribution (usage_event's keywords).
 USAGE_FIELDS = frozenset({"provider", "model", "service_tier", "input_tokens", "output_tokens", "cache_read_tokens",
                           "cache_write_tokens", "reasoning_tokens", "other_units", "event_id", "tags"})
@@ -204,7 +206,7 @@ class ReservationApi:
 async def _json_body(request: web.Request) -> dict[str, Any]:
     """A request's JSON object, numbers read as exact decimals; ReservationError if not one."""
     try:
-        body = json.loads(await request.text(), parse_float=Decimal)
+        body = _DECODER.decode(await request.text())
     except ValueError as exc:
         raise ReservationError(f"the body is not JSON: {exc}") from None
     if not isinstance(body, dict):
