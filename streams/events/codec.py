@@ -117,6 +117,13 @@ class Codec:
         """Every schema version found in ``schemas/``: current ones first, then older ones."""
         return list(self._versions)
 
+    def current(self, name: str) -> SchemaVersion:
+        return self._current[name]
+
+    def version_for(self, fingerprint: bytes) -> SchemaVersion | None:
+        """The version a message with this fingerprint was written with (None: unknown)."""
+        return self._by_fingerprint.get(fingerprint)
+
     def fingerprint_of(self, name: str) -> bytes:
         return self._current[name].fingerprint
 

@@ -27,11 +27,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from streams.events import priced
 from streams.events.codec import USAGE_BATCH, USAGE_EVENT, Codec, DecodeError
+from streams.events.columnar import ColumnarReader, event_columns
 from streams.events.validation import (
     ATTRIBUTION_FIELDS,
     ROUTE_FIELDS,
@@ -70,43 +72,34 @@ class EnrichedBatch:
         return self.dropped.num_rows
 
 
-_TEXT, _COUNT = pa.string(), pa.int64()
-# A decoded UsageEvent as Arrow: the Avro schema's fields, records as structs.
-EVENT_TYPE = pa.struct([
-    ("event_id", _TEXT),
-    ("occurred_at", pa.timestamp("ms", tz="UTC")),
-    ("provider", _TEXT),
-    ("model", _TEXT),
-    ("service_tier", _TEXT),
-    ("usage", pa.struct([
-        *((name, _COUNT) for name in (
-            "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")),
-        ("other_units", pa.map_(_TEXT, _COUNT)),
-    ])),
-    ("attribution", pa.struct([(name, _TEXT) for name in ATTRIBUTION_FIELDS])),
-    ("tags", pa.map_(_TEXT, _TEXT)),
-    ("request_fingerprint", _TEXT),
-    ("usage_missing", pa.bool_()),
-    *((name, _TEXT) for name in ("router", "upstream_provider")),
-    ("attempt", pa.int32()),
-    *((name, _TEXT) for name in ("retry_of", "fallback_from")),
-    ("reported_cost", priced.MONEY),
-    *((name, _TEXT) for name in ("reported_currency", "reservation_id")),
-])
-_NESTED = ("usage", "attribution")
 _PROVIDERS_REMEMBERED = 1024
 
 
-def event_columns(events: list[dict[str, Any]]) -> dict[str, pa.Array]:
-    """Decoded events as one column per field, the usage and attribution fields unnested
-    (their names do not clash): one C call walks the dicts."""
-    columns: dict[str, pa.Array] = {}
-    for field, column in zip(EVENT_TYPE, pa.array(events, EVENT_TYPE).flatten(), strict=True):
-        if field.name in _NESTED:
-            columns.update(zip((f.name for f in field.type), column.flatten(), strict=True))
-        else:
-            columns[field.name] = column
-    return columns
+@dataclass(slots=True)
+class _Events:
+    """A chunk's decoded events: columns, and where each row came from."""
+
+    columns: dict[str, pa.Array]
+    message_of: np.ndarray  # per row: the index of its message in the chunk
+    enveloped: np.ndarray  # per message: whether a batch envelope
+    origin: np.ndarray  # per row: its index among the C reader's rows, or (past them) among ``dicts``
+    read_rows: int  # rows the C reader read
+    bounds: np.ndarray  # (start, end) of the C reader's rows in their messages
+    dicts: list[dict[str, Any]]  # the codec's events
+    values: list[bytes | None]
+    reader: ColumnarReader
+
+    @property
+    def rows(self) -> int:
+        return len(self.message_of)
+
+    def event(self, row: int) -> dict[str, Any]:
+        """A row as the codec decodes it (a dict), for validation's sentence and its dead letter."""
+        origin = int(self.origin[row])
+        if origin >= self.read_rows:
+            return self.dicts[origin - self.read_rows]
+        start, end = self.bounds[origin]
+        return self.reader.event(self.values[self.message_of[row]], int(start), int(end))  # type: ignore[arg-type]
 
 
 def _utcnow() -> datetime:
@@ -130,6 +123,7 @@ class Enricher:
         self.limits = limits
         self.clock = clock
         self._providers: dict[str, bool] = {}  # provider -> whether the pricer knows it
+        self.reader = ColumnarReader(codec)
 
     def enrich(self, messages: Iterable[SourceMessage]) -> EnrichedBatch:
         """One chunk of messages as priced rows, dead letters and dropped copies:
@@ -149,25 +143,14 @@ class Enricher:
            scopes trimmed as budget scopes are, and take the later copies out of it into
            the dropped copies (:data:`~streams.events.priced.DROPPED_SCHEMA`).
         """
-        # 1. Decode.
-        events: list[dict[str, Any]] = []
-        sources: list[tuple[SourceMessage, bool]] = []  # per event: its message, and whether an envelope
-        dead_letters: list[DeadLetter] = []
-        for message in messages:
-            try:
-                decoded, enveloped = self._events_of(message)
-            except DecodeError as exc:
-                dead_letters.append(
-                    DeadLetter(exc.code, exc.reason, message.partition, message.offset, message.value or b"")
-                )
-                continue
-            events.extend(decoded)
-            sources.extend([(message, enveloped)] * len(decoded))
-        if not events:
+        # 1. Decode: straight into columns where the C reader can, else into dicts.
+        messages = list(messages)
+        events = self._decode(messages, dead_letters := [])
+        if events.rows == 0:
             return EnrichedBatch(priced.SCHEMA.empty_table(), dead_letters, 0, priced.DROPPED_SCHEMA.empty_table())
 
-        # 2. Columns.
-        columns = event_columns(events)
+        # 2. Columns (the dicts' rows, if any, are in arrival order among the others).
+        columns = events.columns
 
         # 3. Validate: column checks, then the flagged rows one by one.
         now = self.clock()
@@ -175,28 +158,30 @@ class Enricher:
         unknown = [p for p in pc.unique(columns["provider"]).to_pylist() if not self._knows_provider(p)]
         if unknown:
             flagged = pc.or_(flagged, pc.is_in(columns["provider"], value_set=pa.array(unknown, pa.string())))
-        invalid = set()
+        valid = np.ones(events.rows, bool)
         for row in pc.indices_nonzero(flagged).to_pylist():
+            event = events.event(row)
             try:
-                validate(events[row], now, self.limits)
-                self._known_provider(events[row]["provider"])
+                validate(event, now, self.limits)
+                self._known_provider(event["provider"])
             except InvalidEvent as exc:
-                invalid.add(row)
-                dead_letters.append(self._dead_letter(exc, events[row], *sources[row]))
+                valid[row] = False
+                message = messages[events.message_of[row]]
+                dead_letters.append(self._dead_letter(exc, event, message, bool(events.enveloped[events.message_of[row]])))
 
         # 4. The first copy of each event id in the call, and the later ones.
-        valid = [row for row in range(len(events)) if row not in invalid]
-        first: dict[str, int] = {}
-        later: list[int] = []  # positions in ``valid`` of the copies to drop
-        for position, row in enumerate(valid):
-            if first.setdefault(events[row]["event_id"], position) != position:
-                later.append(position)
-        if not valid:
+        if not valid.any():
             return EnrichedBatch(priced.SCHEMA.empty_table(), dead_letters, 0, priced.DROPPED_SCHEMA.empty_table())
-        if len(valid) < len(events):
-            rows = pa.array(valid, pa.int64())
+        message_of = events.message_of
+        if not valid.all():
+            rows = pa.array(np.flatnonzero(valid))
             columns = {name: column.take(rows) for name, column in columns.items()}
-            sources = [sources[row] for row in valid]
+            message_of = message_of[valid]
+        # dictionary_encode numbers ids by first appearance; a row whose id's first row is
+        # another is a later copy (positions among the valid rows).
+        codes = columns["event_id"].dictionary_encode().indices.to_numpy(zero_copy_only=False)
+        first = np.unique(codes, return_index=True)[1][codes]
+        later = np.flatnonzero(first != np.arange(len(codes)))
 
         # 5. Attribute and price (the copies too: what they would have cost goes on record).
         columns["team"], columns["attributed_by"] = self.router.attribute_columns(
@@ -211,13 +196,50 @@ class Enricher:
         for name in SCOPED_ATTRIBUTION:  # "victim " must not dodge the budget on feature=victim
             if name != "team":  # the router has normalised the team already
                 columns[name] = pc.utf8_trim_whitespace(columns[name])
-        columns["source_partition"] = pa.array([source.partition for source, _ in sources], pa.int32())
-        columns["source_offset"] = pa.array([source.offset for source, _ in sources], pa.int64())
+        columns["source_partition"] = pa.array(np.array([m.partition for m in messages], np.int32)[message_of])
+        columns["source_offset"] = pa.array(np.array([m.offset for m in messages], np.int64)[message_of])
         table = pa.Table.from_arrays([columns[name] for name in priced.COLUMNS], schema=priced.SCHEMA)
-        dropped = _dropped_copies(table, later, first, [(s.partition, s.offset) for s, _ in sources])
-        if later:
-            table = table.filter(pa.array(_without(later, table.num_rows)))
+        dropped = _dropped_copies(table, later, first[later])
+        if len(later):
+            keep = np.ones(table.num_rows, bool)
+            keep[later] = False
+            table = table.filter(pa.array(keep))
         return EnrichedBatch(table, dead_letters, pc.sum(pc.invert(table.column("priced"))).as_py() or 0, dropped)
+
+    def _decode(self, messages: list[SourceMessage], dead_letters: list[DeadLetter]) -> _Events:
+        """Every event of ``messages``, in arrival order; a message that does not decode
+        becomes a dead letter. The C reader reads what it can; the codec decodes the rest
+        (older schema versions, and whatever the C reader leaves to fastavro to say why)."""
+        values = [message.value for message in messages]
+        read = self.reader.read(values)
+        enveloped = read.enveloped.copy()
+        dicts: list[dict[str, Any]] = []
+        dict_messages: list[int] = []
+        for index in read.unread:
+            try:
+                decoded, enveloped[index] = self._events_of(messages[index])
+            except DecodeError as exc:
+                message = messages[index]
+                dead_letters.append(
+                    DeadLetter(exc.code, exc.reason, message.partition, message.offset, message.value or b"")
+                )
+                continue
+            dicts.extend(decoded)
+            dict_messages.extend([index] * len(decoded))
+        read_rows = int(read.counts.sum())
+        message_of = np.repeat(np.arange(len(messages)), read.counts)
+        columns = read.columns
+        if dicts:
+            more = event_columns(dicts)
+            columns = {name: pa.concat_arrays([read.columns[name], column]) if read_rows else column
+                       for name, column in more.items()}
+            message_of = np.concatenate([message_of, np.array(dict_messages, np.int64)])
+        origin = np.argsort(message_of, kind="stable")
+        if dicts and read_rows and (origin != np.arange(len(origin))).any():
+            order = pa.array(origin)
+            columns = {name: column.take(order) for name, column in columns.items()}
+            message_of = message_of[origin]
+        return _Events(columns, message_of, enveloped, origin, read_rows, read.bounds, dicts, values, self.reader)
 
     def _dead_letter(self, exc: InvalidEvent, event: dict[str, Any], message: SourceMessage, enveloped: bool) -> DeadLetter:
         """An invalid event's dead letter. An event of a batch envelope is dead-lettered
@@ -252,15 +274,14 @@ class Enricher:
         raise DecodeError("unexpected_schema", f"{name} is not a usage event or usage batch")
 
 
-def _dropped_copies(
-    table: pa.Table, later: list[int], first: dict[str, int], sources: list[tuple[int, int]]
-) -> pa.Table:
+def _dropped_copies(table: pa.Table, later: np.ndarray, kept: np.ndarray) -> pa.Table:
     """The rows at ``later`` as dropped copies (:data:`~streams.events.priced.DROPPED_SCHEMA`):
-    each with the copy kept instead (``first``: event id -> its first row), and how many
-    valid copies of it its own message holds before it."""
-    if not later:
+    each with the copy kept instead (the row at ``kept``), and how many valid copies of it
+    its own message holds before it."""
+    if not len(later):
         return priced.DROPPED_SCHEMA.empty_table()
     ids = table.column("event_id").to_pylist()
+    sources = list(zip(table.column("source_partition").to_pylist(), table.column("source_offset").to_pylist()))
     repeated = {ids[row] for row in later}
     copies: dict[tuple[str, int, int], int] = {}
     copy_of: dict[int, int] = {}
@@ -269,23 +290,14 @@ def _dropped_copies(
             key = (event_id, *sources[row])
             copy_of[row] = copies.get(key, 0)
             copies[key] = copy_of[row] + 1
-    kept = [sources[first[ids[row]]] for row in later]
-    picked = table.take(pa.array(later, pa.int64()))
+    picked = table.take(pa.array(later))
     return pa.Table.from_arrays(
         [picked.column(name) for name in ("event_id", "occurred_at", "team", "cost_total", "currency",
                                           "source_partition", "source_offset")]
         + [pa.array([copy_of[row] for row in later], pa.int32()),
-           pa.array([p for p, _ in kept], pa.int32()), pa.array([o for _, o in kept], pa.int64())],
+           pa.array([sources[row][0] for row in kept], pa.int32()), pa.array([sources[row][1] for row in kept], pa.int64())],
         schema=priced.DROPPED_SCHEMA,
     )
-
-
-def _without(rows: list[int], count: int) -> list[bool]:
-    """A mask of ``count`` rows, false at ``rows``."""
-    mask = [True] * count
-    for row in rows:
-        mask[row] = False
-    return mask
 
 
 assert set(PRICE_COLUMNS) < set(priced.COLUMNS)
