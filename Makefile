@@ -7,7 +7,8 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test bench bench-scale bench-memory bench-reports bench-otlp bench-dashboard browser venv clean
 
-$(STAMP): pyproject.toml
+# setup.py and the C source: a change rebuilds the C reader (streams/events/columnar.py) in place.
+$(STAMP): pyproject.toml setup.py streams/events/_columnar.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[embedded,test]"

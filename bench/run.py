@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 from streams.cli.localstack import EmbeddedBroker, WorkerProcess, settings_from, worker_environment  # noqa: E402
 from streams.cli.synthetic import generate  # noqa: E402
 from streams.events.codec import USAGE_BATCH, USAGE_EVENT, default_codec  # noqa: E402
+from streams.events.columnar import ColumnarReader  # noqa: E402
 from streams.runtime.topics import all_topics, create_topics  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.web_auth import get_json  # noqa: E402
@@ -278,7 +279,8 @@ def arguments(argv: list[str] | None, description: str | None, *, events: int, e
 def main(argv: list[str] | None = None) -> None:
     args = arguments(argv, __doc__, events=300_000, events_help="the issue measured its table over 300k",
                      runs=3, runs_help="rounds of the three variants, medians taken")
-    print(f"{args.events} events, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    reader = "built" if ColumnarReader(default_codec()).active else "NOT built (pip install -e . builds it)"
+    print(f"{args.events} events, {os.cpu_count()} cores, Python {sys.version.split()[0]}, C reader of usage events {reader}")
     rows: list[list[str]] = []
     notes: list[str] = []
     for name, (label, batched) in MODES.items():

@@ -26,7 +26,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILD_INPUTS = ("pyproject.toml", "README.md", "streams", "schemas", "clickhouse", "config")
+BUILD_INPUTS = ("pyproject.toml", "setup.py", "README.md", "streams", "schemas", "clickhouse", "config")
 DATA_DIRS = {"schemas": "*.avsc", "clickhouse": "*.sql", "config": "*.example.*"}
 
 
@@ -80,6 +80,16 @@ def test_the_wheel_carries_the_data_directories(installed) -> None:
     for directory, pattern in DATA_DIRS.items():
         expected = {f"streams/_data/{directory}/{p.name}" for p in (ROOT / directory).glob(pattern)}
         assert expected and expected <= names, f"{directory}/ not carried: {sorted(expected - names)}"
+
+
+def test_the_wheel_carries_the_c_reader_and_it_reads(installed, tmp_path: Path) -> None:
+    """Built by setup.py (optional: a machine without a C compiler gets a wheel without it);
+    here, with gcc, the wheel has it and the installed code reads events with it."""
+    bin_dir, env, _, wheel = installed
+    assert any(name.startswith("streams/events/_columnar.") for name in zipfile.ZipFile(wheel).namelist())
+    probe = ("from streams.events.codec import default_codec; from streams.events.columnar import ColumnarReader; "
+             "print(ColumnarReader(default_codec()).active)")
+    assert run([str(bin_dir / "python"), "-c", probe], cwd=tmp_path, env=env, timeout=60).stdout.strip() == "True"
 
 
 def test_the_build_gives_no_warning_about_the_project_metadata(installed) -> None:
