@@ -232,11 +232,21 @@ async def _send_dead_letter(dead: DeadLetter) -> asyncio.Future:
 
 @app.agent(deltas_topic, supervisor_strategy=CrashingSupervisor)
 async def count_spend(stream: faust.StreamT) -> None:
-    """Add deltas to the spend table, settle reservations, check budgets, publish cap states and alerts."""
+    """Add deltas to the spend table, settle reservations, check budgets, publish cap states and alerts.
+
+    Batches are :func:`~streams.runtime.batching.take_batches`', not ``take_events``': a
+    batch holding every deltas message Kafka has is taken at once, not after
+    ``spend_batch_within``, which an alert would otherwise wait out. A deltas message is
+    at most ``message_max_bytes``, so the batch's bound in bytes is that of its messages.
+    """
     state = parts.spend_state
-    async for events in stream.take_events(settings.spend_batch_max, settings.spend_batch_within):
+    batches = take_batches(stream, settings.spend_batch_max, settings.spend_batch_max * settings.message_max_bytes,
+                           settings.spend_batch_within)
+    async for events in batches:
         with faust_fixes.unacked_unless_done(events):
             await state.apply(events, make_current)
+            for event in events:
+                await stream.ack(event)
         stats.update(deltas_applied=len(events))
         marks["last_spend_at"] = time.time()
         stats["shadow_scopes"], stats["shadow_evictions"] = len(state.shadow), state.shadow.evictions

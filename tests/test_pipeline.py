@@ -289,3 +289,20 @@ def stats_after_backlog(stack_env: dict[str, str], tmp_path: Path, settings: dic
                           120, "every event in ClickHouse")
     finally:
         worker.stop()
+
+
+def test_an_event_on_a_quiet_stream_is_not_held_for_the_batch_windows(stack_env: dict[str, str], tmp_path: Path) -> None:
+    """A batch that holds everything Kafka has is taken at once: with the enrich and spend
+    agents' windows at 60 s, an event alone on the usage topic is counted in the spend
+    table long before either window could have passed (before, it waited out both)."""
+    windows = {"SPENDSTREAM_ENRICH_BATCH_WITHIN": "60", "SPENDSTREAM_SPEND_BATCH_WITHIN": "60"}
+    worker = WorkerProcess({**stack_env, **windows}, log=tmp_path / "worker.log")
+    try:
+        worker.start()
+        settings = settings_of(stack_env)
+        event = usage_event(provider="openai", model="gpt-4o", input_tokens=1000, output_tokens=100, team="quiet")
+        asyncio.run(produce(settings, events=[], singles=[event], bad=[]))
+        spend = wait_until(lambda: worker.get_json("/spend?scope=team=quiet").get("team=quiet"), 30, "the event counted")
+        assert sum(period["calls"] for period in spend.values()) == 3  # its day, week and month
+    finally:
+        worker.stop()
