@@ -181,19 +181,20 @@ def test_enrich_keeps_arrival_order_across_both_readers() -> None:
     """Version-1 messages, malformed ones and current ones interleaved: rows in message
     order, each with its own source, dead letters with the codec's reason."""
     def call(event_id: str, **fields: Any) -> dict[str, Any]:
-        return usage_event(event_id=event_id, occurred_at=NOW - timedelta(minutes=1), provider="openai",
-                           model="gpt-4o", input_tokens=100, output_tokens=10, team="search", **fields)
+        return usage_event(**{"event_id": event_id, "occurred_at": NOW - timedelta(minutes=1), "provider": "openai",
+                              "model": "gpt-4o", "input_tokens": 100, "output_tokens": 10, "team": "search", **fields})
 
     v1_fields = {"event_id", "occurred_at", "provider", "model", "service_tier", "usage", "attribution", "tags",
                  "request_fingerprint"}
     old = [{k: v for k, v in call(f"old-{n}").items() if k in v1_fields} for n in range(2)]
+    unknown = call("f", provider="nobody-knows")
     messages = [
         SourceMessage(1, 10, CODEC.encode(USAGE_BATCH, {"events": [call("a"), call("b")]})),
         SourceMessage(1, 11, _old("usage_batch.v1.avsc", {"events": old})),
         SourceMessage(1, 12, b"\xc3\x01 not a fingerprint"),
         SourceMessage(1, 13, _duplicate_key()),  # read by fastavro: its last value of the key wins
         SourceMessage(1, 14, CODEC.encode(USAGE_EVENT, call("d", attempt=0))),  # invalid: a dead letter
-        SourceMessage(1, 15, CODEC.encode(USAGE_BATCH, {"events": [call("e"), call("a")]})),  # a repeat of a
+        SourceMessage(1, 15, CODEC.encode(USAGE_BATCH, {"events": [call("e"), unknown, call("a")]})),  # a repeats
     ]
     enricher = Enricher(CODEC, Pricer(), Router(), clock=lambda: NOW)
     batch = enricher.enrich(messages)
@@ -201,7 +202,9 @@ def test_enrich_keeps_arrival_order_across_both_readers() -> None:
     assert [(r["event_id"], r["source_offset"]) for r in rows] == [
         ("a", 10), ("b", 10), ("old-0", 11), ("old-1", 11), ("e-1", 13), ("e", 15)]
     assert rows[4]["tags"] == [("k", "w")] and rows[2]["attempt"] == 1
-    assert [(d.code, d.offset) for d in batch.dead_letters] == [("unknown_schema", 12), ("invalid_field", 14)]
-    assert CODEC.decode(batch.dead_letters[1].original)[1]["event_id"] == "d"
+    assert [(d.code, d.offset, d.event_id) for d in batch.dead_letters] == [
+        ("unknown_schema", 12, None), ("invalid_field", 14, "d"), ("unknown_provider", 15, "f")]
+    assert batch.dead_letters[1].original == messages[4].value
+    assert batch.dead_letters[2].original == CODEC.encode(USAGE_EVENT, unknown)  # alone, to be re-submitted
     (copy,) = batch.dropped.to_pylist()
     assert (copy["event_id"], copy["source_offset"], copy["kept_offset"]) == ("a", 15, 10)

@@ -88,6 +88,7 @@ class _Events:
     dicts: list[dict[str, Any]]  # the codec's events
     values: list[bytes | None]
     reader: ColumnarReader
+    codec: Codec
 
     @property
     def rows(self) -> int:
@@ -100,6 +101,18 @@ class _Events:
             return self.dicts[origin - self.read_rows]
         start, end = self.bounds[origin]
         return self.reader.event(self.values[self.message_of[row]], int(start), int(end))  # type: ignore[arg-type]
+
+    def original(self, row: int) -> bytes:
+        """A row's bytes for its dead letter: its message, or, from a batch envelope, the
+        event alone as a UsageEvent message, so it can be fixed and re-submitted by itself."""
+        value = self.values[self.message_of[row]] or b""
+        if not self.enveloped[self.message_of[row]]:
+            return value
+        origin = int(self.origin[row])
+        if origin >= self.read_rows:
+            return self.codec.encode(USAGE_EVENT, self.dicts[origin - self.read_rows])
+        start, end = self.bounds[origin]
+        return self.codec.header(USAGE_EVENT) + value[int(start):int(end)]  # the current schema's bytes as written
 
 
 def _utcnow() -> datetime:
@@ -152,22 +165,29 @@ class Enricher:
         # 2. Columns (the dicts' rows, if any, are in arrival order among the others).
         columns = events.columns
 
-        # 3. Validate: column checks, then the flagged rows one by one.
+        # 3. Validate: column checks, then the flagged rows one by one. A row the checks pass
+        # passes validate too, so a row flagged only for its provider needs no dict.
         now = self.clock()
-        flagged = suspects(columns, now, self.limits)
+        suspect = suspects(columns, now, self.limits)
+        flagged = suspect
         unknown = [p for p in pc.unique(columns["provider"]).to_pylist() if not self._knows_provider(p)]
         if unknown:
             flagged = pc.or_(flagged, pc.is_in(columns["provider"], value_set=pa.array(unknown, pa.string())))
+        suspected = set(pc.indices_nonzero(suspect).to_pylist())
         valid = np.ones(events.rows, bool)
         for row in pc.indices_nonzero(flagged).to_pylist():
-            event = events.event(row)
             try:
-                validate(event, now, self.limits)
-                self._known_provider(event["provider"])
+                if row in suspected:
+                    event = events.event(row)
+                    validate(event, now, self.limits)
+                self._known_provider(columns["provider"][row].as_py())
             except InvalidEvent as exc:
                 valid[row] = False
                 message = messages[events.message_of[row]]
-                dead_letters.append(self._dead_letter(exc, event, message, bool(events.enveloped[events.message_of[row]])))
+                event_id = (columns["event_id"][row].as_py() or "")[: self.limits.max_identifier_length] or None
+                dead_letters.append(
+                    DeadLetter(exc.code, exc.reason, message.partition, message.offset, events.original(row), event_id)
+                )
 
         # 4. The first copy of each event id in the call, and the later ones.
         if not valid.any():
@@ -239,14 +259,8 @@ class Enricher:
             order = pa.array(origin)
             columns = {name: column.take(order) for name, column in columns.items()}
             message_of = message_of[origin]
-        return _Events(columns, message_of, enveloped, origin, read_rows, read.bounds, dicts, values, self.reader)
-
-    def _dead_letter(self, exc: InvalidEvent, event: dict[str, Any], message: SourceMessage, enveloped: bool) -> DeadLetter:
-        """An invalid event's dead letter. An event of a batch envelope is dead-lettered
-        alone, re-encoded, so it can be fixed and re-submitted by itself."""
-        original = self.codec.encode(USAGE_EVENT, event) if enveloped else message.value
-        event_id = (event.get("event_id") or "")[: self.limits.max_identifier_length] or None
-        return DeadLetter(exc.code, exc.reason, message.partition, message.offset, original or b"", event_id)
+        return _Events(columns, message_of, enveloped, origin, read_rows, read.bounds, dicts, values, self.reader,
+                       self.codec)
 
     def _knows_provider(self, provider: str) -> bool:
         known = self._providers.get(provider)
