@@ -3,7 +3,8 @@
 Run by bench/run.py as a child process with the worker's settings in the environment.
 The agent reads the usage topic and does nothing with the messages; when it has seen
 ``--messages`` of them it prints the rate from its first message to its last, the CPU
-seconds it spent meanwhile and its peak RSS, and exits.
+seconds it spent meanwhile (all threads, and the event loop's thread alone) and its peak
+RSS, and exits.
 """
 
 from __future__ import annotations
@@ -44,18 +45,19 @@ def main() -> None:
     topic = app.topic(settings.usage_topic, key_type=bytes, value_type=bytes,
                       key_serializer="raw", value_serializer="raw")
     seen = 0
-    started = cpu = 0.0
+    started = cpu = loop = 0.0
 
     @app.agent(topic)
     async def empty(stream: faust.StreamT) -> None:
-        nonlocal seen, started, cpu
+        nonlocal seen, started, cpu, loop
         async for _ in stream.events():
-            started, cpu = started or time.perf_counter(), cpu or time.process_time()
+            if not started:
+                started, cpu, loop = time.perf_counter(), time.process_time(), time.thread_time()
             seen += 1
             if seen == args.messages:
                 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 print(f"events/s {seen / (time.perf_counter() - started):.0f} cpu {time.process_time() - cpu:.1f} "
-                      f"rss {rss:.0f}", flush=True)
+                      f"rss {rss:.0f} loop {time.thread_time() - loop:.2f}", flush=True)
                 os._exit(0)  # the figure is out; a graceful Faust shutdown adds nothing to it
 
     tuning.worker(app).execute_from_commandline()  # as the worker runs (streams.cli.main)

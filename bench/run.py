@@ -69,6 +69,7 @@ class Figure:
     cpu_s: float | None = None
     rss_mb: float | None = None
     flow: list[str] | None = None  # how a worker run moved the events
+    loop_cpu_s: float | None = None  # CPU seconds of the event loop's thread (Faust agents only)
 
 
 def backlog(events: int, batched: bool) -> list[bytes]:
@@ -131,6 +132,12 @@ def status_mb(pid: int, field: str) -> float:
     return 0.0
 
 
+def thread_cpu(pid: int) -> float:
+    """CPU seconds of a process's main thread: a Faust worker's event loop."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_tree_cpu_and_rss(pid: int) -> tuple[float, float]:
     """CPU seconds and peak RSS (MB) of a process and its live children, summed."""
     cpu = rss = 0.0
@@ -168,6 +175,7 @@ def worker_rate(env: dict[str, str], events: int, workdir: Path) -> Figure:
         worker.start(ready_timeout=120)
         assert worker.proc is not None
         cpu_at_start, _ = process_tree_cpu_and_rss(worker.proc.pid)
+        loop_at_start = thread_cpu(worker.proc.pid)
         deadline = time.monotonic() + 600
         while True:
             stats = get_json(settings, "/stats")
@@ -177,10 +185,11 @@ def worker_rate(env: dict[str, str], events: int, workdir: Path) -> Figure:
                 raise TimeoutError(f"worker processed {stats} of {events} events")
             time.sleep(POLL_INTERVAL)
         cpu, rss = process_tree_cpu_and_rss(worker.proc.pid)
+        loop = thread_cpu(worker.proc.pid) - loop_at_start
         done_at = max(stats["last_insert_at"], stats.get("last_spend_at", 0), stats.get("last_anomaly_at", 0))
         rate = events / (done_at - stats["first_message_at"])
         written = asyncio.run(topic_messages(settings))
-        return Figure("worker end to end", rate, cpu - cpu_at_start, rss, flow(stats, written, events))
+        return Figure("worker end to end", rate, cpu - cpu_at_start, rss, flow(stats, written, events), loop_cpu_s=loop)
     except Exception:
         print((workdir / "worker.log").read_text(errors="replace")[-12000:], file=sys.stderr)
         raise
@@ -229,11 +238,11 @@ def empty_agent_rate(env: dict[str, str], messages: int, events_per_message: int
         env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
     )
     # Faust logs what agents print
-    found = re.findall(r"events/s (\d+) cpu ([\d.]+) rss ([\d.]+)", out.stdout + out.stderr)
+    found = re.findall(r"events/s (\d+) cpu ([\d.]+) rss ([\d.]+) loop ([\d.]+)", out.stdout + out.stderr)
     if not found:
         raise RuntimeError(f"empty agent failed: {out.stdout[-1000:]} {out.stderr[-2000:]}")
-    rate, cpu, rss = map(float, found[-1])
-    return Figure("empty Faust agent", rate * events_per_message, cpu, rss)
+    rate, cpu, rss, loop = map(float, found[-1])
+    return Figure("empty Faust agent", rate * events_per_message, cpu, rss, loop_cpu_s=loop)
 
 
 @dataclass
@@ -246,6 +255,12 @@ class Round:
 
     def ratios(self, figure: Figure) -> tuple[float, float]:
         return figure.events_per_s / self.limit.events_per_s, figure.events_per_s / self.empty.events_per_s
+
+    def loop_cpu(self, events: int) -> str:
+        """Event-loop CPU per event, empty agent and worker: what each asks of the loop's
+        core, whatever share of it the machine gave (the rates depend on that share)."""
+        empty, worker = (1e6 * (f.loop_cpu_s or 0) / events for f in (self.empty, self.worker))
+        return f"{empty:.0f} / {worker:.0f} µs ({worker / empty:.2f})"
 
 
 def run_mode(batched: bool, events: int, runs: int) -> list[Round]:
@@ -297,6 +312,8 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(variant_row(label, rounds, variant))
         notes.append(f"{label}: worker per round, ratio to limit / to empty agent: " + ", ".join(
             "{:.2f} / {:.2f}".format(*r.ratios(r.worker)) for r in rounds))
+        notes.append(f"{label}: event-loop CPU per event per round, empty agent / worker: "
+                     + ", ".join(r.loop_cpu(args.events) for r in rounds))
         typical = sorted(rounds, key=lambda r: r.worker.events_per_s)[len(rounds) // 2].worker
         notes += [f"{label}: {line}" for line in typical.flow or ()]
     print_table(["variant", "events/s", "ratio to limit", "ratio to empty agent", "CPU s", "peak RSS MB"], rows)
