@@ -44,7 +44,8 @@ async def measure(settings: Settings, probes: int, rate: float) -> tuple[list[fl
     await asyncio.sleep(2)  # the worker reads the budgets topic
     arrived: dict[str, float] = {}  # wall-clock seconds, as the alert record's timestamp
     produced: dict[str, float] = {}
-    consumer = AIOKafkaConsumer(settings.alerts_topic, auto_offset_reset="latest", **settings.kafka_client_options())
+    consumer = AIOKafkaConsumer(settings.alerts_topic, auto_offset_reset="latest",
+                                fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms, **settings.kafka_client_options())
     await consumer.start()
 
     async def watch() -> None:

@@ -144,7 +144,11 @@ class Settings(BaseSettings):
                     "tables themselves, where /spend would show them.",
     )
     broker_session_timeout: float = 10.0
-    consumer_fetch_max_wait_ms: int = Field(100, ge=1, le=1500, description="Longest a fetch waits for data.")
+    consumer_fetch_max_wait_ms: int = Field(
+        20, ge=1, le=1500,
+        description="Longest a fetch waits for data (the worker's consumer, and alert readers'). Kafka answers as "
+                    "soon as data arrives; the embedded broker answers a fetch after up to half of it, on every hop.",
+    )
     timezone: str = "UTC"
     heap_trim_interval: float = Field(
         10.0, ge=0, description="Seconds between checks that return free C heap memory to the system (0: never)."

@@ -11,9 +11,12 @@ runs Faust without it.
 
 And one latency fix: Faust builds its consumer with ``fetch_max_wait_ms=1500``, not
 configurable. Kafka answers a fetch as soon as data arrives, but some Kafka-compatible
-brokers (tansu, the embedded one) hold every fetch for the full wait, which adds up to
-1.5 s per hop between agents. :func:`apply` sets the wait to
-``SPENDSTREAM_CONSUMER_FETCH_MAX_WAIT_MS`` on the consumer Faust creates.
+brokers (tansu, the embedded one) do not: a message waits up to about half the fetch
+wait before its consumer gets it, on every hop between agents. Measured with plain
+aiokafka clients on the embedded broker, one message every 0.1 s: a median 114 ms
+(at most 241) with aiokafka's 500 ms, 14 ms (50) with 100 ms, 5 ms (15) with 20 ms.
+:func:`apply` sets the wait to ``SPENDSTREAM_CONSUMER_FETCH_MAX_WAIT_MS`` (20 ms) on the
+consumer Faust creates.
 """
 
 from __future__ import annotations

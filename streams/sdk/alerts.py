@@ -25,6 +25,7 @@ async def follow(settings: Settings, *, from_beginning: bool = False, count: int
         settings.alerts_topic,
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=False,
+        fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,  # aiokafka's 500 ms is a wait per alert on some brokers
         **settings.kafka_client_options(),
     )
     await start_or_stop(consumer)
