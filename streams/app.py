@@ -165,7 +165,8 @@ async def enrich(stream: faust.StreamT) -> None:
     what bound single-event throughput) is enriched in chunks of bounded size by the
     enrich stage's child processes (:mod:`streams.ingest.stage`, in turn), all chunks
     submitted at once and published in order; the messages are acknowledged once every
-    chunk's output is on Kafka.
+    chunk's output is on Kafka. A chunk's spend deltas are sent before its anomaly
+    summaries are even computed: an alert of a budget waits for the one, not the other.
     """
     await parts.enrich_stage.start()  # while the worker joins its group, not after it is ready
     batches = take_batches(stream, settings.enrich_batch_max, settings.enrich_batch_bytes, settings.enrich_batch_within)
@@ -176,9 +177,11 @@ async def enrich(stream: faust.StreamT) -> None:
                 parts.enrich_stage.submit([(e.message.partition, e.message.offset, e.message.value) for e in chunk], turn)
                 for turn, chunk in enumerate(chunks_by_size(events, settings.enrich_chunk_bytes))
             ]
-            for chunk in pending:
+            for chunk, summaries in pending:
                 prepared = await chunk
-                await _publish(prepared)
+                sent = await _send_prepared(prepared)
+                sent += [await _send_summary(partition, value) for partition, value in await summaries]
+                await asyncio.gather(*sent)
                 stats.update(
                     received=prepared.rows + len(prepared.dead_letters) + prepared.duplicates,
                     dead_letters=len(prepared.dead_letters), duplicates_in_batch=prepared.duplicates,
@@ -191,16 +194,15 @@ async def enrich(stream: faust.StreamT) -> None:
         marks["last_enriched_at"] = time.time()
 
 
-async def _publish(prepared: Prepared) -> None:
-    """Send a chunk's dead letters, priced rows (per team) and dropped copies, spend deltas
-    and anomaly summaries (per partition), and wait for all of them."""
+async def _send_prepared(prepared: Prepared) -> list[asyncio.Future]:
+    """Queue a chunk's dead letters, priced rows (per team) and dropped copies, and spend
+    deltas (per partition); await the returned futures for Kafka's acknowledgements."""
     sent = [await _send_dead_letter(dead) for dead in prepared.dead_letters]
     sent += [await send(settings.priced_topic, value, key=team.encode()) for team, value in prepared.priced]
     if prepared.dropped is not None:
         sent.append(await send(settings.priced_topic, prepared.dropped))
     sent += [await _send_deltas(partition, value) for partition, value in prepared.deltas]
-    sent += [await _send_summary(partition, value) for partition, value in prepared.summaries]
-    await asyncio.gather(*sent)
+    return sent
 
 
 async def _send_deltas(partition: int, value: bytes) -> Any:
