@@ -9,8 +9,9 @@
    the rows arrive, as in production.
 2. Times ``streams.reports.reports.weekly_report`` for the last full week (median of ``--runs``),
    once over the rollups and once over the raw table: a second database holds the same
-   report views (``clickhouse/0004_reports.sql``, unchanged) over a plain view that
-   aggregates ``usage`` by day with the rollup's own SELECT. The two reports must be equal.
+   report views (every ``CREATE VIEW`` of the migrations, unchanged) over plain views that
+   compute each rollup from ``usage`` with the materialized views' own SELECTs (and read
+   every other table from the ledger's). The two reports must be equal.
 3. Prints the row count, both times and their ratio.
 
     .venv/bin/python bench/report_bench.py --rows 10000000
@@ -132,17 +133,31 @@ def fill(settings: Settings, rows: int, start: date = START, days: int = 56) -> 
 
 
 def raw_report_database(settings: Settings, raw: str) -> None:
-    """``raw`` holds the report views over a view computing the daily rollup from ``usage``."""
+    """``raw`` holds every report view of the migrations, unchanged, over plain views: each
+    rollup a view computing it from ``usage`` (the union of the materialized views' own
+    SELECTs that feed it: raw rows and the adjustments), every other table a view of the
+    ledger's own."""
+    main = settings.clickhouse_database
     client = connect(Settings(clickhouse_dsn=settings.clickhouse_dsn, clickhouse_database=raw))
-    _, [(select,)] = query_rows(
+    _, tables = query_rows(
         client,
-        "SELECT as_select FROM system.tables WHERE database = {db:String} AND name = 'usage_daily_mv'",
-        {"db": settings.clickhouse_database},
+        "SELECT name, engine, as_select, create_table_query FROM system.tables WHERE database = {db:String}",
+        {"db": main},
     )
-    client.command(f"CREATE VIEW IF NOT EXISTS {raw}.usage_daily AS {select}")
-    [reports_sql] = [m for m in load_migrations() if m.name == "0004_reports.sql"]
-    for statement in reports_sql.statements(raw):
-        client.command(statement)
+    feeds: dict[str, list[str]] = {}
+    for _, engine, select, create in tables:
+        if engine == "MaterializedView":
+            target = create.split(" TO ", 1)[1].split()[0].rpartition(".")[2]
+            feeds.setdefault(target, []).append(select)
+    for name, engine, _, _ in tables:
+        if name in feeds:
+            client.command(f"CREATE VIEW IF NOT EXISTS {raw}.{name} AS " + " UNION ALL ".join(feeds[name]))
+        elif engine not in ("MaterializedView", "View"):
+            client.command(f"CREATE VIEW IF NOT EXISTS {raw}.{name} AS SELECT * FROM {main}.{name}")
+    for migration in load_migrations():
+        for statement in migration.statements(raw):
+            if statement.lstrip().upper().startswith("CREATE VIEW"):
+                client.command(statement)
     client.close()
 
 
