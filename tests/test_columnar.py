@@ -158,6 +158,7 @@ def test_what_it_cannot_take_exactly_is_left_to_the_codec(why: str, value: bytes
     ("a decimal over 38 digits", CODEC.encode(USAGE_EVENT, {**GOOD, "reported_cost": Decimal("1e27")})),
     ("an int over 32 bits", _raw(USAGE_EVENT, GOOD, _with_long("attempt", _zigzag(2**31)))),
     ("a map with a key twice", _duplicate_key()),
+    ("a map longer than the reader takes", CODEC.encode(USAGE_EVENT, {**GOOD, "tags": {f"k{i}": "v" for i in range(300)}})),
     ("a varint over 10 bytes", _raw(USAGE_EVENT, GOOD, _with_long("attempt", b"\xff" * 10 + b"\x01"))),
     ("a boolean byte of 2", _raw(USAGE_EVENT, GOOD, _body({**GOOD, "usage_missing": True, "router": "zz"}).replace(
         b"\x01\x02\x04zz", b"\x02\x02\x04zz"))),

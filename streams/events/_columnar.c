@@ -11,8 +11,9 @@
    A message this reader does not take exactly as fastavro would (truncated, malformed,
    invalid UTF-8, a union branch or boolean byte out of range, an int out of 32 bits, a
    timestamp outside Python's datetime range, a decimal over 38 digits, a map with a key
-   twice, trailing bytes) is rolled back out of every column and its index returned in
-   `failed`: the caller decodes it the usual way, which says what is wrong with it. */
+   twice or more than MAP_ENTRIES_MAX entries, trailing bytes) is rolled back out of every
+   column and its index returned in `failed`: the caller decodes it the usual way, which
+   says what is wrong with it. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -147,6 +148,8 @@ static int read_count(Reader *r, int64_t *count) {
 #define DATETIME_MIN_MS (-62135596800000LL)  /* 0001-01-01 */
 #define DATETIME_MAX_MS (253402300799999LL)  /* 9999-12-31 23:59:59.999 */
 
+#define MAP_ENTRIES_MAX 256  /* entries of one map read here; a longer map goes to fastavro */
+
 /* A map<string, long|string>: 1 read, 0 malformed, -1 Python error. */
 static int read_map(Reader *r, Column *c) {
     Py_ssize_t first = c->entries;
@@ -156,6 +159,9 @@ static int read_map(Reader *r, Column *c) {
         if (count == 0) break;
         for (int64_t i = 0; i < count; i++) {
             const unsigned char *key; Py_ssize_t key_len;
+            /* The check for a key given twice below looks at every earlier key: past
+               MAP_ENTRIES_MAX a map goes the slow way, so no message costs quadratic time. */
+            if (c->entries - first >= MAP_ENTRIES_MAX) return 0;
             if (!read_text(r, &key, &key_len)) return 0;
             /* A key twice: fastavro keeps the last value; take the message the slow way. */
             const int32_t *ko = (const int32_t *)c->key_offsets.data;
