@@ -209,3 +209,25 @@ def test_enrich_keeps_arrival_order_across_both_readers() -> None:
     assert batch.dead_letters[2].original == CODEC.encode(USAGE_EVENT, unknown)  # alone, to be re-submitted
     (copy,) = batch.dropped.to_pylist()
     assert (copy["event_id"], copy["source_offset"], copy["kept_offset"]) == ("a", 15, 10)
+
+
+def test_an_event_no_column_can_hold_is_a_dead_letter_not_a_failed_chunk() -> None:
+    """fastavro reads an int of 33 bits or a decimal of 39 digits; the columns refuse them.
+    Each such event becomes a dead letter, alone, and the rest of the chunk is priced."""
+    def call(event_id: str, **fields: Any) -> dict[str, Any]:
+        return usage_event(**{"event_id": event_id, "occurred_at": NOW - timedelta(minutes=1), "provider": "openai",
+                              "model": "gpt-4o", "input_tokens": 100, "output_tokens": 10, "team": "search", **fields})
+
+    too_long = {**call("too-long"), "reported_cost": Decimal("1e27")}
+    messages = [
+        SourceMessage(2, 20, CODEC.encode(USAGE_EVENT, call("a"))),
+        SourceMessage(2, 21, _raw(USAGE_EVENT, GOOD, _with_long("attempt", _zigzag(2**40)))),
+        SourceMessage(2, 22, CODEC.encode(USAGE_BATCH, {"events": [call("b"), too_long, call("c")]})),
+    ]
+    batch = Enricher(CODEC, Pricer(), Router(), clock=lambda: NOW).enrich(messages)
+    assert [(r["event_id"], r["source_offset"]) for r in batch.priced.to_pylist()] == [("a", 20), ("b", 22), ("c", 22)]
+    assert [(d.code, d.offset, d.event_id) for d in batch.dead_letters] == [
+        ("invalid_field", 21, "e-1"), ("invalid_field", 22, "too-long")]
+    assert batch.dead_letters[0].original == messages[1].value
+    assert batch.dead_letters[1].original == CODEC.encode(USAGE_EVENT, too_long)  # alone, to be re-submitted
+    assert all("out of its field's range" in d.reason for d in batch.dead_letters)

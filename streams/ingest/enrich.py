@@ -250,7 +250,12 @@ class Enricher:
         message_of = np.repeat(np.arange(len(messages)), read.counts)
         columns = read.columns
         if dicts:
-            more = event_columns(dicts)
+            try:
+                more = event_columns(dicts)
+            except (pa.ArrowException, OverflowError, ValueError):
+                dicts, dict_messages = _columnable(messages, dicts, dict_messages, enveloped, self.codec, dead_letters)
+                more = event_columns(dicts) if dicts else {}
+        if dicts:
             columns = {name: pa.concat_arrays([read.columns[name], column]) if read_rows else column
                        for name, column in more.items()}
             message_of = np.concatenate([message_of, np.array(dict_messages, np.int64)])
@@ -286,6 +291,43 @@ class Enricher:
         if name == USAGE_BATCH:
             return record["events"], True
         raise DecodeError("unexpected_schema", f"{name} is not a usage event or usage batch")
+
+
+def _columnable(
+    messages: list[SourceMessage],
+    dicts: list[dict[str, Any]],
+    dict_messages: list[int],
+    enveloped: np.ndarray,
+    codec: Codec,
+    dead_letters: list[DeadLetter],
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """The events an Arrow column can hold, the others dead letters.
+
+    fastavro reads values the schema's types do not bound (a decimal of more than 38
+    digits, an int of more than 32 bits, a varint of more than ten bytes) and the columns
+    refuse them; one such event must not fail its whole chunk, which would come again
+    after every restart. Each event is tried alone, only once the chunk's columns failed.
+    """
+    kept, kept_messages = [], []
+    for event, index in zip(dicts, dict_messages, strict=True):
+        try:
+            event_columns([event])
+        except (pa.ArrowException, OverflowError, ValueError) as exc:
+            message = messages[index]
+            original = message.value or b""
+            if enveloped[index]:  # the event alone, so it can be fixed and re-submitted by itself
+                try:
+                    original = codec.encode(USAGE_EVENT, event)
+                except (ValueError, TypeError, OverflowError):
+                    pass  # not even Avro can write it again: the envelope as it came
+            dead_letters.append(DeadLetter(
+                "invalid_field", f"a value is out of its field's range: {exc}", message.partition, message.offset,
+                original, event.get("event_id") if isinstance(event.get("event_id"), str) else None,
+            ))
+            continue
+        kept.append(event)
+        kept_messages.append(index)
+    return kept, kept_messages
 
 
 def _dropped_copies(table: pa.Table, later: np.ndarray, kept: np.ndarray) -> pa.Table:
