@@ -198,18 +198,25 @@ class _InPartition:
         self.message = SimpleNamespace(topic=topic, partition=partition)
 
 
+@contextmanager
+def _in_partition(table: Any, partition: int) -> Iterator[None]:
+    """Make a stand-in event of ``partition`` of the table's changelog current meanwhile."""
+    stand_in = _InPartition(table.changelog_topic_name, partition)  # held here: Faust keeps a weak reference
+    token = _current_event.set(weakref.ref(stand_in))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
 def write_in_partition(table: Any, partition: int, key: str, value: Any) -> None:
     """Set ``table[key] = value`` (None: delete the key) from outside a stream, its change
     going to ``partition`` of the table's changelog; a flush of the producer sends it."""
-    stand_in = _InPartition(table.changelog_topic_name, partition)
-    token = _current_event.set(weakref.ref(stand_in))
-    try:
+    with _in_partition(table, partition):
         if value is not None:
             table[key] = value
         elif key in table:
             del table[key]
-    finally:
-        _current_event.reset(token)
 
 
 async def read_past_reported_end(
@@ -269,12 +276,8 @@ def _apply_record(table: Any, partition: int, key: bytes, value: bytes | None) -
     """Set (no value: delete) one changelog record's key in the table's store, as recovery
     would, with the record's partition current (a RocksDB store keeps one per partition)."""
     decoded_key = json.loads(key)
-    stand_in = _InPartition(table.changelog_topic_name, partition)
-    token = _current_event.set(weakref.ref(stand_in))
-    try:
+    with _in_partition(table, partition):
         if value is None:
             table.data.pop(decoded_key, None)
         else:
             table.data[decoded_key] = json.loads(value)
-    finally:
-        _current_event.reset(token)
