@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from streams.cli.synthetic import MODELS, TEAMS  # noqa: E402
 from streams.ledger.clickhouse import connect, query_rows  # noqa: E402
 from streams.ledger.migrations import load_migrations, migrate  # noqa: E402
+from streams.ledger.rollup_repair import rollups  # noqa: E402
 from streams.reports.reports import Query, WeeklyReport, weekly_report  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
@@ -134,26 +135,19 @@ def fill(settings: Settings, rows: int, start: date = START, days: int = 56) -> 
 
 def raw_report_database(settings: Settings, raw: str) -> None:
     """``raw`` holds every report view of the migrations, unchanged, over plain views: each
-    rollup a view computing it from ``usage`` (the union of the materialized views' own
-    SELECTs that feed it: raw rows and the adjustments), every other table a view of the
-    ledger's own."""
+    rollup a view computing it from ``usage`` with the SELECTs of the materialized views
+    that fill it (:func:`streams.ledger.rollup_repair.rollups`: raw rows and the
+    adjustments), every other table a view of the ledger's own."""
     main = settings.clickhouse_database
     client = connect(Settings(clickhouse_dsn=settings.clickhouse_dsn, clickhouse_database=raw))
+    computed = {r.table: " UNION ALL ".join((r.query, *r.corrections)) for r in rollups(client, main)}
     _, tables = query_rows(
         client,
-        "SELECT name, engine, as_select, create_table_query FROM system.tables WHERE database = {db:String}",
+        "SELECT name FROM system.tables WHERE database = {db:String} AND engine NOT IN ('MaterializedView', 'View')",
         {"db": main},
     )
-    feeds: dict[str, list[str]] = {}
-    for _, engine, select, create in tables:
-        if engine == "MaterializedView":
-            target = create.split(" TO ", 1)[1].split()[0].rpartition(".")[2]
-            feeds.setdefault(target, []).append(select)
-    for name, engine, _, _ in tables:
-        if name in feeds:
-            client.command(f"CREATE VIEW IF NOT EXISTS {raw}.{name} AS " + " UNION ALL ".join(feeds[name]))
-        elif engine not in ("MaterializedView", "View"):
-            client.command(f"CREATE VIEW IF NOT EXISTS {raw}.{name} AS SELECT * FROM {main}.{name}")
+    for (name,) in tables:  # only identifiers ClickHouse lists are formatted into the SQL
+        client.command(f"CREATE VIEW IF NOT EXISTS {raw}.{name} AS {computed.get(name, f'SELECT * FROM {main}.{name}')}")
     for migration in load_migrations():
         for statement in migration.statements(raw):
             if statement.lstrip().upper().startswith("CREATE VIEW"):
