@@ -78,6 +78,33 @@ def test_deltas_round_trip_exactly() -> None:
     assert decode_deltas(encode_deltas(tick)) == tick
 
 
+def test_a_message_groups_each_high_cardinality_scope_by_the_periods_it_spent_the_same_in() -> None:
+    at = datetime(2026, 11, 23, 0, 5, tzinfo=timezone.utc)
+    deltas = {
+        "team=a@day:2026-11-23": Delta(Decimal("0.3"), 3),
+        "user=u-1@day:2026-11-23": Delta(Decimal("0.1"), 1),
+        "user=u-1@week:2026-11-23": Delta(Decimal("0.1"), 1),
+        "user=u-1@month:2026-11": Delta(Decimal("0.1"), 1),
+        # a chunk across midnight: two days, and the week and month of both
+        "agent=bot@day:2026-11-22": Delta(Decimal("1.000000000001"), 1),
+        "agent=bot@day:2026-11-23": Delta(Decimal("2"), 1),
+        "agent=bot@month:2026-11": Delta(Decimal("3.000000000001"), 2),
+    }
+    message = DeltasMessage.of(at, deltas)
+    assert message.deltas == {"team=a@day:2026-11-23": Delta(Decimal("0.3"), 3)}
+    assert dict(message.scopes) == {
+        ("day:2026-11-23", "week:2026-11-23", "month:2026-11"): {"user=u-1": (Decimal("0.1"), 1)},
+        ("day:2026-11-22",): {"agent=bot": (Decimal("1.000000000001"), 1)},
+        ("day:2026-11-23",): {"agent=bot": (Decimal("2"), 1)},
+        ("month:2026-11",): {"agent=bot": (Decimal("3.000000000001"), 2)},
+    }
+    assert decode_deltas(encode_deltas(message)) == message
+    assert message.periods() == {"day:2026-11-22", "day:2026-11-23", "week:2026-11-23", "month:2026-11"}
+    spread = {spend_key(scope, period): Delta(*spend) for periods, spends in message.scopes
+              for scope, spend in spends.items() for period in periods}
+    assert {**message.deltas, **spread} == deltas
+
+
 def test_every_period_of_a_scope_shares_a_partition() -> None:
     keys = ["team=a@day:2026-11-22", "team=a@month:2026-11", "team=a@day:2026-11-23"]
     assert len({partition_of(k, 12) for k in keys}) == 1

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import datetime, timezone
 from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 from streams.budgets.budget import Budget, BudgetIndex
 from streams.budgets.periods import Delta, DeltasMessage, encode_deltas
@@ -20,9 +23,9 @@ AT = datetime(2026, 11, 22, 10, tzinfo=timezone.utc)
 def test_shadow_keeps_exact_spend_per_scope_and_period() -> None:
     shadow = ShadowSpend(max_scopes=10)
     for _ in range(1000):
-        shadow.add("user=u-1", "day:2026-11-22", Delta(Decimal("0.000000000001"), 1))
-    shadow.add("user=u-1", "month:2026-11", Delta(Decimal("0.1"), 1))
-    shadow.add("user=u-1", "month:2026-11", Delta(Decimal("0.2"), 2))
+        shadow.add("user=u-1", ("day:2026-11-22",), Decimal("0.000000000001"), 1)
+    shadow.add("user=u-1", ("month:2026-11",), Decimal("0.1"), 1)
+    shadow.add("user=u-1", ("month:2026-11",), Decimal("0.2"), 2)
     assert shadow.get("user=u-1", "day:2026-11-22") == Delta(Decimal("0.000000001"), 1000)
     assert shadow.get("user=u-1", "month:2026-11") == Delta(Decimal("0.3"), 3)
     assert dict(shadow.pop("user=u-1")) == {
@@ -33,15 +36,15 @@ def test_shadow_keeps_exact_spend_per_scope_and_period() -> None:
 
 def test_shadow_drops_the_least_recently_active_scope_beyond_its_bound() -> None:
     shadow = ShadowSpend(max_scopes=2)
-    shadow.add("user=a", "day:2026-11-22", Delta(Decimal(1), 1))
-    shadow.add("user=b", "day:2026-11-22", Delta(Decimal(1), 1))
-    shadow.add("user=a", "month:2026-11", Delta(Decimal(1), 1))  # a is now the most recent
-    shadow.add("user=c", "day:2026-11-22", Delta(Decimal(1), 1))
+    shadow.add("user=a", ("day:2026-11-22",), Decimal(1), 1)
+    shadow.add("user=b", ("day:2026-11-22",), Decimal(1), 1)
+    shadow.add("user=a", ("month:2026-11",), Decimal(1), 1)  # a is now the most recent
+    shadow.add("user=c", ("day:2026-11-22",), Decimal(1), 1)
     assert len(shadow) == 2 and shadow.evictions == 1
     assert shadow.get("user=b", "day:2026-11-22") is None
     assert shadow.get("user=a", "day:2026-11-22") == Delta(Decimal(1), 1)
     none_kept = ShadowSpend(max_scopes=0)
-    none_kept.add("user=a", "day:2026-11-22", Delta(Decimal(1), 1))
+    none_kept.add("user=a", ("day:2026-11-22",), Decimal(1), 1)
     assert len(none_kept) == 0 and none_kept.evictions == 1
 
 
@@ -53,7 +56,7 @@ def test_shadow_memory_is_bounded_by_scopes_not_events() -> None:
         shadow = ShadowSpend(max_scopes=10_000)
         for n in range(30_000):  # three times the bound, each scope in its day, week and month
             for period in ("day:2026-11-22", "week:2026-11-16", "month:2026-11"):
-                shadow.add(f"user=user-{n}", period, Delta(Decimal("0.001234567891"), 1))
+                shadow.add(f"user=user-{n}", (period,), Decimal("0.001234567891"), 1)
         used = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
@@ -63,9 +66,9 @@ def test_shadow_memory_is_bounded_by_scopes_not_events() -> None:
 
 def test_shadow_forgets_expired_periods_and_empty_scopes() -> None:
     shadow = ShadowSpend(max_scopes=10)
-    shadow.add("user=a", "day:2026-11-01", Delta(Decimal(1), 1))
-    shadow.add("user=a", "day:2026-11-22", Delta(Decimal(2), 1))
-    shadow.add("user=b", "day:2026-11-01", Delta(Decimal(3), 1))
+    shadow.add("user=a", ("day:2026-11-01",), Decimal(1), 1)
+    shadow.add("user=a", ("day:2026-11-22",), Decimal(2), 1)
+    shadow.add("user=b", ("day:2026-11-01",), Decimal(3), 1)
     shadow.prune(lambda period: period == "day:2026-11-01")
     assert len(shadow) == 1
     assert dict(shadow.pop("user=a")) == {"day:2026-11-22": Delta(Decimal(2), 1)}
@@ -76,6 +79,11 @@ class _Event(SimpleNamespace):
 
 
 def _deltas(offset: int, deltas: dict[str, Delta]) -> _Event:
+    return _Event(message=SimpleNamespace(partition=0, offset=offset), value=encode_deltas(DeltasMessage.of(AT, deltas)))
+
+
+def _older_deltas(offset: int, deltas: dict[str, Delta]) -> _Event:
+    """As a worker before grouped scopes wrote it: every spend key in ``deltas``."""
     return _Event(message=SimpleNamespace(partition=0, offset=offset), value=encode_deltas(DeltasMessage(AT, deltas)))
 
 
@@ -92,14 +100,21 @@ def _spend_state(max_scopes: int) -> tuple[SpendState, dict[str, Any], BudgetInd
     return SpendState(settings, spend, {}, budgets, publish, flush, {}, lambda *_: None), spend, budgets
 
 
-def test_a_budget_set_later_counts_the_exact_spend_kept_in_memory() -> None:
+def _user_spend(cost: str) -> dict[str, Delta]:
+    return {f"user=u-1@{period}": Delta(Decimal(cost), 1) for period in ("day:2026-11-22", "week:2026-11-16", "month:2026-11")}
+
+
+@pytest.mark.parametrize("deltas", [_deltas, _older_deltas], ids=["grouped", "older worker's"])
+def test_a_budget_set_later_counts_the_exact_spend_kept_in_memory(deltas: Callable[..., _Event]) -> None:
     state, spend, budgets = _spend_state(max_scopes=10)
     for offset in range(3):
-        asyncio.run(state.apply([_deltas(offset, {"user=u-1@day:2026-11-22": Delta(Decimal("0.1"), 1)})], lambda e: None))
-    assert "user=u-1@day:2026-11-22" not in spend  # no changelog writes for an unbudgeted user
+        asyncio.run(state.apply([deltas(offset, _user_spend("0.1"))], lambda e: None))
+    assert not [key for key in spend if key.startswith("user=")]  # no changelog writes for an unbudgeted user
     budgets.put(Budget(budget_id="u1", scope="user=u-1", amount=Decimal(10), period="day"))
-    asyncio.run(state.apply([_deltas(3, {"user=u-1@day:2026-11-22": Delta(Decimal("0.2"), 1)})], lambda e: None))
-    assert spend["user=u-1@day:2026-11-22"] == ["0.5", 4]
+    asyncio.run(state.apply([deltas(3, _user_spend("0.2"))], lambda e: None))
+    assert {key: value for key, value in spend.items() if key.startswith("user=")} == {
+        "user=u-1@day:2026-11-22": ["0.5", 4], "user=u-1@week:2026-11-16": ["0.5", 4], "user=u-1@month:2026-11": ["0.5", 4],
+    }
     assert len(state.shadow) == 0
 
 

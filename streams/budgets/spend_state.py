@@ -98,7 +98,8 @@ class ShadowSpend:
     def __len__(self) -> int:
         return len(self._scopes)
 
-    def add(self, scope: str, period: str, delta: Delta) -> None:
+    def add(self, scope: str, periods: tuple[str, ...], cost: Decimal, calls: int) -> None:
+        """Add ``cost`` and ``calls`` to each of ``scope``'s ``periods``."""
         entry = self._scopes.get(scope)
         if entry is None:
             if self.max_scopes <= 0:
@@ -107,15 +108,23 @@ class ShadowSpend:
             if len(self._scopes) >= self.max_scopes:
                 self._scopes.popitem(last=False)
                 self.evictions += 1
-            self._scopes[scope] = [period, delta.cost, delta.calls]
+            self._scopes[scope] = entry = [None, cost, calls] * len(periods)
+            entry[::3] = periods
             return
         self._scopes.move_to_end(scope)
-        for i in range(0, len(entry), 3):
-            if entry[i] == period:
-                entry[i + 1] += delta.cost
-                entry[i + 2] += delta.calls
-                return
-        entry += (period, delta.cost, delta.calls)
+        if tuple(entry[::3]) == periods:  # most often: the same periods as its last spend
+            for i in range(1, len(entry), 3):
+                entry[i] += cost
+                entry[i + 1] += calls
+            return
+        for period in periods:
+            for i in range(0, len(entry), 3):
+                if entry[i] == period:
+                    entry[i + 1] += cost
+                    entry[i + 2] += calls
+                    break
+            else:
+                entry += (period, cost, calls)
 
     def pop(self, scope: str) -> Iterator[tuple[str, Delta]]:
         """Remove a scope; yields its ``(period, spend)``."""
@@ -195,7 +204,7 @@ class SpendState:
             for result in self._check_budgets(partition, touched, message):    # 1c
                 states[result.state["budget_id"]] = result.state
                 alerts += result.alerts
-            self._prune(partition, touched)                                    # 1d
+            self._prune(partition, message.periods())                          # 1d
             last[partition] = event
         if not last:
             return 0
@@ -207,13 +216,25 @@ class SpendState:
         return len(events)
 
     def _add(self, message: DeltasMessage) -> list[str]:
+        """Add a message's spend: to the table for tracked scopes, else to memory. Returns
+        the table's keys it added to (the others name no budget to check)."""
+        touched = []
         for key, delta in message.deltas.items():
             scope, period = split_key(key)
             if self._tracked(scope):
                 self._add_to_table(key, delta.cost, delta.calls)
+                touched.append(key)
             else:
-                self.shadow.add(scope, period, delta)
-        return list(message.deltas)
+                self.shadow.add(scope, (period,), delta.cost, delta.calls)
+        for periods, spends in message.scopes:
+            for scope, (cost, calls) in spends.items():
+                if not self.budgets.for_scope(scope):
+                    self.shadow.add(scope, periods, cost, calls)
+                    continue
+                for period in periods:
+                    touched.append(key := spend_key(scope, period))
+                    self._add_to_table(key, cost, calls)
+        return touched
 
     def _tracked(self, scope: str) -> bool:
         """Low-cardinality scopes always live in the table; others once a budget names them."""
@@ -269,8 +290,8 @@ class SpendState:
             results.append(result)
         return results
 
-    def _prune(self, partition: int, touched: list[str]) -> None:
-        days = [period_start(p) for _, p in map(split_key, touched) if p.startswith("day:")]
+    def _prune(self, partition: int, periods: set[str]) -> None:
+        days = [period_start(p) for p in periods if p.startswith("day:")]
         newest = max(days, default=None)
         if newest is None or newest <= self._newest_day.get(partition, date.min):
             return

@@ -140,7 +140,7 @@ def deltas_messages(
     """
     out = []
     for partition, part in by_partition(deltas, settings.partitions).items():
-        whole = encode_deltas(DeltasMessage(at, part, settles=tuple(settles)))
+        whole = encode_deltas(DeltasMessage.of(at, part, settles=tuple(settles)))
         if len(whole) <= settings.message_max_bytes:
             out.append((partition, whole))
             continue
@@ -166,7 +166,7 @@ def in_pieces(mapping: dict[str, V], encode: Callable[[dict[str, V]], bytes], ma
 
 
 def _deltas_value(at: datetime, deltas: dict[str, Delta]) -> bytes:
-    return encode_deltas(DeltasMessage(at, deltas))
+    return encode_deltas(DeltasMessage.of(at, deltas))
 
 
 def _settles_value(at: datetime, settles: dict[str, None]) -> bytes:
