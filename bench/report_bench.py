@@ -11,7 +11,10 @@
    once over the rollups and once over the raw table: a second database holds the same
    report views (every ``CREATE VIEW`` of the migrations, unchanged) over plain views that
    compute each rollup from ``usage`` with the materialized views' own SELECTs (and read
-   every other table from the ledger's). The two reports must be equal.
+   every other table from the ledger's). The report sends its views' SELECTs
+   (``streams.reports.views``), which name their tables without a database, so in the
+   second database the same statements read the rollups computed from ``usage``. The two
+   reports must be equal.
 3. Prints the row count, both times and their ratio.
 
     .venv/bin/python bench/report_bench.py --rows 10000000

@@ -39,6 +39,7 @@ from streams.reports.reports import (
     weekly_report,
 )
 from streams.reports.text import money, percent
+from streams.reports.views import VIEW_COMMENT
 from streams.settings import Settings
 
 PARTS = ("now", "alerts", "trend", "weekly", "drill", "licences", "bills")
@@ -46,7 +47,13 @@ LIVE = frozenset({"now", "alerts", "trend"})
 STATE_ORDER = ("none", "ok", "soft", "hard", "blocked")
 BLOCK = "block:"  # the cap-state key prefix of a detector's block (streams.anomaly.state)
 PEOPLE_ROWS = 50
-_VIEW_NAME = re.compile(r"FROM (\w+)\(")
+# The view whose SELECT a statement is (streams.reports.views), or the view it calls.
+_VIEW_NAME = re.compile(VIEW_COMMENT.pattern + r"|FROM (\w+)\(")
+
+
+def _anchors(recorder: queries.Recorder, sqls: Sqls) -> dict[str, str]:
+    """The anchor of each statement a report ran, by the view it reads."""
+    return {m.group(1) or m.group(2): sqls.add(sql) for sql in recorder.ran if (m := _VIEW_NAME.search(sql.text))}
 
 
 class BadRequest(ValueError):
@@ -304,7 +311,7 @@ def _trend(query: Query, view: View, sqls: Sqls) -> str:
 def _weekly(query: Query, view: View, sqls: Sqls) -> str:
     recorder = queries.Recorder(query)
     report = weekly_report(recorder, view.week, currency=view.currency)
-    anchors = {m.group(1): sqls.add(sql) for sql in recorder.ran if (m := _VIEW_NAME.search(sql.text))}
+    anchors = _anchors(recorder, sqls)
     teams, top, rises = anchors["weekly_team_spend"], anchors["weekly_top_workflows"], anchors["weekly_cost_per_call_rises"]
     nonprod, unpriced = anchors["weekly_non_production"], anchors["weekly_unpriced"]
     prior = escape(view.link(week=(view.week - timedelta(days=7)).isoformat()))
@@ -384,7 +391,7 @@ def _licences(query: Query, view: View, sqls: Sqls) -> str:
     recorder = queries.Recorder(query)
     charge = chargeback_report(recorder, month, currency=view.currency)
     people = people_report(recorder, month, currency=view.currency, limit=PEOPLE_ROWS)
-    anchors = {m.group(1): sqls.add(sql) for sql in recorder.ran if (m := _VIEW_NAME.search(sql.text))}
+    anchors = _anchors(recorder, sqls)
     totals, budgets, persons = anchors["team_month_totals"], anchors["team_monthly_budgets"], anchors["person_month_totals"]
     team_rows = [
         (escape(line.team), amount(line.api_cost, totals), amount(line.enterprise_licences, totals),

@@ -26,6 +26,7 @@ from typing import Any, Literal
 from streams.ingest.attribution import UNATTRIBUTED, normalise_team
 from streams.pricing.price_book import read_toml_without_floats
 from streams.reports.text import money, percent, table
+from streams.reports.views import view_select
 
 Query = Callable[[str, dict[str, Any]], tuple[Sequence[str], Sequence[Sequence[Any]]]]
 AllocationRule = Literal["separate", "proportional", "fixed"]
@@ -238,42 +239,28 @@ def weekly_report(
     A workflow's cost per call "rose significantly" when it rose by at least
     ``min_rise`` (a fraction) with at least ``min_calls`` priced calls in both weeks, so
     a workflow with three calls cannot raise the alarm.
+
+    Each section is a report view's SELECT, sent as a plain statement
+    (:func:`streams.reports.views.view_select`): ClickHouse plans a view call about half
+    again as long as the SELECT, and planning is most of what a section costs.
     """
     if min_calls < 1:
         raise ReportError("min_calls must be at least 1")
     week = {"week_start": week_start, "currency": currency}
-    teams = records(
-        query, "SELECT * FROM weekly_team_spend(week_start = {week_start:Date}, currency = {currency:String})", week
-    )
-    top = records(
-        query, "SELECT * FROM weekly_top_workflows(week_start = {week_start:Date}, currency = {currency:String})", week
-    )
+    teams = records(query, view_select("weekly_team_spend"), week)
+    top = records(query, view_select("weekly_top_workflows"), week)
     rises = records(
-        query,
-        "SELECT * FROM weekly_cost_per_call_rises(week_start = {week_start:Date}, currency = {currency:String}, "
-        "min_calls = {min_calls:UInt64}, min_rise = {min_rise:Decimal(9, 4)})",
-        {**week, "min_calls": min_calls, "min_rise": min_rise},
+        query, view_select("weekly_cost_per_call_rises"), {**week, "min_calls": min_calls, "min_rise": min_rise}
     )
-    non_production = records(
-        query,
-        "SELECT * FROM weekly_non_production(week_start = {week_start:Date}, currency = {currency:String}, "
-        "production = {production:Array(String)})",
-        {**week, "production": list(production)},
-    )
-    unpriced = records(
-        query, "SELECT * FROM weekly_unpriced(week_start = {week_start:Date})", {"week_start": week_start}
-    )
+    non_production = records(query, view_select("weekly_non_production"), {**week, "production": list(production)})
+    unpriced = records(query, view_select("weekly_unpriced"), {"week_start": week_start})
     reasons: dict[tuple[str, str], list[str]] = {}
-    for r in records(
-        query, "SELECT * FROM weekly_unpriced_reasons(week_start = {week_start:Date})", {"week_start": week_start}
-    ):
+    for r in records(query, view_select("weekly_unpriced_reasons"), {"week_start": week_start}):
         reasons.setdefault((r["provider"], r["model"]), []).append(f"{r['unpriced_reason']} ({int(r['calls'])})")
-    flagged = records(
-        query, "SELECT * FROM weekly_price_flags(week_start = {week_start:Date})", {"week_start": week_start}
-    )
+    flagged = records(query, view_select("weekly_price_flags"), {"week_start": week_start})
     daily = records(
         query,
-        "SELECT * FROM daily_team_spend(start = {start:Date}, end = {end:Date}, currency = {currency:String})",
+        view_select("daily_team_spend"),
         {"start": week_start - timedelta(days=7), "end": week_start + timedelta(days=7), "currency": currency},
     )
     rise_rows = [
