@@ -7,15 +7,15 @@
    counts (log-normal), prompt caching, unattributed and unpriced calls, and exact
    Decimal(38, 12) costs from per-token rates. The materialized views fill the rollups as
    the rows arrive, as in production.
-2. Times ``streams.reports.reports.weekly_report`` for the last full week (median of ``--runs``),
-   once over the rollups and once over the raw table: a second database holds the same
+2. Times ``streams.reports.reports.weekly_report`` for the last full week (median of ``--runs``,
+   the two taking turns), once over the rollups and once over the raw table: a second database holds the same
    report views (every ``CREATE VIEW`` of the migrations, unchanged) over plain views that
    compute each rollup from ``usage`` with the materialized views' own SELECTs (and read
    every other table from the ledger's). The report sends its views' SELECTs
    (``streams.reports.views``), which name their tables without a database, so in the
    second database the same statements read the rollups computed from ``usage``. The two
    reports must be equal.
-3. Prints the row count, both times and their ratio.
+3. Prints the row count, both times (median, fastest and slowest) and their ratio.
 
     .venv/bin/python bench/report_bench.py --rows 10000000
 """
@@ -158,15 +158,25 @@ def raw_report_database(settings: Settings, raw: str) -> None:
     client.close()
 
 
-def timed(report: Callable[[], WeeklyReport], runs: int) -> tuple[float, WeeklyReport]:
-    """Median seconds of ``runs`` calls (after one warm-up), and the report."""
-    result = report()
-    times = []
+def timed(reports: dict[str, Callable[[], WeeklyReport]], runs: int) -> dict[str, tuple[list[float], WeeklyReport]]:
+    """Each report's seconds over ``runs`` rounds (after one warm-up each) and its result.
+
+    The reports take turns within a round, so that a change in the machine's load falls
+    on all of them alike instead of on whichever ran last.
+    """
+    results = {name: report() for name, report in reports.items()}
+    times: dict[str, list[float]] = {name: [] for name in reports}
     for _ in range(runs):
-        started = time.perf_counter()
-        result = report()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), result
+        for name, report in reports.items():
+            started = time.perf_counter()
+            results[name] = report()
+            times[name].append(time.perf_counter() - started)
+    return {name: (times[name], results[name]) for name in reports}
+
+
+def spread(seconds: list[float]) -> str:
+    """The median in ms, with the fastest and slowest run."""
+    return f"{statistics.median(seconds) * 1000:8.1f} ms (median of {len(seconds)}; {min(seconds) * 1000:.1f} to {max(seconds) * 1000:.1f})"
 
 
 def query_on(settings: Settings, database: str) -> Query:
@@ -190,8 +200,12 @@ def main() -> None:
         _, [(raw_rows, daily_rows)] = rollup_query(
             "SELECT (SELECT count() FROM usage), (SELECT count() FROM usage_daily)", {}
         )
-        rollup_s, from_rollups = timed(lambda: weekly_report(rollup_query, WEEK), args.runs)
-        raw_s, from_raw = timed(lambda: weekly_report(raw_query, WEEK), args.runs)
+        timings = timed(
+            {"rollups": lambda: weekly_report(rollup_query, WEEK), "raw": lambda: weekly_report(raw_query, WEEK)},
+            args.runs,
+        )
+        (rollup_times, from_rollups), (raw_times, from_raw) = timings["rollups"], timings["raw"]
+        rollup_s, raw_s = statistics.median(rollup_times), statistics.median(raw_times)
         if from_rollups != from_raw:
             raise SystemExit("the report from the rollups differs from the report from the raw rows")
 
@@ -201,8 +215,8 @@ def main() -> None:
         print(
             f"week {WEEK}: total {from_rollups.total_cost} USD over {sum(t.calls for t in from_rollups.teams):,} calls"
         )
-        print(f"weekly report, rollups:    {rollup_s * 1000:8.1f} ms (median of {args.runs})")
-        print(f"weekly report, raw table:  {raw_s * 1000:8.1f} ms (median of {args.runs})")
+        print(f"weekly report, rollups:    {spread(rollup_times)}")
+        print(f"weekly report, raw table:  {spread(raw_times)}")
         print(f"ratio:                     {raw_s / rollup_s:8.1f}x faster through the rollups; identical reports")
 
 
