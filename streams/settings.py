@@ -175,7 +175,8 @@ class Settings(BaseSettings):
     )
     sink_batch_max: int = Field(50, ge=1, description="Priced-topic messages per ClickHouse insert.")
     sink_batch_within: float = Field(
-        0.5, gt=0, description="Seconds to gather priced messages: at most two inserts a second, each every row so far."
+        0.5, gt=0, description="Seconds from the start of one ClickHouse insert to the next, at least: at most two "
+                               "inserts a second, each every priced row Kafka has so far (up to sink_batch_max messages)."
     )
     spend_batch_max: int = Field(500, ge=1, description="Deltas messages per spend-table batch.")
     spend_batch_within: float = Field(0.1, gt=0)

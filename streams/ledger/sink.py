@@ -128,9 +128,7 @@ class ClickHouseSink:
 
     async def write(self, messages: Sequence[PricedMessage]) -> SinkResult:
         """Run steps 1-6 for one batch, retrying until ClickHouse takes it."""
-        tables = [priced.decode(m.value) for m in messages]  # 1
-        rows, dropped = (pa.concat_tables([t for t in tables if t.schema.equals(schema)] or [schema.empty_table()])
-                         for schema in (priced.SCHEMA, priced.DROPPED_SCHEMA))
+        rows, dropped = await self._run(_read, [m.value for m in messages])  # 1
         delay = 0.5
         while True:
             try:
@@ -231,6 +229,17 @@ class ClickHouseSink:
         client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+def _read(values: list[bytes]) -> tuple[pa.Table, pa.Table]:
+    """Step 1: the priced rows and the dropped copies of the messages. On the sink's thread,
+    not the event loop: decompressing a batch's 50 messages took the loop 20 to 160 ms."""
+    tables = [priced.decode(value) for value in values]
+
+    def of(schema: pa.Schema) -> pa.Table:
+        return pa.concat_tables([t for t in tables if t.schema.equals(schema)] or [schema.empty_table()])
+
+    return of(priced.SCHEMA), of(priced.DROPPED_SCHEMA)
 
 
 def _identity(record: dict[str, Any]) -> tuple[str, int, int, int]:
