@@ -271,12 +271,20 @@ async def _publish_caps(states: list[dict[str, Any]], alerts: list[dict[str, Any
 @app.agent(anomaly_topic, supervisor_strategy=CrashingSupervisor)
 async def detect_anomalies(stream: faust.StreamT) -> None:
     """Spend spikes, runaway agents, cost-per-call drift, non-production and unpriced spend,
-    decided in the detector stage's child process (:mod:`streams.anomaly.stage`)."""
+    decided in the detector stage's child process (:mod:`streams.anomaly.stage`).
+
+    Batches are :func:`~streams.runtime.batching.take_batches`', as the spend agent's: a
+    runaway agent's alert does not wait out ``anomaly_batch_within`` once every summary
+    Kafka has is in the batch."""
     await parts.detector_stage.start()
     state = AnomalyState(parts.detector_stage, detectors, settings.partitions, _publish_caps, app.producer.flush)
-    async for events in stream.take_events(settings.anomaly_batch_max, settings.anomaly_batch_within):
+    batches = take_batches(stream, settings.anomaly_batch_max, settings.anomaly_batch_max * settings.message_max_bytes,
+                           settings.anomaly_batch_within)
+    async for events in batches:
         with faust_fixes.unacked_unless_done(events):
             await state.apply(events, make_current)
+            for event in events:
+                await stream.ack(event)
         stats.update(summaries_applied=len(events))
         marks["last_anomaly_at"] = time.time()
 

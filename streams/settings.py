@@ -184,7 +184,8 @@ class Settings(BaseSettings):
         100, ge=1, description="Summaries per anomaly batch (each up to message_max_bytes: a memory bound)."
     )
     anomaly_batch_within: float = Field(
-        1.0, gt=0, description="Seconds to gather summaries: detectors work in minutes, states are written per batch."
+        1.0, gt=0, description="Seconds a batch of summaries waits for more while Kafka has more on the way "
+                               "(a batch holding every summary Kafka has is taken at once): states are written per batch."
     )
     anomaly_processes: int = Field(
         1, ge=0, le=1, description="Child processes that run the detectors (0: on the event loop). "

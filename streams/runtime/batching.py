@@ -1,4 +1,4 @@
-"""Batches of a Faust stream bounded by messages and by bytes, for the enrich agent.
+"""Batches of a Faust stream bounded by messages and by bytes, for the agents that pay per batch.
 
 ``Stream.take_events`` bounds a batch by messages only. The enrich agent pays per batch
 (one deltas message per partition, one summary, one table write per scope downstream),
