@@ -111,3 +111,43 @@ async def test_recovery_reads_the_whole_last_batch_past_the_reported_end(kafka_b
     applied = await faust_fixes.read_past_reported_end(table, [0, 1], {"bootstrap_servers": kafka_bootstrap})
     assert table.data == {"b@1": [1], "c@1": [2], "d@1": [3]}
     assert applied >= 1
+
+
+@pytest.mark.integration
+async def test_records_sent_in_batches_arrive_whole_and_in_order(kafka_bootstrap: str) -> None:
+    """The anomaly agent's changelog writes: thousands of records (tombstones among them)
+    to one partition as a few whole record batches, read back as sent."""
+    from types import SimpleNamespace
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    topic = "batched-changelog"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+    await admin.close()
+    records = [(f'"runaway:agent=a{n}"'.encode(), None if n % 7 == 0 else b'{"v":1,"m":{}}' * 15) for n in range(3000)]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        app = SimpleNamespace(producer=SimpleNamespace(_ensure_producer=lambda: producer))
+        sent = await faust_fixes.send_in_batches(app, topic, 1, records)  # type: ignore[arg-type]
+        await producer.flush()
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+    assert 1 < len(sent) < len(records) // 50  # whole batches, not a future a record
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, 1)])
+        read: list[tuple[bytes, bytes | None]] = []
+        while len(read) < len(records):
+            batch = await consumer.getmany(timeout_ms=2000)
+            assert batch, f"only {len(read)} of {len(records)} records came back"
+            read += [(record.key, record.value) for records_of in batch.values() for record in records_of]
+    finally:
+        await consumer.stop()
+    assert read == records

@@ -19,6 +19,8 @@ from typing import Any
 
 from faust.stores.memory import Store as MemoryStore
 
+from streams.runtime import faust_fixes
+
 MARKER_PREFIX = "@applied/"
 
 
@@ -59,20 +61,20 @@ async def write_encoded(table: Any, partition: int, records: Mapping[str, bytes 
     ``table[key] = value`` costs tens of microseconds a key in Faust's machinery (a message
     future, the codec, a buffer, a callback per record); the anomaly agent writes tens of
     thousands of keys a batch at high cardinality, with records its detector process has
-    encoded. Here a key costs a store write and one send to the producer, and the record
-    is the one Faust would send (key and value JSON; a deletion a tombstone), so recovery
-    reads it as its own. An in-memory store keeps the record itself, a few hundred bytes,
-    rather than the dict it decodes to (several KB at 100k agents' states): readers of
-    such a table take either. Await the returned futures after a flush: each fails if its
-    record was not written.
+    encoded. Here a key costs a store write and a record in a batch of the producer's
+    (:func:`~streams.runtime.faust_fixes.send_in_batches`), and the record is the one Faust
+    would send (key and value JSON; a deletion a tombstone), so recovery reads it as its
+    own. An in-memory store keeps the record itself, a few hundred bytes, rather than the
+    dict it decodes to (several KB at 100k agents' states): readers of such a table take
+    either. Await the returned futures after a flush: each fails if its batch of records
+    was not written.
     """
     assert table.key_serializer == table.value_serializer == "json", "records Faust would not read"
     keep_records = isinstance(table.data, MemoryStore)
-    topic = table.changelog_topic.get_topic_name()
-    send = table.app.producer.send
     for key, record in records.items():  # the store first, whole: a send may let other tasks run
         if record is None:
             table.data.pop(key, None)
         else:
             table.data[key] = record if keep_records else json.loads(record)
-    return [await send(topic, json.dumps(key).encode(), record, partition, None, None) for key, record in records.items()]
+    changelog = ((json.dumps(key).encode(), record) for key, record in records.items())
+    return await faust_fixes.send_in_batches(table.app, table.changelog_topic.get_topic_name(), partition, changelog)
