@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from conftest import LEDGER_WEEK
 
 from streams.events import priced
 from streams.ledger.clickhouse import insert_priced
-from streams.reports.views import VIEW_COMMENT, UnknownView, view_select
+from streams.reports.views import VIEW_COMMENT, UnknownView, view_select, view_selects
 
 # The weekly report's views and the parameters it binds; min_rise low enough that some
 # workflow qualifies, and staging counted as production so the filter has work to do.
@@ -66,3 +67,15 @@ def test_each_weekly_view_and_its_select_give_the_same_rows(
 def test_an_unknown_view_is_named() -> None:
     with pytest.raises(UnknownView, match="no_such_view"):
         view_select("no_such_view")
+
+
+def test_the_last_migration_to_define_a_view_gives_its_select(tmp_path: Path) -> None:
+    (tmp_path / "0001_first.sql").write_text(
+        "-- a view and a table\n"
+        "CREATE TABLE IF NOT EXISTS {database}.t (x UInt8) ENGINE = Memory;\n"
+        "CREATE VIEW IF NOT EXISTS {database}.v AS\nSELECT x FROM {database}.t WHERE x > {n:UInt8};\n"
+    )
+    (tmp_path / "0002_second.sql").write_text(
+        "CREATE OR REPLACE VIEW {database}.v AS WITH {n:UInt8} AS n SELECT x FROM {database}.t WHERE x >= n;\n"
+    )
+    assert view_selects(tmp_path) == {"v": "WITH {n:UInt8} AS n SELECT x FROM t WHERE x >= n"}

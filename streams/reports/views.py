@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import re
 from functools import cache
+from pathlib import Path
 
-from streams.ledger.migrations import load_migrations, split_statements
+from streams.ledger.migrations import MIGRATIONS_DIR, load_migrations, split_statements
 
 _CREATE_VIEW = re.compile(
-    r"CREATE\s+(?:OR\s+REPLACE\s+)?VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?\{database\}\.(\w+)\s+AS\s+(SELECT\b.*)",
+    r"CREATE\s+(?:OR\s+REPLACE\s+)?VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?\{database\}\.(\w+)\s+AS\s+((?:SELECT|WITH)\b.*)",
     re.DOTALL | re.IGNORECASE,
 )
 # How a statement from :func:`view_select` ends: the view's name, for readers of the SQL.
@@ -36,10 +37,11 @@ class UnknownView(LookupError):
 
 
 @cache
-def _selects() -> dict[str, str]:
-    """Every plain view's SELECT, by name; a later migration's definition replaces an earlier one."""
+def view_selects(directory: Path = MIGRATIONS_DIR) -> dict[str, str]:
+    """Every plain view's SELECT in the migrations of ``directory``, by name; a later
+    migration's definition replaces an earlier one."""
     found = {}
-    for migration in load_migrations():
+    for migration in load_migrations(directory):
         for statement in split_statements(migration.sql):
             if match := _CREATE_VIEW.fullmatch(statement):
                 found[match.group(1)] = match.group(2).replace("{database}.", "")
@@ -49,6 +51,6 @@ def _selects() -> dict[str, str]:
 def view_select(name: str) -> str:
     """The SELECT of view ``name``, then a comment naming it; bind the view's parameters to it."""
     try:
-        return f"{_selects()[name]} /* view {name} */"
+        return f"{view_selects()[name]} /* view {name} */"
     except KeyError:
         raise UnknownView(f"no migration defines a view {name!r}") from None
