@@ -289,14 +289,6 @@ async def detect_anomalies(stream: faust.StreamT) -> None:
         marks["last_anomaly_at"] = time.time()
 
 
-@detectors.on_recover
-async def _forget_held_states() -> None:
-    """After every rebalance (and a restart's recovery): the detector stage holds the states
-    of the partitions it worked on, which another worker may have changed since, so the
-    next batch reads them from the table again."""
-    parts.detector_stage.forget()
-
-
 @app.timer(settings.anomaly_sweep_interval)
 async def sweep() -> None:
     """Let each of our anomaly partitions resolve quiet alerts and lift lapsed blocks."""

@@ -438,57 +438,12 @@ def test_the_detector_stage_decides_as_the_engine_does_message_by_message(config
 
     detection = Detection(AnomalyEngine(config), partitions=2)
     detection.partition_of = lambda key: len(scope_of_state_key(key)) % 2  # type: ignore[method-assign]
-    read = detection.read(messages, generation=0)
+    read = detection.read(messages)
     assert read.sweeps == {0, 1} and set(read.keys) == set(expected)
-    applied = detection.apply({key: None for key in read.keys}, read.sweeps)
+    applied = detection.apply({key: None for key in read.keys})
     assert {k: None if v is None else json.loads(v) for k, v in applied.states.items()} == expected
     assert applied.alerts == alerts and {(a["kind"], a["state"]) for a in alerts} >= {("runaway_agent", "firing"), ("runaway_agent", "resolved")}
     assert None in expected.values()  # the sweep forgot idle keys
-
-
-def test_the_detector_stage_reads_a_state_from_the_table_once_until_a_rebalance(config: AnomalyConfig) -> None:
-    """The stage holds what it decided: a batch touching the same keys, or a sweep of a
-    partition it was given whole, needs nothing from the table, and it decides what a
-    stage given every state from the table decides; after a rebalance it asks again."""
-    from streams.anomaly.stage import Detection
-
-    engine = AnomalyEngine(config)
-    at = START + timedelta(days=1, hours=12)
-
-    def batch(offset: int, minute: int) -> list[tuple[int, int, bool, bytes]]:
-        rows = [_row(at + timedelta(minutes=minute, seconds=n), agent_id=f"a{n % 3}", request_fingerprint="same")
-                for n in range(40)]
-        return [(0, offset, False, engine.summarize(rows).encode())]
-
-    def sweep(offset: int, hours: int) -> list[tuple[int, int, bool, bytes]]:
-        return [(0, offset, True, (at + timedelta(hours=hours)).isoformat().encode())]
-
-    def run(detection: Detection, table: dict[str, bytes], messages: list[Any], generation: int = 0) -> Any:
-        """What the anomaly agent does with a batch (one partition here)."""
-        read = detection.read(messages, generation)
-        stored: dict[str, Any] = {key: table.get(key) for key in read.keys}
-        if read.sweeps:
-            stored.update(table)
-        applied = detection.apply(stored, read.sweeps)
-        for key, record in applied.states.items():
-            if record is None:
-                del table[key]
-            else:
-                table[key] = record
-        return read, applied
-
-    held, held_table, given_table = Detection(AnomalyEngine(config), partitions=1), {}, {}
-    reads = []
-    for messages in [batch(0, 0), batch(1, 1), sweep(2, 3), batch(3, 200), sweep(4, 4)]:
-        read, applied = run(held, held_table, messages)
-        _, given = run(Detection(AnomalyEngine(config), partitions=1), given_table, messages)  # every state from the table
-        assert held_table == given_table and applied.alerts == given.alerts
-        reads.append(read)
-    assert reads[0].keys and reads[1].keys == []  # held since the first batch
-    assert reads[2].sweeps == {0} and reads[4].sweeps == set()  # given whole once
-    assert reads[3].keys == []  # new keys of a partition held whole: nothing to read
-    again, _ = run(held, held_table, batch(5, 201), generation=1)  # a rebalance since
-    assert set(again.keys) == set(BatchSummary.decode(batch(5, 201)[0][3]).keys())
 
 
 def test_non_production_traffic_is_defined_by_what_is_declared_production(tmp_path: Path) -> None:

@@ -8,21 +8,12 @@ keeps only the table (its changelog is how states survive a restart) and hands t
 to :class:`DetectorStage`, in two steps per batch of anomaly messages:
 
 1. ``read``: the child decodes the batch's summaries and keeps them; it answers with the
-   state keys they touch that it does not hold, and the partitions whose sweep is in the
-   batch of which it does not hold every state.
-2. ``apply``: given the stored state of each of those keys (and every state of those
-   sweeping partitions), the child runs the engine over the messages in their order, as
-   the agent did message by message, and answers with each changed key's final state
-   (``None``: delete) as its changelog record (JSON, as Faust writes a table's values),
-   the alert records and the block records for the cap-state topic.
-
-The child holds what it was given and what it decided, as changelog records, so that a
-key's state crosses from the table to the child once, not in every batch that touches
-it, and a sweep needs nothing from the table once the child holds its partition whole:
-at 100k agents the table reads, the copies between the processes and a sweep's hundred
-thousand states were most of a batch's time. Everything the agent writes to the table
-comes from the child, so what it holds is the table, until a rebalance: the stage then
-:meth:`~DetectorStage.forget`\ s it, and the next batch reads the states from the table again.
+   state keys they touch and the partitions whose sweep is in the batch.
+2. ``apply``: given the stored state of each of those keys (and every state of a sweeping
+   partition), the child runs the engine over the messages in their order, as the agent
+   did message by message, and answers with each changed key's final state (``None``:
+   delete) as its changelog record (JSON, as Faust writes a table's values), the alert
+   records and the block records for the cap-state topic.
 
 ``SPENDSTREAM_ANOMALY_PROCESSES`` is 1 (one child) by default; 0 runs the same two steps on
 the event loop (a one-core machine, a profiler). The child is spawned
@@ -35,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -58,8 +49,8 @@ State = dict[str, Any]
 class Read:
     """What step 1 found: the states step 2 needs."""
 
-    keys: list[str]  # the state keys the summaries touch that the stage does not hold
-    sweeps: set[int]  # partitions with a sweep in the batch of which it does not hold every state
+    keys: list[str]  # the state keys the summaries touch
+    sweeps: set[int]  # partitions with a sweep in the batch: step 2 needs all their states
 
 
 @dataclass(slots=True)
@@ -72,24 +63,15 @@ class Applied:
 
 
 class Detection:
-    """The two steps, wherever they run (the child, or the event loop without one), and the
-    states they hold between batches."""
+    """The two steps, wherever they run (the child, or the event loop without one)."""
 
     def __init__(self, engine: AnomalyEngine, partitions: int) -> None:
         self.engine = engine
         self.partitions = partitions
         self._pending: list[tuple[int, int, datetime | BatchSummary]] = []
-        self._held: dict[str, bytes] = {}  # state key → its changelog record
-        self._whole: set[int] = set()  # partitions of which every state is held
-        self._generation = 0  # of the assignment the held states are of
 
-    def read(self, messages: Sequence[AnomalyMessage], generation: int) -> Read:
-        """Step 1. A ``generation`` other than the last one's (a rebalance happened since)
-        drops the held states first: the table is the truth again."""
-        if generation != self._generation:
-            self._held.clear()
-            self._whole.clear()
-            self._generation = generation
+    def read(self, messages: Sequence[AnomalyMessage]) -> Read:
+        """Step 1."""
         self._pending = [
             (partition, offset, datetime.fromisoformat(value.decode()) if sweep else BatchSummary.decode(value))
             for partition, offset, sweep, value in messages
@@ -98,59 +80,40 @@ class Detection:
         sweeps = set()
         for partition, _, item in self._pending:
             if isinstance(item, BatchSummary):
-                keys.update(dict.fromkeys(key for key in item.keys() if key not in self._held))
+                keys.update(dict.fromkeys(item.keys()))
             else:
                 sweeps.add(partition)
-        if self._whole:  # a key not held of a partition held whole is a new one
-            keys = {key: None for key in keys if self.partition_of(key) not in self._whole}
-        return Read(list(keys), sweeps - self._whole)
+        return Read(list(keys), sweeps)
 
-    def apply(self, stored: dict[str, State | bytes | None], whole: set[int]) -> Applied:
-        """Step 2, given ``stored``: the table's states of :meth:`read`'s keys and of every
-        state of the partitions ``whole``, as dicts or as their JSON (missing or ``None``: a
-        new key)."""
-        for key, state in stored.items():
-            if state is not None:
-                self._held[key] = state if isinstance(state, bytes) else _json(state)
-        self._whole |= whole
-        current: dict[str, State | None] = {}  # the batch's states so far, decoded as needed (None: deleted)
+    def apply(self, stored: dict[str, State | bytes | None]) -> Applied:
+        """Step 2, over ``stored``: the states of :meth:`read`'s keys and of its sweeping
+        partitions, as dicts or as their JSON (missing or ``None``: a new key)."""
+        states = {
+            key: json.loads(state) if isinstance(state, bytes) else state
+            for key, state in stored.items() if state is not None
+        }
         changed: dict[str, State | None] = {}
         alerts: list[dict[str, Any]] = []
         blocks: list[dict[str, Any]] = []
         for partition, offset, item in self._pending:
             if isinstance(item, BatchSummary):
-                outcome = self.engine.process(item, self._states(current, item.keys()), position=offset)
+                outcome = self.engine.process(item, {key: states.get(key) for key in item.keys()}, position=offset)
             else:
-                keys = [*self._held, *(key for key in current if key not in self._held)]
-                outcome = self.engine.sweep(
-                    self._states(current, [key for key in keys if self.partition_of(key) == partition]), item
-                )
-            current.update(outcome.states)
-            changed.update(outcome.states)
+                outcome = self.engine.sweep(self._of_partition(states, partition), item)
+            for key, state in outcome.states.items():
+                changed[key] = state
+                if state is None:
+                    states.pop(key, None)
+                else:
+                    states[key] = state
             alerts += [alert.record() for alert in outcome.alerts]
             blocks += [cap_state_of(block) for block in outcome.blocks]
         self._pending = []
         encoded = {key: None if state is None else _json(state) for key, state in changed.items()}
-        for key, record in encoded.items():
-            if record is None:
-                self._held.pop(key, None)
-            else:
-                self._held[key] = record
         return Applied(encoded, alerts, blocks)
 
-    def _states(self, current: dict[str, State | None], keys: Iterable[str]) -> dict[str, State]:
-        """The states of ``keys`` that exist, each decoded once per batch (into ``current``)."""
-        out = {}
-        for key in keys:
-            if key in current:
-                state = current[key]
-            elif (record := self._held.get(key)) is not None:
-                state = current[key] = json.loads(record)
-            else:
-                continue
-            if state is not None:
-                out[key] = state
-        return out
+    def _of_partition(self, states: dict[str, State], partition: int) -> dict[str, State]:
+        return {key: state for key, state in states.items() if self.partition_of(key) == partition}
 
     def partition_of(self, key: str) -> int:
         """The anomaly-topic partition of a state key (that of its scope)."""
@@ -164,30 +127,24 @@ class DetectorStage:
         self._child = spawn_child(_detection_from_environment) if settings.anomaly_processes else None
         self._local = None if self._child else _detection(settings)
         self.started = self._child is None
-        self._generation = 0  # bumped by forget()
 
     async def start(self) -> None:
         """Start the child now (its imports take a second or two), not on the first batch."""
         if self._child is not None:
-            await asyncio.wrap_future(call(self._child, "read", [], self._generation))
+            await asyncio.wrap_future(call(self._child, "read", []))
         self.started = True
 
-    def forget(self) -> None:
-        """The worker's partitions changed: the states the stage holds may be stale, so the
-        next batch reads them from the table again."""
-        self._generation += 1
-
     async def read(self, messages: Sequence[AnomalyMessage]) -> Read:
-        return await self._run("read", messages, self._generation)
+        return await self._run("read", messages)
 
-    async def apply(self, stored: dict[str, State | bytes | None], whole: set[int]) -> Applied:
-        return await self._run("apply", stored, whole)
+    async def apply(self, stored: dict[str, State | bytes | None]) -> Applied:
+        return await self._run("apply", stored)
 
-    async def _run(self, method: str, *args: Any) -> Any:
+    async def _run(self, method: str, argument: Any) -> Any:
         if self._child is not None:
-            return await asyncio.wrap_future(call(self._child, method, *args))
+            return await asyncio.wrap_future(call(self._child, method, argument))
         assert self._local is not None
-        return getattr(self._local, method)(*args)
+        return getattr(self._local, method)(argument)
 
 
 def _json(state: State) -> bytes:

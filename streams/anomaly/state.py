@@ -13,11 +13,9 @@ For each poll's worth of messages:
 1. Skip each message the applied marker of its partition says was applied (each made the
    stream's current event to read it).
 2. The stage reads the rest (decodes the summaries) and names the state keys they touch
-   that it does not hold (:mod:`streams.anomaly.stage`: it holds what it was given and
-   decided since the last rebalance) and the partitions that sweep of which it does not
-   hold every state; given those states from the table, the stage applies the messages,
-   in order. The engine's own position guard ignores a summary a state has absorbed
-   already.
+   and the partitions that sweep; the stage applies them, in order, to the stored states
+   of those keys (and every state of a sweeping partition). The engine's own position
+   guard ignores a summary a state has absorbed already.
 3. Write each changed state back (``None``: delete) to the partition of its scope (that
    of the messages that touched it), with the changelog record the stage encoded
    (:func:`~streams.runtime.changelog.write_encoded`). Every ``FLUSH_EVERY`` state writes
@@ -82,7 +80,7 @@ class AnomalyState:
         stored = {key: self.table.data.get(key) for key in read.keys}
         for partition in read.sweeps:
             stored.update(self._states_of(partition))
-        applied = await self.stage.apply(stored, read.sweeps)
+        applied = await self.stage.apply(stored)
         await self._write_back(applied.states)                                 # 3
         await self.flush()                                                     # 4
         await self.publish(applied.blocks, applied.alerts)
