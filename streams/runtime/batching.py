@@ -88,7 +88,7 @@ async def _take_batches(
     reading = asyncio.Event()
     buffer_empty = stream.channel.queue.empty  # type: ignore[attr-defined]
 
-    unchecked = 0  # events to add before the batch could hold everything Kafka has
+    behind = 0  # at least this many messages in Kafka past the batch, as of the last check
 
     def add(value: bytes | None) -> Any:  # step 2
         if reading.is_set():  # checked first: a wait costs as much as Faust's whole per-message work
@@ -100,22 +100,25 @@ async def _take_batches(
         return append(value)
 
     def append(value: bytes | None) -> bytes | None:
-        nonlocal size, unchecked
+        nonlocal size, behind
         event = stream.current_event
         batch.append(event)  # type: ignore[arg-type]
         message = event.message  # type: ignore[union-attr]
-        last[message.tp] = message.offset
+        tp, offset = message.tp, message.offset
+        behind -= offset - last.get(tp, offset)  # a partition new to the batch only adds to it
+        last[tp] = offset
         size += len(value or b"")
-        unchecked -= 1
         if len(batch) >= max_messages or size >= max_bytes:
             full.set()
             reading.clear()
-        elif unchecked <= 0 and buffer_empty():
-            # Each event added takes at most one off what Kafka holds past the batch (a
-            # highwater only grows), so the batch cannot hold everything before that many
-            # more: asking the consumer once per buffer emptied cost 2% of the loop.
-            unchecked = _waiting(stream, last)
-            if not unchecked:
+        elif behind <= 0 and buffer_empty():
+            # A highwater only grows, so what Kafka holds past the batch shrinks only by
+            # the offsets the batch moves past: until they add up to what the last check
+            # found, the batch cannot hold everything. Asking the consumer each time the
+            # buffer emptied cost 2% of the loop; a check skipped wrongly (a highwater
+            # reset by a rebalance) only delays an early hand-over, which ``within`` bounds.
+            behind = _waiting(stream, last)
+            if not behind:
                 full.set()
         return value
 
@@ -134,7 +137,7 @@ async def _take_batches(
             handed = batch.copy()
             batch.clear()
             last.clear()
-            size = unchecked = 0
+            size = behind = 0
             full.clear()
             generation = stream.app.consumer_generation_id  # step 3
             handed = [event for event in handed if event.message.generation_id == generation]
