@@ -292,10 +292,12 @@ def stats_after_backlog(stack_env: dict[str, str], tmp_path: Path, settings: dic
 
 
 def test_an_event_on_a_quiet_stream_is_not_held_for_the_batch_windows(stack_env: dict[str, str], tmp_path: Path) -> None:
-    """A batch that holds everything Kafka has is taken at once: with the enrich and spend
-    agents' windows at 60 s, an event alone on the usage topic is counted in the spend
-    table long before either window could have passed (before, it waited out both)."""
-    windows = {"SPENDSTREAM_ENRICH_BATCH_WITHIN": "60", "SPENDSTREAM_SPEND_BATCH_WITHIN": "60"}
+    """A batch that holds everything Kafka has is taken at once: with the enrich, spend and
+    sink agents' windows at 60 s, an event alone on the usage topic is counted in the spend
+    table and written to the ledger long before any window could have passed (before, it
+    waited out each)."""
+    windows = {"SPENDSTREAM_ENRICH_BATCH_WITHIN": "60", "SPENDSTREAM_SPEND_BATCH_WITHIN": "60",
+               "SPENDSTREAM_SINK_BATCH_WITHIN": "60"}
     worker = WorkerProcess({**stack_env, **windows}, log=tmp_path / "worker.log")
     try:
         worker.start()
@@ -304,5 +306,6 @@ def test_an_event_on_a_quiet_stream_is_not_held_for_the_batch_windows(stack_env:
         asyncio.run(produce(settings, events=[], singles=[event], bad=[]))
         spend = wait_until(lambda: worker.get_json("/spend?scope=team=quiet").get("team=quiet"), 30, "the event counted")
         assert sum(period["calls"] for period in spend.values()) == 3  # its day, week and month
+        wait_until(lambda: worker.get_json("/stats").get("rows_inserted") == 1, 30, "the event in the ledger")
     finally:
         worker.stop()
