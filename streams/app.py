@@ -55,7 +55,7 @@ from streams.ingest.stage import EnrichStage, Prepared, deltas_messages
 from streams.ledger import clickhouse, sql_guard
 from streams.ledger.sink import ClickHouseSink, PricedMessage
 from streams.runtime import allocator, faust_app, faust_fixes, tuning
-from streams.runtime.batching import take_batches
+from streams.runtime.batching import acknowledge, take_batches
 from streams.runtime.compacted import CompactedView
 from streams.runtime.faust_app import RAW, chunk_topic, make_current
 from streams.runtime.topics import ANNOUNCED_TABLE, DETECTORS_TABLE, RESERVATIONS_TABLE, SPEND_TABLE
@@ -249,8 +249,7 @@ async def count_spend(stream: faust.StreamT) -> None:
     async for events in batches:
         with faust_fixes.unacked_unless_done(events):
             await state.apply(events, make_current)
-            for event in events:
-                await stream.ack(event)
+            await acknowledge(stream, events)
         stats.update(deltas_applied=len(events))
         marks["last_spend_at"] = time.time()
         stats["shadow_scopes"], stats["shadow_evictions"] = len(state.shadow), state.shadow.evictions
@@ -283,8 +282,7 @@ async def detect_anomalies(stream: faust.StreamT) -> None:
     async for events in batches:
         with faust_fixes.unacked_unless_done(events):
             await state.apply(events, make_current)
-            for event in events:
-                await stream.ack(event)
+            await acknowledge(stream, events)
         stats.update(summaries_applied=len(events))
         marks["last_anomaly_at"] = time.time()
 
@@ -365,8 +363,7 @@ async def sink_to_clickhouse(stream: faust.StreamT) -> None:
             )
             if result.repeats:
                 await _take_back(result.repeats)
-            for event in events:
-                await stream.ack(event)
+            await acknowledge(stream, events)
         stats.update(rows_inserted=result.inserted, priced=result.inserted - result.unpriced, unpriced=result.unpriced,
                      duplicates_dropped=result.duplicates, sink_inserts=1,
                      sink_messages=len(events), repeats_taken_back=len(result.repeats),

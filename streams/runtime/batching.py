@@ -31,7 +31,7 @@ agent; reading on, batches held 8,300 to 9,700 and it measured 0.86 and 0.99
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import faust
@@ -61,7 +61,8 @@ def take_batches(
     3. Events read before a rebalance are dropped: Faust seeks the partitions back to
        their committed offsets, so they come again.
     4. The batch goes to the agent. Nothing is acknowledged here: the agent acknowledges a
-       batch when its output is out (:func:`streams.runtime.faust_fixes.commit_batch`).
+       batch when its output is out (:func:`acknowledge`, or
+       :func:`streams.runtime.faust_fixes.commit_batch`, which commits too).
     5. When the agent stops, events read into the next batch are marked settled without
        telling the consumer, as :func:`streams.runtime.faust_fixes.unacked_unless_done` does for
        the batch the agent was on, so the consumer's stop does not wait for them; the
@@ -70,6 +71,13 @@ def take_batches(
     batches = _take_batches(stream, max_messages, max_bytes, within)
     stream._active_agens.add(batches)  # type: ignore[attr-defined]  # the stream's stop closes it
     return batches
+
+
+async def acknowledge(stream: faust.StreamT, events: Sequence[faust.EventT]) -> None:
+    """Acknowledge a batch :func:`take_batches` handed over, once its output is out (step 4
+    of :func:`take_batches`: nothing else acknowledges it)."""
+    for event in events:
+        await stream.ack(event)
 
 
 def _waiting(stream: faust.StreamT, last: dict[TP, int]) -> int:

@@ -85,6 +85,8 @@ from faust.transport.consumer import ThreadDelegateConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 
+from streams.runtime.batching import acknowledge
+
 # The releases whose internals these fixes (and streams.runtime.tuning's) were written against.
 PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
 
@@ -189,8 +191,7 @@ async def commit_batch(stream: faust.StreamT, events: Sequence[faust.EventT], to
     One commit at a time: a commit already in flight (Faust's timer) is awaited first, so
     this one includes every offset acknowledged here.
     """
-    for event in events:
-        await stream.ack(event)
+    await acknowledge(stream, events)
     consumer = stream.app.consumer
     while await consumer.maybe_wait_for_commit_to_finish():
         pass
