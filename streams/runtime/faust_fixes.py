@@ -59,10 +59,11 @@ And two writes Faust does not offer:
   there is no event, and must land in the partition of its budget's scope:
   :func:`write_in_partition` makes a stand-in event of that partition current for the
   write (the changelog partition, and the RocksDB store's partition, are both read from it).
-* Faust's producer sends one record at a time, each with its own future and bookkeeping,
-  about 20 µs of the event loop a record. The anomaly agent writes tens of thousands of
+* Faust's producer sends one record at a time, each with its own future and bookkeeping:
+  7 to 8 µs of the event loop to queue a record, about 10 µs with its acknowledgement
+  (30,000 records to the embedded broker). The anomaly agent writes tens of thousands of
   detector states a batch: :func:`send_in_batches` hands aiokafka whole record batches
-  instead, one future a batch.
+  instead, one future a batch (under 4 µs a record all told).
 """
 
 from __future__ import annotations
