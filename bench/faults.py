@@ -452,10 +452,18 @@ class Workers:
             return 0
 
     def print_logs(self) -> None:
+        """Each worker's first crash (where mode logs the exception that started it: the
+        shutdown it causes cancels the agents, and the last of those cancellations is the
+        crash reason a dying worker prints) and the end of its log."""
         for worker in self.started:
             if worker.log_path and worker.log_path.exists():
+                text = worker.log_path.read_text(errors="replace")
+                first_crash = text.find("Crashed reason=")
+                if 0 <= first_crash < len(text) - 3000:
+                    print(f"--- {worker.log_path.name} (its first crash, 3000 characters) ---")
+                    print(text[first_crash:first_crash + 3000])
                 print(f"--- {worker.log_path.name} (last 3000 characters) ---")
-                print(worker.log_path.read_text(errors="replace")[-3000:])
+                print(text[-3000:])
 
     @contextmanager
     def running(self, figures: Figures) -> Iterator[Workers]:
