@@ -151,3 +151,37 @@ async def test_records_sent_in_batches_arrive_whole_and_in_order(kafka_bootstrap
     finally:
         await consumer.stop()
     assert read == records
+
+
+@pytest.mark.integration
+def test_a_write_on_a_connection_the_broker_dropped_is_a_connection_error_under_uvloop(kafka_bootstrap: str) -> None:
+    """Fix 7: under uvloop (the worker's loop), a request written to a connection whose
+    transport is already closed, before aiokafka has heard of it, fails as a retriable
+    connection error with the connection marked closed, and the next request reconnects;
+    unpatched, uvloop's RuntimeError escaped (and ended the producer's sender task)."""
+    import uvloop
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.errors import KafkaConnectionError
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    async def write_after_the_drop() -> None:
+        client = AIOKafkaClient(bootstrap_servers=kafka_bootstrap)
+        await client.bootstrap()
+        try:
+            node = next(iter(client.cluster.brokers())).nodeId
+            conn = await client._get_conn(node)
+            conn._writer.transport.abort()  # a reset: uvloop closes the transport on the loop's next turn,
+            await asyncio.sleep(0)  # and aiokafka's reader hears of it on the turn after
+            with pytest.raises(KafkaConnectionError, match="broken"):
+                conn.send(MetadataRequest([]))
+            assert not conn.connected()
+            assert (await client.send(node, MetadataRequest([]))).brokers  # a new connection
+        finally:
+            await client.close()
+
+    faust_fixes.install()
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(write_after_the_drop())
+    finally:
+        loop.close()

@@ -1,5 +1,5 @@
-"""Six places where Faust's at-least-once delivery is weaker than the ledger needs, and one
-table write Faust does not offer.
+"""Seven places where Faust's (and once aiokafka's) at-least-once delivery is weaker than the
+ledger needs, and two writes Faust does not offer.
 
 Each was found by the fault-injection tests (``tests/test_faults.py``) and is fixed here
 rather than worked around in the agents:
@@ -52,6 +52,17 @@ rather than worked around in the agents:
    the broker; the reservations table, whose answers wait for the changelog, instead
    reads past the reported end after recovery (:func:`read_past_reported_end`).
 
+7. **A dropped connection kills the producer under uvloop.** aiokafka writes a request
+   straight to its connection's transport and turns an ``OSError`` into a retriable
+   ``KafkaConnectionError``. When the broker has closed the connection and aiokafka has not
+   yet been told (its reader learns it on the loop's next turn), asyncio's transport
+   ignores the write, but uvloop's (the worker's loop, :mod:`streams.runtime.tuning`)
+   raises ``RuntimeError``. aiokafka takes that for a bug: its producer's sender task
+   ends, and every send after it fails; a commit raising it crashes Faust's consumer.
+   The broker-restart test lost its worker this way in 1 of 29 runs here
+   (aio-libs/aiokafka#1038, open). :func:`install` makes the write on a closed
+   transport the connection error it is.
+
 And two writes Faust does not offer:
 
 * Faust writes a table only from inside a stream (the change goes to the changelog
@@ -80,6 +91,8 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.conn import AIOKafkaConnection, CloseReason
+from aiokafka.errors import KafkaConnectionError
 from faust.streams import _current_event
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import ThreadDelegateConsumer
@@ -117,8 +130,9 @@ def require_pinned_versions() -> None:
 
 def install() -> None:
     """Check the pinned releases, then patch Faust's recovery to seek before it resumes
-    (fix 1), its seek to place every stream partition (fix 4) and its fetch to take only
-    active partitions (fix 5). Idempotent."""
+    (fix 1), its seek to place every stream partition (fix 4), its fetch to take only
+    active partitions (fix 5) and aiokafka's request write to fail as a connection
+    error on a closed connection (fix 7). Idempotent."""
     require_pinned_versions()
     if getattr(Recovery.on_recovery_completed, "seeks_first", False):
         return
@@ -166,6 +180,26 @@ def install() -> None:
         return await fetch_records(self, consumer, partitions, timeout=timeout, max_records=max_records)
 
     AIOKafkaConsumerThread._fetch_records = fetch_active_only  # type: ignore[method-assign]
+
+    AIOKafkaConnection.send = send_or_connection_error  # type: ignore[method-assign]
+
+
+_send_request = AIOKafkaConnection.send
+
+
+def send_or_connection_error(self: AIOKafkaConnection, request: Any, expect_response: bool = True) -> Any:
+    """aiokafka's ``AIOKafkaConnection.send``, but a write on a transport already closed
+    fails as aiokafka's own ``OSError`` branch does (fix 7): the connection is closed as
+    broken and a retriable ``KafkaConnectionError`` raised, so the producer retries the
+    batch and the consumer the commit on a new connection."""
+    writer = self._writer
+    try:
+        return _send_request(self, request, expect_response)
+    except RuntimeError as err:  # uvloop: "unable to perform operation on <TCPTransport closed=True ...>"
+        if writer is None or not writer.transport.is_closing():
+            raise
+        self.close(reason=CloseReason.CONNECTION_BROKEN, exc=err)
+        raise KafkaConnectionError(f"Connection at {self.host}:{self.port} broken: {err}") from err
 
 
 @contextmanager
