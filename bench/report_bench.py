@@ -16,8 +16,13 @@
    second database the same statements read the rollups computed from ``usage``. The two
    reports must be equal.
 3. Prints the row count, both times (median, fastest and slowest) and their ratio.
+4. With ``--statements``, then runs each report ``--runs`` times more, recording every
+   statement it sends, and prints per report view the median time of its statement from
+   Python and the engine's own time of it (``elapsed_ns`` of the result's summary), on
+   both sides: what is ClickHouse's analysis, planning and reading, and what is the
+   driver's and the report's Python around it.
 
-    .venv/bin/python bench/report_bench.py --rows 10000000
+    .venv/bin/python bench/report_bench.py --rows 10000000 [--statements]
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from streams.ledger.clickhouse import connect, query_rows  # noqa: E402
 from streams.ledger.migrations import load_migrations, migrate  # noqa: E402
 from streams.ledger.rollup_repair import rollups  # noqa: E402
 from streams.reports.reports import Query, WeeklyReport, weekly_report  # noqa: E402
+from streams.reports.views import VIEW_COMMENT  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 WEEK = date(2025, 11, 3)  # the report week: the last of the eight generated weeks
@@ -185,10 +191,68 @@ def query_on(settings: Settings, database: str) -> Query:
     return lambda sql, parameters: query_rows(client, sql, parameters)
 
 
+# Per report view: (seconds from Python, the engine's own seconds) of each statement sent.
+StatementTimes = dict[str, list[tuple[float, float]]]
+
+
+def recording_query_on(settings: Settings, database: str, times: StatementTimes) -> Query:
+    """:func:`query_on`, also recording each statement's time from Python and the engine's
+    own time of it (the ``elapsed_ns`` ClickHouse reports with the result), by view."""
+    client = connect(Settings(clickhouse_dsn=settings.clickhouse_dsn, clickhouse_database=database), readonly=True)
+
+    def query(sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple]]:
+        started = time.perf_counter()
+        result = client.query(sql, parameters=parameters)
+        rows = [tuple(row) for row in result.result_rows]
+        seconds = time.perf_counter() - started
+        view = match.group(1) if (match := VIEW_COMMENT.search(sql)) else sql[:40]
+        times.setdefault(view, []).append((seconds, int(result.summary.get("elapsed_ns", 0)) / 1e9))
+        return list(result.column_names), rows
+
+    return query
+
+
+def statements(settings: Settings, runs: int) -> None:
+    """Print, per view, the median time of its statement from Python and in the engine,
+    through the rollups and from raw, then how each side's reports divide between the
+    engine, the driver and the report's own Python (medians over the runs)."""
+    print(f"\nper statement, median of {runs} ms (python: the driver call to its rows; engine: ClickHouse's own)")
+    print(f"  {'view':28s} {'rollups python':>15s} {'engine':>8s} {'raw python':>12s} {'engine':>8s}")
+    sides = {}
+    for database in ("bench", "bench_raw"):
+        times: StatementTimes = {}
+        query = recording_query_on(settings, database, times)
+        report_times, _ = timed(lambda query=query: weekly_report(query, WEEK), runs)
+        # Each report sends each view's statement once; the warm-up report's are left out.
+        sides[database] = {view: recorded[1:] for view, recorded in times.items()}, report_times
+    for view in sides["bench"][0]:
+        line = f"  {view:28s}"
+        for database, width in (("bench", 15), ("bench_raw", 12)):
+            recorded = sides[database][0][view]
+            for i, column_width in ((0, width), (1, 8)):
+                line += f" {statistics.median(r[i] for r in recorded) * 1000:{column_width}.2f}"
+        print(line)
+    for database, label in (("bench", "rollups"), ("bench_raw", "raw table")):
+        views, report_times = sides[database]
+        python = [sum(recorded[run][0] for recorded in views.values()) for run in range(runs)]
+        engine = [sum(recorded[run][1] for recorded in views.values()) for run in range(runs)]
+        driver = statistics.median(p - e for p, e in zip(python, engine, strict=True))
+        own = statistics.median(t - p for t, p in zip(report_times, python, strict=True))
+        print(
+            f"  {label}: report {statistics.median(report_times) * 1000:.1f} ms: engine"
+            f" {statistics.median(engine) * 1000:.1f}, driver {driver * 1000:.1f}, report's Python {own * 1000:.1f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=10_000_000)
-    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--rows", type=int, default=10_000_000, help="raw usage rows to generate over the eight weeks")
+    parser.add_argument("--runs", type=int, default=7, help="timed reports a side (after one warm-up)")
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="then time each statement of the report on both sides, in the engine and from Python",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="spendstream-report-bench-") as directory:
@@ -216,6 +280,8 @@ def main() -> None:
         print(f"weekly report, rollups:    {spread(rollup_times)}")
         print(f"weekly report, raw table:  {spread(raw_times)}")
         print(f"ratio:                     {raw_s / rollup_s:8.1f}x faster through the rollups; identical reports")
+        if args.statements:
+            statements(settings, args.runs)
 
 
 if __name__ == "__main__":
