@@ -34,7 +34,14 @@ class AnomalyEngine:
                 NonProductionDetector(self.config), UnpricedDetector(self.config),
             )
         }
-        self._settings = lru_cache(maxsize=65536)(self.config.settings_for)
+        # Per-scope knobs are cached only when overrides make them differ by scope. The cache
+        # takes an entry per scope seen (over 100k at high cardinality), each batch adding
+        # and evicting some among its own transient objects, so the live entries end up
+        # spread over blocks of Python's allocator that would otherwise be given back
+        # between batches (streams.runtime.children).
+        self._settings = (
+            lru_cache(maxsize=65536)(self.config.settings_for) if self.config.overrides else self._defaults
+        )
         self._fold = ArrowFold(list(self.detectors.values()))
 
     def summarize(self, rows: pa.Table | Iterable[Mapping[str, Any]]) -> BatchSummary:
@@ -94,6 +101,10 @@ class AnomalyEngine:
             elif decisions:
                 outcome.states[key] = state
         return outcome
+
+    def _defaults(self, detector: str, scope: str) -> Any:
+        """``detector``'s knobs, the same for every scope (there are no overrides)."""
+        return getattr(self.config, detector)
 
     def _route(self, key: str) -> tuple[Detector, str]:
         name, _, scope = key.partition(":")
