@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
+import gc
 import logging
 import threading
 from typing import Any
@@ -32,6 +34,7 @@ class _MallInfo2(ctypes.Structure):
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
+@functools.cache
 def _glibc() -> Any | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -53,6 +56,14 @@ def trim() -> bool:
     """Return free heap memory to the system now; False where that is not possible."""
     libc = _glibc()
     return libc is not None and bool(libc.malloc_trim(0))
+
+
+def release_batch() -> None:
+    """After a batch whose objects are all garbage now: collect every generation (which
+    also empties CPython's free lists of tuples, lists, dicts and floats, whose few kept
+    objects each hold an otherwise empty block of Python's allocator), then trim the C heap."""
+    gc.collect()
+    trim()
 
 
 def start_trimming(interval: float = 10.0, min_free_mb: int = 64) -> threading.Thread | None:
