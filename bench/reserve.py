@@ -35,6 +35,7 @@ from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -122,7 +123,26 @@ def settled_spend(worker: WorkerProcess, scope: str, calls: int, timeout: float 
         if seen >= calls:
             return spent
         time.sleep(0.1)
-    raise AssertionError(f"{scope}: {month_spend(worker, scope)} after {timeout}s, expected {calls} calls")
+    raise AssertionError(f"{scope}: {month_spend(worker, scope)} after {timeout}s, expected {calls} calls; "
+                         f"{where_calls_went(worker, scope)}")
+
+
+def where_calls_went(worker: WorkerProcess, scope: str) -> str:
+    """For a count that fell short: what the ledger holds of a ``team=`` scope, and the
+    worker's counters of events it did not count, to tell an event that never arrived from
+    one the worker dropped or took back."""
+    team = scope.removeprefix("team=")
+    ledger = worker.get_json("/sql?" + urlencode({
+        "q": "SELECT count(), uniqExact(event_id), sum(cost) FROM usage WHERE team = {team:String}",
+        "params": json.dumps({"team": team}),
+    }))["rows"]
+    repeats = worker.get_json("/sql?" + urlencode({
+        "q": "SELECT count() FROM usage_repeats WHERE team = {team:String}", "params": json.dumps({"team": team}),
+    }))["rows"]
+    counters = {key: value for key, value in worker.get_json("/stats").items()
+                if key in ("received", "dead_letters", "duplicates_dropped", "duplicates_in_batch", "repeats_taken_back",
+                           "rows_inserted")}
+    return f"ClickHouse rows, distinct ids, cost {ledger}; usage_repeats {repeats}; worker {counters}"
 
 
 def wait_for_budgets(worker: WorkerProcess, budget_ids: set[str], timeout: float = 30) -> None:
