@@ -133,7 +133,7 @@ def where_calls_went(worker: WorkerProcess, scope: str) -> str:
     one the worker dropped or took back."""
     team = scope.removeprefix("team=")
     ledger = worker.get_json("/sql?" + urlencode({
-        "q": "SELECT count(), uniqExact(event_id), sum(cost) FROM usage WHERE team = {team:String}",
+        "q": "SELECT count(), uniqExact(event_id), sum(cost_total) FROM usage WHERE team = {team:String}",
         "params": json.dumps({"team": team}),
     }))["rows"]
     repeats = worker.get_json("/sql?" + urlencode({
