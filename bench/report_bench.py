@@ -40,7 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from streams.cli.synthetic import MODELS, TEAMS  # noqa: E402
-from streams.ledger.clickhouse import connect, query_rows  # noqa: E402
+from streams.ledger.clickhouse import ClientPool, connect, query_rows  # noqa: E402
 from streams.ledger.migrations import load_migrations, migrate  # noqa: E402
 from streams.ledger.rollup_repair import rollups  # noqa: E402
 from streams.reports.reports import Query, WeeklyReport, weekly_report  # noqa: E402
@@ -169,7 +169,7 @@ def timed(report: Callable[[], WeeklyReport], runs: int) -> tuple[list[float], W
 
     One side's runs follow each other, as they did in every figure the README gives: run
     in turns with the raw side, the rollup side finds the CPU's caches cold after each
-    raw report and takes about a tenth longer (35 to 38 ms against 32 on a quiet
+    raw report and took about a tenth longer (35 to 38 ms against 32 on a quiet
     machine), so the spread printed with the median is how a load change shows.
     """
     result = report()
@@ -186,9 +186,22 @@ def spread(seconds: list[float]) -> str:
     return f"{statistics.median(seconds) * 1000:8.1f} ms (median of {len(seconds)}; {min(seconds) * 1000:.1f} to {max(seconds) * 1000:.1f})"
 
 
+def clients_of(settings: Settings, database: str) -> ClientPool:
+    """Read-only clients of ``database``, one per statement in flight (the report sends its
+    sections side by side, and a client runs one statement at a time)."""
+    return ClientPool(
+        lambda: connect(Settings(clickhouse_dsn=settings.clickhouse_dsn, clickhouse_database=database), readonly=True)
+    )
+
+
 def query_on(settings: Settings, database: str) -> Query:
-    client = connect(Settings(clickhouse_dsn=settings.clickhouse_dsn, clickhouse_database=database), readonly=True)
-    return lambda sql, parameters: query_rows(client, sql, parameters)
+    clients = clients_of(settings, database)
+
+    def query(sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple]]:
+        with clients.lend() as client:
+            return query_rows(client, sql, parameters)
+
+    return query
 
 
 # Per report view: (seconds from Python, the engine's own seconds) of each statement sent.
@@ -198,13 +211,14 @@ StatementTimes = dict[str, list[tuple[float, float]]]
 def recording_query_on(settings: Settings, database: str, times: StatementTimes) -> Query:
     """:func:`query_on`, also recording each statement's time from Python and the engine's
     own time of it (the ``elapsed_ns`` ClickHouse reports with the result), by view."""
-    client = connect(Settings(clickhouse_dsn=settings.clickhouse_dsn, clickhouse_database=database), readonly=True)
+    clients = clients_of(settings, database)
 
     def query(sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple]]:
-        started = time.perf_counter()
-        result = client.query(sql, parameters=parameters)
-        rows = [tuple(row) for row in result.result_rows]
-        seconds = time.perf_counter() - started
+        with clients.lend() as client:
+            started = time.perf_counter()
+            result = client.query(sql, parameters=parameters)
+            rows = [tuple(row) for row in result.result_rows]
+            seconds = time.perf_counter() - started
         view = match.group(1) if (match := VIEW_COMMENT.search(sql)) else sql[:40]
         times.setdefault(view, []).append((seconds, int(result.summary.get("elapsed_ns", 0)) / 1e9))
         return list(result.column_names), rows
@@ -214,8 +228,9 @@ def recording_query_on(settings: Settings, database: str, times: StatementTimes)
 
 def statements(settings: Settings, runs: int) -> None:
     """Print, per view, the median time of its statement from Python and in the engine,
-    through the rollups and from raw, then how each side's reports divide between the
-    engine, the driver and the report's own Python (medians over the runs)."""
+    through the rollups and from raw, then each side's report time against its statements'
+    times summed, in the engine and from Python (medians over the runs): the report sends
+    its statements side by side, so the sums exceed the report by what overlapped."""
     print(f"\nper statement, median of {runs} ms (python: the driver call to its rows; engine: ClickHouse's own)")
     print(f"  {'view':28s} {'rollups python':>15s} {'engine':>8s} {'raw python':>12s} {'engine':>8s}")
     sides = {}
@@ -225,7 +240,7 @@ def statements(settings: Settings, runs: int) -> None:
         report_times, _ = timed(lambda query=query: weekly_report(query, WEEK), runs)
         # Each report sends each view's statement once; the warm-up report's are left out.
         sides[database] = {view: recorded[1:] for view, recorded in times.items()}, report_times
-    for view in sides["bench"][0]:
+    for view in sorted(sides["bench"][0]):
         line = f"  {view:28s}"
         for database, width in (("bench", 15), ("bench_raw", 12)):
             recorded = sides[database][0][view]
@@ -236,11 +251,9 @@ def statements(settings: Settings, runs: int) -> None:
         views, report_times = sides[database]
         python = [sum(recorded[run][0] for recorded in views.values()) for run in range(runs)]
         engine = [sum(recorded[run][1] for recorded in views.values()) for run in range(runs)]
-        driver = statistics.median(p - e for p, e in zip(python, engine, strict=True))
-        own = statistics.median(t - p for t, p in zip(report_times, python, strict=True))
         print(
-            f"  {label}: report {statistics.median(report_times) * 1000:.1f} ms: engine"
-            f" {statistics.median(engine) * 1000:.1f}, driver {driver * 1000:.1f}, report's Python {own * 1000:.1f}"
+            f"  {label}: report {statistics.median(report_times) * 1000:.1f} ms; its statements summed:"
+            f" {statistics.median(python) * 1000:.1f} from Python, {statistics.median(engine) * 1000:.1f} in the engine"
         )
 
 

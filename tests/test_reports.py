@@ -9,6 +9,7 @@ the CLI.
 from __future__ import annotations
 
 import textwrap
+import threading
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta
@@ -20,12 +21,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ProgrammingError
 from conftest import CONFIG_DIR, LEDGER_WEEK
 
 from streams.cli.ledger import commands
 from streams.cli.localstack import free_port
 from streams.events import priced
-from streams.ledger.clickhouse import insert_priced, query_rows
+from streams.ledger.clickhouse import ClientPool, connect, insert_priced, query_rows
 from streams.reports import reports
 from streams.reports.licences import LicenceImportError, import_licences, read_licences
 from streams.reports.value_ledger import ValueLedgerError, import_value_ledger
@@ -175,6 +177,72 @@ def test_weekly_report_of_an_empty_week(migrated: Client, read_only: Any) -> Non
     report = reports.weekly_report(read_only, date(2020, 1, 6))
     assert report.teams == [] and report.total_cost == 0 and report.unattributed_share is None
     assert "none" in reports.render_weekly(report)
+
+
+def test_the_weekly_report_sends_its_sections_side_by_side_on_clients_of_a_pool(
+    ledger: Client, settings: Settings, ledger_rows: list[dict[str, Any]]
+) -> None:
+    """Two statements must be in flight at once: the first two calls wait for each other
+    (a report sending one statement after another would break the barrier), each on a
+    client of its own from the pool, and the report is the same as one sent in turn."""
+    from streams.ledger import sql_guard
+
+    pool = ClientPool(lambda: sql_guard.read_only_client(settings))
+    both_in_flight = threading.Barrier(2, timeout=30)
+    lent: list[int] = []
+
+    def query(sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple]]:
+        with pool.lend() as client:
+            if len(lent) < 2:
+                lent.append(id(client))
+                both_in_flight.wait()
+            return sql_guard.run(client, sql, parameters)
+
+    try:
+        side_by_side = reports.weekly_report(query, LEDGER_WEEK, min_calls=5)
+        assert len(set(lent)) == 2
+        with pool.lend() as client:
+            in_turn = reports.weekly_report(lambda q, p: sql_guard.run(client, q, p), LEDGER_WEEK, min_calls=5)
+    finally:
+        pool.close()
+    assert side_by_side == in_turn
+    assert side_by_side.total_cost == total(in_days(ledger_rows, LEDGER_WEEK, 7))
+
+
+def test_a_failing_section_fails_the_report_once_every_section_is_done() -> None:
+    finished: list[str] = []
+
+    def query(sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple]]:
+        if "weekly_top_workflows" in sql:
+            raise RuntimeError("the ledger did not answer")
+        finished.append(sql)
+        return [], []
+
+    with pytest.raises(RuntimeError, match="did not answer"):
+        reports.weekly_report(query, LEDGER_WEEK)
+    assert len(finished) == 7
+
+
+def test_a_client_pool_lends_another_client_while_one_is_out_and_closes_them_all(settings: Settings) -> None:
+    opened: list[Client] = []
+
+    def make() -> Client:
+        opened.append(connect(settings))
+        return opened[-1]
+
+    pool = ClientPool(make)
+    with pool.lend() as first, pool.lend() as second:
+        assert first is not second
+    with pool.lend() as again:
+        assert again in (first, second)
+    assert len(opened) == 2
+    pool.close()
+    for closed in opened:
+        with pytest.raises(ProgrammingError, match="closed"):
+            closed.query("SELECT 1")
+    with pool.lend() as after_close:
+        assert after_close.query("SELECT 1").result_rows == [(1,)]
+    pool.close()
 
 
 def test_week_containing() -> None:

@@ -52,8 +52,10 @@ _VIEW_NAME = re.compile(VIEW_COMMENT.pattern + r"|FROM (\w+)\(")
 
 
 def _anchors(recorder: queries.Recorder, sqls: Sqls) -> dict[str, str]:
-    """The anchor of each statement a report ran, by the view it reads."""
-    return {m.group(1) or m.group(2): sqls.add(sql) for sql in recorder.ran if (m := _VIEW_NAME.search(sql.text))}
+    """The anchor of each statement a report ran, by the view it reads, numbered in the order
+    of the views' names (a report sends its sections side by side, so they run in any order)."""
+    named = [(m.group(1) or m.group(2), sql) for sql in recorder.ran if (m := _VIEW_NAME.search(sql.text))]
+    return {view: sqls.add(sql) for view, sql in sorted(named, key=lambda pair: pair[0])}
 
 
 class BadRequest(ValueError):

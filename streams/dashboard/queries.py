@@ -40,7 +40,8 @@ class Sql:
 
 
 class Recorder:
-    """A report ``query`` callable that keeps what it ran, in order."""
+    """A report ``query`` callable that keeps what it ran, in the order the calls began
+    (a report may call it from several threads at once; appending to a list is atomic)."""
 
     def __init__(self, query: Query) -> None:
         self._query = query

@@ -6,7 +6,7 @@ put :func:`streams.web_auth.middleware` in front, so the Host and cross-site che
 the token (or the login page's session cookie) guard every route but the login page and
 the static assets.
 
-Reads run on the dashboard's own threads, each with its own read-only client (the sink's
+Reads run on the dashboard's own threads on read-only clients of its own (the sink's
 thread is never used), the figures of each part in one go; cap states come from the
 compacted cap-state topic, kept in memory (what every worker last published, whichever
 worker checks the budget).
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -66,7 +65,7 @@ class Dashboard:
             settings, settings.cap_state_topic, lambda value: codec.decode(value)[1]
         )
         self._pool = ThreadPoolExecutor(max_workers=settings.sql_concurrency, thread_name_prefix="dashboard")
-        self._local = threading.local()
+        self._clients = clickhouse.ClientPool(lambda: sql_guard.read_only_client(settings))
         self._token: list[str] = []
 
     async def start(self) -> None:
@@ -75,6 +74,7 @@ class Dashboard:
     async def stop(self) -> None:
         await self.caps.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._clients.close()
 
     def routes(self) -> dict[str, dict[str, Handler]]:
         """``{path: {method: handler}}``."""
@@ -89,15 +89,16 @@ class Dashboard:
 
     # --- Reading ----------------------------------------------------------------------------
 
-    def _client(self) -> Any:
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = sql_guard.read_only_client(self.settings)
-        return client
-
     def _query(self, sql: str, params: dict[str, Any]) -> tuple[list[str], list[tuple]]:
-        """The dashboard's own statements (fixed text, bound parameters) on this thread's client."""
-        return clickhouse.query_rows(self._client(), sql, params)
+        """The dashboard's own statements (fixed text, bound parameters); safe from any thread
+        (a report sends its sections side by side)."""
+        with self._clients.lend() as client:
+            return clickhouse.query_rows(client, sql, params)
+
+    def _checked(self, sql: str, params: dict[str, Any]) -> tuple[list[str], list[tuple]]:
+        """A statement behind a figure, checked as ``/sql`` checks what people type."""
+        with self._clients.lend() as client:
+            return sql_guard.run(client, sql, params)
 
     def _render(self, name: str, view: pages.View) -> str:
         try:
@@ -161,7 +162,7 @@ class Dashboard:
         loop = asyncio.get_running_loop()
         try:
             params = pages.parse_params(params_json)
-            columns, rows = await loop.run_in_executor(self._pool, lambda: sql_guard.run(self._client(), text, params))
+            columns, rows = await loop.run_in_executor(self._pool, self._checked, text, params)
         except (pages.BadRequest, sql_guard.RefusedQuery, sql_guard.QueryFailed) as exc:
             return _html(pages.sql_page(text, params_json, [], [], str(exc)), status=400)
         return _html(pages.sql_page(text, params_json, columns, jsonable(rows)))

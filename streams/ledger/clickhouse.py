@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -191,6 +193,44 @@ def _select_database(client: Client, database: str, *, create: bool) -> None:
 def _database_exists(client: Client, database: str) -> bool:
     result = client.query("SELECT count() FROM system.databases WHERE name = {name:String}", parameters={"name": database})
     return bool(result.result_rows[0][0])
+
+
+class ClientPool:
+    """Clients lent one per call, so that calls from several threads run side by side.
+
+    A client runs one statement at a time (clickhouse-connect holds a lock per chDB
+    handle), while the engine runs statements of different clients at once. The pool
+    opens a client with ``make`` when every one it has is lent, keeps it for the next
+    call, and closes them all in :meth:`close`; it holds as many as were ever lent at
+    once, which the callers' own threads bound.
+    """
+
+    def __init__(self, make: Callable[[], Client]) -> None:
+        self._make = make
+        self._idle: list[Client] = []
+        self._opened: list[Client] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def lend(self) -> Iterator[Client]:
+        with self._lock:
+            client = self._idle.pop() if self._idle else None
+        if client is None:
+            client = self._make()
+            with self._lock:
+                self._opened.append(client)
+        try:
+            yield client
+        finally:
+            with self._lock:
+                if any(c is client for c in self._opened):  # not closed meanwhile
+                    self._idle.append(client)
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._opened, self._idle = self._opened, [], []
+        for client in opened:
+            client.close()
 
 
 # --- Queries -------------------------------------------------------------------------

@@ -313,7 +313,7 @@ def run(client: Client, sql: str, parameters: dict[str, Any] | None = None, *, m
 class QueryRunner:
     """Runs read-only statements for the worker, away from the sink.
 
-    Its own threads (``sql_concurrency``), each with its own read-only client, so a heavy
+    Its own threads (``sql_concurrency``), each lent its own read-only client, so a heavy
     query never waits on or delays the sink's ClickHouse thread (with chDB, clients on one
     engine run queries concurrently). Each statement starts with a comment naming it, so
     that when the HTTP client goes away the runner can ``KILL QUERY`` it in the engine
@@ -323,7 +323,7 @@ class QueryRunner:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._pool = ThreadPoolExecutor(max_workers=settings.sql_concurrency, thread_name_prefix="clickhouse-sql")
-        self._local = threading.local()
+        self._clients = clickhouse.ClientPool(lambda: read_only_client(settings))
 
     async def run(
         self, sql: str, parameters: dict[str, Any] | None, gone: Callable[[], bool]
@@ -342,11 +342,9 @@ class QueryRunner:
         return await result
 
     def _run_here(self, sql: str, parameters: dict[str, Any] | None, marker: str) -> tuple[list[str], list[tuple]]:
-        """On one of the runner's threads: its own client (opened on first use), then :func:`run`."""
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = read_only_client(self._settings)
-        return run(client, sql, parameters, marker=marker)
+        """On one of the runner's threads: :func:`run` on a client of the runner's."""
+        with self._clients.lend() as client:
+            return run(client, sql, parameters, marker=marker)
 
     def _kill(self, marker: str) -> None:
         client = read_only_client(self._settings)
