@@ -53,13 +53,45 @@ async def test_a_fetch_for_no_active_partition_takes_no_record(kafka_bootstrap: 
     await consumer.start()
     try:
         await consumer.seek_to_beginning()
-        faust_thread = SimpleNamespace(consumer=SimpleNamespace(flow_active=True))
+        faust_thread = SimpleNamespace(consumer=SimpleNamespace(flow_active=True, _buffered_partitions=set()))
         await asyncio.sleep(1)  # aiokafka fetches in the background: let records of both partitions arrive
         assert await AIOKafkaConsumerThread._fetch_records(faust_thread, consumer, set(), timeout=0.5) == {}
         assert (await consumer.position(paused), await consumer.position(active)) == (0, 0)
         fetched = await AIOKafkaConsumerThread._fetch_records(faust_thread, consumer, {active}, timeout=5)
         assert set(fetched) == {active}
         assert await consumer.position(paused) == 0
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.integration
+async def test_a_fetch_waits_only_the_fetch_wait_while_a_partition_is_held_back(kafka_bootstrap: str) -> None:
+    """Fix 8: a fetch of an idle partition waits out Faust's timeout (here a minute), unless
+    a partition is held back for a full stream buffer: then it returns after the
+    consumer's fetch wait, so that partition, let in again meanwhile, joins the next fetch."""
+    from types import SimpleNamespace
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    faust_fixes.install()
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic("fix8", num_partitions=2, replication_factor=1)])
+    await admin.close()
+    idle, held = TopicPartition("fix8", 0), TopicPartition("fix8", 1)
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50)
+    consumer.assign([idle, held])
+    await consumer.start()
+    try:
+        faust = SimpleNamespace(flow_active=True, _buffered_partitions={held})
+        fetch = AIOKafkaConsumerThread._fetch_records(SimpleNamespace(consumer=faust), consumer, {idle}, timeout=60)
+        assert await asyncio.wait_for(fetch, timeout=20) == {}
+        faust._buffered_partitions = set()
+        fetch = AIOKafkaConsumerThread._fetch_records(SimpleNamespace(consumer=faust), consumer, {idle}, timeout=60)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(fetch, timeout=3)
     finally:
         await consumer.stop()
 

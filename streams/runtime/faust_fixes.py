@@ -1,5 +1,5 @@
 """Seven places where Faust's (and once aiokafka's) at-least-once delivery is weaker than the
-ledger needs, and two writes Faust does not offer.
+ledger needs, one where its fetch loop stalls a stream, and two writes Faust does not offer.
 
 Each was found by the fault-injection tests (``tests/test_faults.py``) and is fixed here
 rather than worked around in the agents:
@@ -62,6 +62,16 @@ rather than worked around in the agents:
    The broker-restart test lost its worker this way in 1 of 29 runs here
    (aio-libs/aiokafka#1038, open). :func:`install` makes the write on a closed
    transport the connection error it is.
+
+8. **A partition held back waits out another partition's fetch.** When a stream's buffer
+   fills, Faust holds its partition back from the fetch (``on_buffer_full``) and lets it
+   join again once the buffer has drained (``on_buffer_drop``). But the fetch loop waits
+   up to 1 s for records of the partitions it asked for, and a partition let in again
+   joins only the next fetch: at the end of a backlog, with the other topics idle, the
+   ClickHouse sink's last priced messages sat in Kafka 0.45 s at a time between its
+   inserts (traced message by message in ``bench/run.py --only sdk``), and it inserted
+   them in two or three small batches half a second apart. :func:`install` makes a fetch
+   wait no longer than the consumer's fetch wait while any partition is held back.
 
 And two writes Faust does not offer:
 
@@ -131,8 +141,9 @@ def require_pinned_versions() -> None:
 def install() -> None:
     """Check the pinned releases, then patch Faust's recovery to seek before it resumes
     (fix 1), its seek to place every stream partition (fix 4), its fetch to take only
-    active partitions (fix 5) and aiokafka's request write to fail as a connection
-    error on a closed connection (fix 7). Idempotent."""
+    active partitions (fix 5) and to wait briefly while one is held back (fix 8), and
+    aiokafka's request write to fail as a connection error on a closed connection
+    (fix 7). Idempotent."""
     require_pinned_versions()
     if getattr(Recovery.on_recovery_completed, "seeks_first", False):
         return
@@ -177,6 +188,8 @@ def install() -> None:
         partitions = frozenset(active_partitions or ())  # one look at a set another thread changes
         if not partitions:
             return {}
+        if self.consumer._buffered_partitions and timeout is not None:  # fix 8: let it in again soon
+            timeout = min(timeout, consumer._fetch_max_wait_ms / 1000)
         return await fetch_records(self, consumer, partitions, timeout=timeout, max_records=max_records)
 
     AIOKafkaConsumerThread._fetch_records = fetch_active_only  # type: ignore[method-assign]
