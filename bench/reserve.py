@@ -37,11 +37,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from streams import web_auth  # noqa: E402
 from streams.budgets.budget import Budget, publish  # noqa: E402
 from streams.cli.localstack import EmbeddedBroker, WorkerProcess, isolated_environment, settings_from  # noqa: E402
+from streams.events.codec import USAGE_BATCH, default_codec  # noqa: E402
 from streams.sdk.guard import BudgetExceeded, CapGuard  # noqa: E402
 from streams.sdk.producer import UsageProducer  # noqa: E402
 from streams.sdk.reserve import ReservationRefused, Reserver  # noqa: E402
@@ -142,7 +145,37 @@ def where_calls_went(worker: WorkerProcess, scope: str) -> str:
     counters = {key: value for key, value in worker.get_json("/stats").items()
                 if key in ("received", "dead_letters", "duplicates_dropped", "duplicates_in_batch", "repeats_taken_back",
                            "rows_inserted")}
-    return f"ClickHouse rows, distinct ids, cost {ledger}; usage_repeats {repeats}; worker {counters}"
+    published = asyncio.run(usage_topic_ids(settings_from(worker.env), team))
+    stored = {row[0] for row in worker.get_json("/sql?" + urlencode({
+        "q": "SELECT event_id FROM usage WHERE team = {team:String}", "params": json.dumps({"team": team}),
+    }))["rows"]}
+    return (f"ClickHouse rows, distinct ids, cost {ledger}; usage_repeats {repeats}; worker {counters}; "
+            f"the usage topic holds {len(published)} events of the team ({len(set(published))} distinct ids), "
+            f"of which not in ClickHouse: {sorted(set(published) - stored)[:20]}")
+
+
+async def usage_topic_ids(settings: Settings, team: str) -> list[str]:
+    """The event ids of ``team``'s events in the usage topic, read from its start to its end:
+    whether a call that was not counted reached Kafka at all."""
+    codec = default_codec()
+    consumer = AIOKafkaConsumer(**settings.kafka_client_options(), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(settings.usage_topic, p)
+                      for p in sorted(consumer.partitions_for_topic(settings.usage_topic) or ())]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        ids: list[str] = []
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                for record in records:
+                    name, value = codec.decode(record.value)
+                    events = value["events"] if name == USAGE_BATCH else [value]
+                    ids += [e["event_id"] for e in events if (e.get("attribution") or {}).get("team") == team]
+        return ids
+    finally:
+        await consumer.stop()
 
 
 def wait_for_budgets(worker: WorkerProcess, budget_ids: set[str], timeout: float = 30) -> None:
