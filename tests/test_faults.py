@@ -7,6 +7,7 @@ on any problem the scenario found in the ledger or the spend tables.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -23,7 +24,9 @@ from bench.faults import (
     scenario_graceful,
     scenario_sigkill,
 )
-from streams.cli.localstack import EmbeddedBroker
+from streams.cli.localstack import EmbeddedBroker, isolated_environment, settings_from
+from streams.runtime.topics import create_topics
+from streams.sdk.producer import UndeliveredUsage, UsageProducer
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +75,34 @@ def test_broker_restart_drops_connections_and_worker_reconnects(stack_env: dict[
     with broker_behind_proxy() as (broker, proxy):
         env = {**stack_env, "SPENDSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap}
         check(scenario_broker_restart(env, tmp_path, broker, proxy))
+
+
+async def test_a_message_the_broker_never_took_is_raised_by_the_next_flush(tmp_path: Path) -> None:
+    """The SDK producer's delivery fails while nobody waits for it (the broker unreachable,
+    the envelope sent by the linger timer): the next flush must say that the event is not
+    in Kafka, not return as if it were; after that the producer delivers again."""
+    if os.environ.get("SPENDSTREAM_TEST_KAFKA_BOOTSTRAP"):
+        pytest.skip("cannot cut off a remote broker (SPENDSTREAM_TEST_KAFKA_BOOTSTRAP is set)")
+    with broker_behind_proxy() as (broker, proxy):
+        settings = settings_from(isolated_environment(broker.bootstrap, tmp_path))
+        await create_topics(settings)
+        call = {"provider": "openai", "model": "gpt-4o", "input_tokens": 10, "output_tokens": 5, "team": "search"}
+        usage = UsageProducer(settings, linger=0.01, delivery_timeout=2)
+        await usage.start()
+        try:
+            await usage.record(**call)
+            await usage.flush()
+            proxy.down()
+            await usage.record(**call)
+            await asyncio.sleep(6)  # the linger timer sends it; its delivery fails after 2 s
+            proxy.up()
+            with pytest.raises(UndeliveredUsage, match="1 usage event") as undelivered:
+                await usage.flush()
+            assert undelivered.value.events == 1
+            await usage.record(**call)
+            await usage.flush()
+        finally:
+            await usage.stop()
 
 
 def test_malformed_input_is_dead_lettered_and_never_stops_the_worker(stack_env: dict[str, str], tmp_path: Path) -> None:

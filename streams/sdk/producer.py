@@ -13,6 +13,12 @@ envelope of up to ``batch_size`` events, so the worker pays Kafka's per-message 
 per batch rather than once per call. ``batched=False`` sends one ``UsageEvent`` per
 message, keyed by ``event_id``, which is what a producer in another language does with a
 plain Avro library; the worker accepts both.
+
+Sending is asynchronous, so a message the broker does not acknowledge within
+``delivery_timeout`` (after the client's own retries) is reported by the next
+:meth:`UsageProducer.flush`, and so by ``stop`` and the end of ``async with``: they raise
+:class:`UndeliveredUsage`, saying how many events are not in Kafka, whenever the failure
+happened. Nothing sent is dropped without that error.
 """
 
 from __future__ import annotations
@@ -31,6 +37,19 @@ from streams.runtime.kafka_start import start_or_stop
 from streams.sdk.loop import BackgroundLoop
 from streams.sdk.providers.record import ProviderRecording
 from streams.settings import Settings
+
+class UndeliveredUsage(Exception):
+    """Usage messages the broker did not acknowledge: their events are not in Kafka.
+    ``errors`` holds each message's delivery error."""
+
+    def __init__(self, events: int, errors: list[BaseException]) -> None:
+        super().__init__(
+            f"{events} usage event(s) in {len(errors)} message(s) were not delivered to Kafka: {errors[0]!r}; "
+            "record them again once the broker answers (their event_ids make a second copy harmless)"
+        )
+        self.events = events
+        self.errors = errors
+
 
 ATTRIBUTION_KEYS = (
     "team", "feature", "environment", "user_id", "project",
@@ -114,6 +133,7 @@ class UsageProducer(ProviderRecording):
         batched: bool = True,
         batch_size: int = 500,
         linger: float = 0.05,
+        delivery_timeout: float = 40.0,
         codec: Codec | None = None,
     ) -> None:
         self.settings = settings or Settings()
@@ -122,10 +142,12 @@ class UsageProducer(ProviderRecording):
         self.linger = linger
         self.codec = codec or default_codec()
         self._producer = AIOKafkaProducer(
-            **self.settings.kafka_client_options(), acks="all", linger_ms=5, max_request_size=4 * 1024 * 1024
+            **self.settings.kafka_client_options(), acks="all", linger_ms=5, max_request_size=4 * 1024 * 1024,
+            request_timeout_ms=int(delivery_timeout * 1000),
         )
         self._pending: list[dict[str, Any]] = []
-        self._in_flight: set[asyncio.Future] = set()
+        self._in_flight: dict[asyncio.Future, int] = {}  # a message's delivery -> its events
+        self._undelivered: list[tuple[int, BaseException]] = []  # (events, error) since the last flush
         self._linger_task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -154,7 +176,7 @@ class UsageProducer(ProviderRecording):
             future = await self._producer.send(
                 self.settings.usage_topic, self.codec.encode(USAGE_EVENT, event), key=event["event_id"].encode()
             )
-            self._track(future)
+            self._track(future, 1)
             return
         self._pending.append(event)
         if len(self._pending) >= self.batch_size:
@@ -175,10 +197,14 @@ class UsageProducer(ProviderRecording):
         await asyncio.gather(*deliveries)
 
     async def flush(self) -> None:
-        """Send what is pending and wait until the broker has everything sent so far."""
+        """Send what is pending and wait until the broker has everything sent so far; raise
+        :class:`UndeliveredUsage` if any message since the last flush was not delivered."""
         await self._send_pending()
         if self._in_flight:
-            await asyncio.gather(*self._in_flight)
+            await asyncio.wait(list(self._in_flight))
+        if self._undelivered:
+            undelivered, self._undelivered = self._undelivered, []
+            raise UndeliveredUsage(sum(events for events, _ in undelivered), [error for _, error in undelivered])
 
     async def _flush_after_linger(self) -> None:
         await asyncio.sleep(self.linger)
@@ -192,12 +218,37 @@ class UsageProducer(ProviderRecording):
         if not self._pending:
             return
         events, self._pending = self._pending, []
-        value = self.codec.encode(USAGE_BATCH, {"events": events})
-        self._track(await self._producer.send(self.settings.usage_topic, value))
+        # Tracked before the send is queued: a flush while this send waits (for metadata,
+        # or room in the client's buffer) waits for these events too.
+        delivered = asyncio.get_running_loop().create_future()
+        self._track(delivered, len(events))
+        try:
+            queued = await self._producer.send(self.settings.usage_topic, self.codec.encode(USAGE_BATCH, {"events": events}))
+        except Exception as exc:  # the next flush reports it, as it does a failed delivery
+            delivered.set_exception(exc)
+            return
+        queued.add_done_callback(lambda done: _settle_like(delivered, done))
 
-    def _track(self, future: asyncio.Future) -> None:
-        self._in_flight.add(future)
-        future.add_done_callback(self._in_flight.discard)
+    def _track(self, future: asyncio.Future, events: int) -> None:
+        self._in_flight[future] = events
+        future.add_done_callback(self._settled)
+
+    def _settled(self, future: asyncio.Future) -> None:
+        events = self._in_flight.pop(future)
+        if future.cancelled():
+            self._undelivered.append((events, asyncio.CancelledError("the send was cancelled")))
+        elif (error := future.exception()) is not None:
+            self._undelivered.append((events, error))
+
+
+def _settle_like(future: asyncio.Future, done: asyncio.Future) -> None:
+    """Settle ``future`` as ``done`` was: cancelled, failed or with its result."""
+    if done.cancelled():
+        future.cancel()
+    elif (error := done.exception()) is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(done.result())
 
 
 class SyncUsageProducer(ProviderRecording):
