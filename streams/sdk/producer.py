@@ -38,6 +38,7 @@ from streams.sdk.loop import BackgroundLoop
 from streams.sdk.providers.record import ProviderRecording
 from streams.settings import Settings
 
+
 class UndeliveredUsage(Exception):
     """Usage messages the broker did not acknowledge: their events are not in Kafka.
     ``errors`` holds each message's delivery error."""
@@ -224,7 +225,7 @@ class UsageProducer(ProviderRecording):
         self._track(delivered, len(events))
         try:
             queued = await self._producer.send(self.settings.usage_topic, self.codec.encode(USAGE_BATCH, {"events": events}))
-        except Exception as exc:  # the next flush reports it, as it does a failed delivery
+        except Exception as exc:  # noqa: BLE001 (any failure to queue: the next flush reports it, as a failed delivery)
             delivered.set_exception(exc)
             return
         queued.add_done_callback(lambda done: _settle_like(delivered, done))
