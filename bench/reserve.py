@@ -135,10 +135,11 @@ def where_calls_went(worker: WorkerProcess, scope: str) -> str:
     worker's counters of events it did not count, to tell an event that never arrived from
     one the worker dropped or took back."""
     team = scope.removeprefix("team=")
-    ledger = worker.get_json("/sql?" + urlencode({
-        "q": "SELECT count(), uniqExact(event_id), sum(cost_total) FROM usage WHERE team = {team:String}",
-        "params": json.dumps({"team": team}),
+    rows = worker.get_json("/sql?" + urlencode({
+        "q": "SELECT event_id, cost_total FROM usage WHERE team = {team:String}", "params": json.dumps({"team": team}),
     }))["rows"]
+    stored = {event_id for event_id, _ in rows}
+    cost = sum((Decimal(c) for _, c in rows), Decimal(0))
     repeats = worker.get_json("/sql?" + urlencode({
         "q": "SELECT count() FROM usage_repeats WHERE team = {team:String}", "params": json.dumps({"team": team}),
     }))["rows"]
@@ -146,10 +147,8 @@ def where_calls_went(worker: WorkerProcess, scope: str) -> str:
                 if key in ("received", "dead_letters", "duplicates_dropped", "duplicates_in_batch", "repeats_taken_back",
                            "rows_inserted")}
     published = asyncio.run(usage_topic_ids(settings_from(worker.env), team))
-    stored = {row[0] for row in worker.get_json("/sql?" + urlencode({
-        "q": "SELECT event_id FROM usage WHERE team = {team:String}", "params": json.dumps({"team": team}),
-    }))["rows"]}
-    return (f"ClickHouse rows, distinct ids, cost {ledger}; usage_repeats {repeats}; worker {counters}; "
+    return (f"ClickHouse {len(rows)} rows, {len(stored)} distinct ids, cost {cost}; usage_repeats {repeats}; "
+            f"worker {counters}; "
             f"the usage topic holds {len(published)} events of the team ({len(set(published))} distinct ids), "
             f"of which not in ClickHouse: {sorted(set(published) - stored)[:20]}")
 
