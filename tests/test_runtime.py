@@ -272,3 +272,82 @@ def test_a_write_on_a_connection_the_broker_dropped_is_a_connection_error_under_
         loop.run_until_complete(write_after_the_drop())
     finally:
         loop.close()
+
+
+class FlowStandIn:
+    """What fix 10's delivery reads of Faust's consumer: mode's ``wait_first`` (a real
+    service's) and the event a rebalance sets to suspend the flow."""
+
+    def __init__(self) -> None:
+        from mode import Service
+
+        self.service = Service()
+        self.suspend_flow = asyncio.Event()
+        self.waits = 0
+
+    async def wait_first(self, *coros: Any) -> Any:
+        self.waits += 1
+        return await self.service.wait_first(*coros)
+
+
+async def test_a_delivery_that_never_waits_runs_in_place_without_a_task() -> None:
+    """Fix 10: the common case, a stream buffer with room, costs no task and no wait_first
+    (Faust started four tasks for it)."""
+    consumer, delivered = FlowStandIn(), []
+
+    async def delivery() -> None:
+        delivered.append(asyncio.current_task())
+
+    tasks_before = len(asyncio.all_tasks())
+    await faust_fixes.deliver(consumer, delivery())
+    assert delivered == [asyncio.current_task()] and consumer.waits == 0
+    assert len(asyncio.all_tasks()) == tasks_before
+
+
+async def test_a_delivery_that_waits_is_finished_with_what_it_waited_for() -> None:
+    """Fix 10: a delivery that reaches a wait (a full buffer) is finished through
+    wait_first, with the values and errors of what it awaits passed on to it."""
+    consumer, room = FlowStandIn(), asyncio.get_running_loop().create_future()
+    got = []
+
+    async def delivery() -> None:
+        got.append(await room)
+        await asyncio.sleep(0)  # a bare yield, as asyncio.sleep(0) makes
+        got.append("delivered")
+
+    waiting = asyncio.ensure_future(faust_fixes.deliver(consumer, delivery()))
+    await asyncio.sleep(0.01)
+    assert got == [] and consumer.waits == 1 and not waiting.done()
+    room.set_result("room")
+    await asyncio.wait_for(waiting, 5)
+    assert got == ["room", "delivered"]
+
+    failed = asyncio.get_running_loop().create_future()
+
+    async def failing() -> None:
+        await failed
+
+    waiting = asyncio.ensure_future(faust_fixes.deliver(consumer, failing()))
+    await asyncio.sleep(0.01)
+    failed.set_exception(LookupError("decode"))
+    with pytest.raises(LookupError, match="decode"):
+        await asyncio.wait_for(waiting, 5)
+
+
+async def test_a_waiting_delivery_is_abandoned_when_a_rebalance_suspends_the_flow() -> None:
+    """Fix 10 keeps what Faust's wait_first is there for: a delivery stuck on a full buffer
+    is cancelled (its cleanup runs) once the flow is suspended, and the fetch loop goes on."""
+    consumer, cleaned_up = FlowStandIn(), []
+
+    async def stuck() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cleaned_up.append(True)
+
+    waiting = asyncio.ensure_future(faust_fixes.deliver(consumer, stuck()))
+    await asyncio.sleep(0.01)
+    consumer.suspend_flow.set()
+    await asyncio.wait_for(waiting, 5)
+    await asyncio.sleep(0)  # the cancellation reaches the delivery on the loop's next turn
+    assert cleaned_up == [True]

@@ -1,9 +1,10 @@
 """Seven places where Faust's (and once aiokafka's) at-least-once delivery is weaker than the
 ledger needs, one where its fetch loop stalls a stream, one where the embedded broker
-shows a record late, and two writes Faust does not offer.
+shows a record late, one where Faust spends most of its own cost of a message, and two
+writes Faust does not offer.
 
-Each was found by the fault-injection tests (``tests/test_faults.py``) and is fixed here
-rather than worked around in the agents:
+Each was found by the fault-injection tests (``tests/test_faults.py``) or the benchmarks,
+and is fixed here rather than worked around in the agents:
 
 1. **Recovery resumes before it seeks.** ``Recovery.on_recovery_completed`` resumes the
    stream partitions, then awaits ``consumer.perform_seek()``, which moves them back to
@@ -87,6 +88,17 @@ rather than worked around in the agents:
    markers; neither occurs on the worker's stream topics) costs one more fetch. Table
    changelogs are left alone: they are compacted, so their gaps are real.
 
+10. **Each message is delivered through four tasks.** Faust's fetch loop hands a message
+    to the streams with ``wait_first(callback(message), suspend_flow.wait())``, so that a
+    delivery blocked on a full buffer is abandoned when a rebalance suspends the flow.
+    That starts four tasks a message (the delivery, the suspension, the consumer's stop
+    and crash events), waits on them and cancels three: about a third of the event loop's
+    time in an agent that does nothing with its messages (``bench/empty_agent.py`` under
+    py-spy), and the loop's time is what bounds single-event throughput.
+    :func:`install` makes the loop run the delivery in place up to its first wait, which
+    it almost never reaches: a delivery that does wait is handed to ``wait_first`` from
+    there, as before.
+
 And two writes Faust does not offer:
 
 * Faust writes a table only from inside a stream (the change goes to the changelog
@@ -107,8 +119,17 @@ import asyncio
 import json
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
+from collections.abc import (
+    Coroutine,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+    Set,
+)
 from contextlib import contextmanager
+from functools import partial
 from importlib import metadata
 from types import SimpleNamespace
 from typing import Any
@@ -119,7 +140,7 @@ from aiokafka.conn import AIOKafkaConnection, CloseReason
 from aiokafka.errors import KafkaConnectionError
 from faust.streams import _current_event
 from faust.tables.recovery import Recovery
-from faust.transport.consumer import ThreadDelegateConsumer
+from faust.transport.consumer import CONSUMER_FETCHING, Consumer, ThreadDelegateConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 
@@ -156,8 +177,9 @@ def install() -> None:
     """Check the pinned releases, then patch Faust's recovery to seek before it resumes
     (fix 1), its seek to place every stream partition (fix 4), its fetch to take only
     active partitions (fix 5), to wait briefly while one is held back (fix 8) and to read
-    an offset gap again (fix 9), and aiokafka's request write to fail as a connection
-    error on a closed connection (fix 7). Idempotent."""
+    an offset gap again (fix 9), its fetch loop to deliver a message in place (fix 10), and
+    aiokafka's request write to fail as a connection error on a closed connection (fix 7).
+    Idempotent."""
     require_pinned_versions()
     if getattr(Recovery.on_recovery_completed, "seeks_first", False):
         return
@@ -211,6 +233,7 @@ def install() -> None:
         return up_to_unread_gaps(self, consumer, read_from, records)
 
     AIOKafkaConsumerThread._fetch_records = fetch_active_only  # type: ignore[method-assign]
+    Consumer._drain_messages = drain_messages  # type: ignore[method-assign]
 
     AIOKafkaConnection.send = send_or_connection_error  # type: ignore[method-assign]
 
@@ -254,6 +277,93 @@ def up_to_unread_gaps(
         if batch:
             handed[tp] = batch
     return handed
+
+
+async def drain_messages(self: Consumer, fetcher: Any) -> None:
+    """Faust's ``Consumer._drain_messages`` (faust-streaming 0.15.3), the fetch loop of the
+    consumer's fetcher task, with one change: each message goes through :func:`deliver`
+    instead of ``wait_first`` (fix 10)."""
+    callback = self.callback
+    consumer_should_stop = self._stopped.is_set
+    fetcher_should_stop = fetcher._stopped.is_set
+    get_read_offset = self._read_offset.__getitem__
+    set_read_offset = self._read_offset.__setitem__
+    acks_enabled_for = self.app.topics.acks_enabled_for
+    since_yield = 0
+    try:
+        while not (consumer_should_stop() or fetcher_should_stop()):
+            self.diag.set_flag(CONSUMER_FETCHING)
+            records = self.getmany(timeout=1.0)
+            await self.sleep(0)  # getmany can return at once, again and again: let the loop run
+            if not self.should_stop:
+                async for tp, message in records:
+                    since_yield += 1
+                    if since_yield > 100:
+                        await asyncio.sleep(0)
+                        since_yield = 0
+                    offset, read_offset = message.offset, get_read_offset(tp)
+                    if read_offset is not None and offset < read_offset:
+                        continue  # read already
+                    if read_offset and offset - read_offset > 1 and acks_enabled_for(message.topic):
+                        await self._add_gap(tp, read_offset + 1, offset)
+                    if self._commit_every is not None and self._n_acked >= self._commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    await deliver(self, callback(message))
+                    set_read_offset(tp, offset)
+                self.diag.unset_flag(CONSUMER_FETCHING)
+    except self.consumer_stopped_errors:
+        if self.transport.app.should_stop:
+            self.log.info("Broker stopped consumer, shutting down...")
+            return
+        raise
+    except asyncio.CancelledError:
+        if self.transport.app.should_stop:
+            self.log.info("Consumer shutting down for user cancel.")
+            return
+        raise
+    except Exception:
+        self.log.exception("Drain messages raised")
+        raise
+    finally:
+        self.diag.unset_flag(CONSUMER_FETCHING)
+
+
+async def deliver(consumer: Consumer, delivery: Coroutine[Any, Any, None]) -> None:
+    """Run ``delivery`` (Faust's hand-over of one message to the streams) up to its first
+    wait, here; if it has to wait (a full stream buffer, the producer's buffer, flow control
+    during a rebalance), wait for the rest of it as Faust does: until it finishes, or the
+    flow is suspended, or the consumer stops (fix 10)."""
+    try:
+        waiting_on = delivery.send(None)
+    except StopIteration:
+        return
+    await consumer.wait_first(_Resumed(delivery, waiting_on).run(), consumer.suspend_flow.wait())
+
+
+class _Resumed:
+    """The rest of a coroutine that has run up to a wait (it yielded ``waiting_on``), as an
+    awaitable a task can run: what the task sends or throws goes on to the coroutine."""
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any], waiting_on: Any) -> None:
+        self.coroutine, self.waiting_on = coroutine, waiting_on
+
+    async def run(self) -> Any:
+        return await self
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine, waiting_on = self.coroutine, self.waiting_on
+        while True:
+            try:
+                sent = yield waiting_on
+            except BaseException as thrown:  # noqa: BLE001  # a cancellation: the coroutine's to handle
+                step = partial(coroutine.throw, thrown)
+            else:
+                step = partial(coroutine.send, sent)
+            try:
+                waiting_on = step()
+            except StopIteration as finished:
+                return finished.value
 
 
 _send_request = AIOKafkaConnection.send
