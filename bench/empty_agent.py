@@ -5,6 +5,10 @@ The agent reads the usage topic and does nothing with the messages; when it has 
 ``--messages`` of them it prints the rate from its first message to its last, the CPU
 seconds it spent meanwhile (all threads, and the event loop's thread alone) and its peak
 RSS, and exits.
+
+It runs Faust as released, unless ``--with-fixes`` installs the worker's patches of Faust
+(:mod:`streams.runtime.faust_fixes`): one of them (fix 10) takes most of Faust's own cost
+of a message away, so that agent shows what is left of Faust's ceiling in the worker.
 """
 
 from __future__ import annotations
@@ -21,14 +25,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import faust  # noqa: E402
 
-from streams.runtime import tuning  # noqa: E402
+from streams.runtime import faust_fixes, tuning  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, required=True)
+    parser.add_argument("--with-fixes", action="store_true", help="patch Faust as the worker does")
     args = parser.parse_args()
+    if args.with_fixes:
+        faust_fixes.install()
     settings = Settings()
     tuning.apply(settings.consumer_fetch_max_wait_ms)
     app = faust.App(

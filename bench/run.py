@@ -7,7 +7,8 @@ Avro producer in any language sends them), the benchmark:
 2. runs rounds; each round measures, one after the other over the same messages:
    a. the limit: a plain aiokafka consumer that only decodes them;
    b. an empty Faust agent (Faust's own per-message ceiling, the reference for
-      single-event messages);
+      single-event messages), then the same agent with the worker's patches of Faust
+      (:mod:`streams.runtime.faust_fixes`, whose fix 10 takes most of that ceiling away);
    c. a fresh worker (its own consumer group, internal topics and ClickHouse), from its
       first message until the whole flow is done: the last row in ClickHouse, and the
       spend and anomaly agents' last batch once they have applied every message sent to
@@ -231,10 +232,12 @@ def flow(stats: dict[str, Any], written: dict[str, int], events: int) -> list[st
     ]
 
 
-def empty_agent_rate(env: dict[str, str], messages: int, events_per_message: int) -> Figure:
-    """Events/s of a Faust agent that does nothing with the messages (Faust's ceiling)."""
+def empty_agent_rate(env: dict[str, str], messages: int, events_per_message: int, with_fixes: bool = False) -> Figure:
+    """Events/s of a Faust agent that does nothing with the messages (Faust's ceiling), as
+    released or with the worker's patches."""
     out = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve().parent / "empty_agent.py"), "--messages", str(messages)],
+        [sys.executable, str(Path(__file__).resolve().parent / "empty_agent.py"), "--messages", str(messages),
+         *(["--with-fixes"] if with_fixes else [])],
         env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
     )
     # Faust logs what agents print
@@ -242,27 +245,30 @@ def empty_agent_rate(env: dict[str, str], messages: int, events_per_message: int
     if not found:
         raise RuntimeError(f"empty agent failed: {out.stdout[-1000:]} {out.stderr[-2000:]}")
     rate, cpu, rss, loop = map(float, found[-1])
-    return Figure("empty Faust agent", rate * events_per_message, cpu, rss, loop_cpu_s=loop)
+    label = "empty Faust agent, patched as the worker" if with_fixes else "empty Faust agent"
+    return Figure(label, rate * events_per_message, cpu, rss, loop_cpu_s=loop)
 
 
 @dataclass
 class Round:
-    """The three variants measured one after the other, so they share the machine's pace."""
+    """The four variants measured one after the other, so they share the machine's pace."""
 
     limit: Figure
     empty: Figure
+    patched: Figure
     worker: Figure
 
     def ratios(self, figure: Figure) -> tuple[float, float]:
         return figure.events_per_s / self.limit.events_per_s, figure.events_per_s / self.empty.events_per_s
 
     def loop_cpu(self, events: int) -> str:
-        """Event-loop CPU per event, empty agent and worker: what each asks of the loop's
-        core, whatever share of it the machine gave (the rates depend on that share)."""
-        empty, worker = (1e6 * (f.loop_cpu_s or 0) / events for f in (self.empty, self.worker))
+        """Event-loop CPU per event, empty agent, patched empty agent and worker: what each
+        asks of the loop's core, whatever share of it the machine gave (the rates depend on
+        that share)."""
+        empty, patched, worker = (1e6 * (f.loop_cpu_s or 0) / events for f in (self.empty, self.patched, self.worker))
         # A short backlog of SDK envelopes can take the empty agent's loop under one clock tick.
         ratio = f"{worker / empty:.2f}" if empty else "the empty agent's under one clock tick"
-        return f"{empty:.0f} / {worker:.0f} µs ({ratio})"
+        return f"{empty:.0f} / {patched:.0f} / {worker:.0f} µs (worker to empty agent {ratio})"
 
 
 def run_mode(batched: bool, events: int, runs: int) -> list[Round]:
@@ -280,6 +286,7 @@ def run_mode(batched: bool, events: int, runs: int) -> list[Round]:
             Round(
                 limit=asyncio.run(plain_decode_rate(settings, events)),
                 empty=empty_agent_rate(env, len(values), per_message),
+                patched=empty_agent_rate(env, len(values), per_message, with_fixes=True),
                 worker=worker_rate(fresh_worker(env, Path(tmp), n), events, Path(tmp)),
             )
             for n in range(runs)
@@ -301,7 +308,7 @@ def arguments(argv: list[str] | None, description: str | None, *, events: int, e
 
 def main(argv: list[str] | None = None) -> None:
     args = arguments(argv, __doc__, events=300_000, events_help="the issue measured its table over 300k",
-                     runs=3, runs_help="rounds of the three variants, medians taken")
+                     runs=3, runs_help="rounds of the four variants, medians taken")
     reader = "built" if ColumnarReader(default_codec()).active else "NOT built (pip install -e . builds it)"
     print(f"{args.events} events, {os.cpu_count()} cores, Python {sys.version.split()[0]}, C reader of usage events {reader}")
     rows: list[list[str]] = []
@@ -310,11 +317,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.only not in (None, name):
             continue
         rounds = run_mode(batched, args.events, args.runs)
-        for variant in ("limit", "empty", "worker"):
+        for variant in ("limit", "empty", "patched", "worker"):
             rows.append(variant_row(label, rounds, variant))
-        notes.append(f"{label}: worker per round, ratio to limit / to empty agent: " + ", ".join(
-            "{:.2f} / {:.2f}".format(*r.ratios(r.worker)) for r in rounds))
-        notes.append(f"{label}: event-loop CPU per event per round, empty agent / worker: "
+        notes.append(f"{label}: worker per round, ratio to limit / to empty agent / to patched empty agent: "
+                     + ", ".join("{:.2f} / {:.2f} / {:.2f}".format(*r.ratios(r.worker), r.worker.events_per_s
+                                                                   / r.patched.events_per_s) for r in rounds))
+        notes.append(f"{label}: event-loop CPU per event per round, empty agent / patched empty agent / worker: "
                      + ", ".join(r.loop_cpu(args.events) for r in rounds))
         typical = sorted(rounds, key=lambda r: r.worker.events_per_s)[len(rounds) // 2].worker
         notes += [f"{label}: {line}" for line in typical.flow or ()]
