@@ -37,14 +37,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from streams import web_auth  # noqa: E402
 from streams.budgets.budget import Budget, publish  # noqa: E402
 from streams.cli.localstack import EmbeddedBroker, WorkerProcess, isolated_environment, settings_from  # noqa: E402
 from streams.events.codec import USAGE_BATCH, default_codec  # noqa: E402
+from streams.runtime.topics import read_to_end  # noqa: E402
 from streams.sdk.guard import BudgetExceeded, CapGuard  # noqa: E402
 from streams.sdk.producer import UsageProducer  # noqa: E402
 from streams.sdk.reserve import ReservationRefused, Reserver  # noqa: E402
@@ -157,24 +156,12 @@ async def usage_topic_ids(settings: Settings, team: str) -> list[str]:
     """The event ids of ``team``'s events in the usage topic, read from its start to its end:
     whether a call that was not counted reached Kafka at all."""
     codec = default_codec()
-    consumer = AIOKafkaConsumer(**settings.kafka_client_options(), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(settings.usage_topic, p)
-                      for p in sorted(consumer.partitions_for_topic(settings.usage_topic) or ())]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        ids: list[str] = []
-        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-            for records in (await consumer.getmany(timeout_ms=1000)).values():
-                for record in records:
-                    name, value = codec.decode(record.value)
-                    events = value["events"] if name == USAGE_BATCH else [value]
-                    ids += [e["event_id"] for e in events if (e.get("attribution") or {}).get("team") == team]
-        return ids
-    finally:
-        await consumer.stop()
+    ids: list[str] = []
+    async for record in read_to_end(settings, settings.usage_topic):
+        name, value = codec.decode(record.value)
+        events = value["events"] if name == USAGE_BATCH else [value]
+        ids += [e["event_id"] for e in events if (e.get("attribution") or {}).get("team") == team]
+    return ids
 
 
 def wait_for_budgets(worker: WorkerProcess, budget_ids: set[str], timeout: float = 30) -> None:

@@ -8,11 +8,14 @@ exactly as many partitions as the topic that feeds the table, or recovery scatte
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
+from streams.runtime.kafka_start import start_or_stop
 from streams.settings import Settings
 
 # Faust names a table's changelog "<app id>-<table name>-changelog".
@@ -81,3 +84,23 @@ async def create_topics(settings: Settings, *, attempts: int = 50) -> list[str]:
         return [s.name for s in missing]
     finally:
         await admin.close()
+
+
+async def read_to_end(settings: Settings, topic: str) -> AsyncIterator[ConsumerRecord]:
+    """Every record of ``topic``, from its beginning to its end as of the call, in the
+    order fetched; for one-off readers that need the whole topic (the alert ids a
+    reconcile must not announce twice, a benchmark's look for events never counted)."""
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, **settings.kafka_client_options())
+    await start_or_stop(consumer)
+    try:
+        await consumer.topics()  # loads the metadata partitions_for_topic reads
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    yield record
+    finally:
+        await consumer.stop()

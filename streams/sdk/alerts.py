@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.events.codec import ALERT, default_codec
 from streams.runtime.kafka_start import start_or_stop
+from streams.runtime.topics import read_to_end
 from streams.settings import Settings
 
 
@@ -65,24 +66,11 @@ async def announce_once(settings: Settings, alerts: list[dict[str, Any]]) -> lis
     if not alerts:
         return []
     codec = default_codec()
-    consumer = AIOKafkaConsumer(enable_auto_commit=False, **settings.kafka_client_options())
-    await start_or_stop(consumer)
     seen: set[str] = set()
-    try:  # 1
-        await consumer.topics()  # loads the metadata partitions_for_topic reads
-        partitions = [TopicPartition(settings.alerts_topic, p)
-                      for p in sorted(consumer.partitions_for_topic(settings.alerts_topic) or ())]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                for record in records:
-                    name, alert = codec.decode(record.value)
-                    if name == ALERT:
-                        seen.add(alert["alert_id"])
-    finally:
-        await consumer.stop()
+    async for record in read_to_end(settings, settings.alerts_topic):  # 1
+        name, alert = codec.decode(record.value)
+        if name == ALERT:
+            seen.add(alert["alert_id"])
     fresh = [alert for alert in alerts if alert["alert_id"] not in seen]
     producer = AIOKafkaProducer(**settings.kafka_client_options())
     await start_or_stop(producer)
